@@ -1,0 +1,42 @@
+# The README's two commands: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+PY := .venv/bin/python
+STAMP := .venv/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+
+.PHONY: demo test lint typecheck unit services install bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	# torch first: the CPU wheel lies on disk; any other resolution pulls a CUDA build.
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# pip picks CUDA builds of these; they break `import peft` beside the CPU torch.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton || true
+	@rm -f .venv/.installed-*
+	@touch $(STAMP)
+
+services:
+	@bash scripts/install_services.sh
+
+demo: install
+	@bash scripts/demo.sh
+
+lint: install
+	.venv/bin/ruff check recipes registry serving rollout reg_cli tests bench
+
+typecheck: install
+	.venv/bin/mypy
+
+unit: install
+	.venv/bin/python -m pytest -q -x -m "not slow" tests
+
+test: install services lint typecheck
+	REG_REQUIRE_SERVICES=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests
+
+bench: install services
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache demo

@@ -1,0 +1,389 @@
+"""The recipe schema: what a user commits to git, one document per model.
+
+Every model here is strict and rejects unknown keys, so a typo is an error
+with a did-you-mean hint rather than a silently ignored setting. Field
+descriptions are the documentation: they land in the exported JSON Schema,
+which editors use (through yaml-language-server) to validate as you type.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+API_VERSION = "reg/v1"
+
+# vLLM's --max-lora-rank accepts only these values.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+STAGE_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+
+
+class Strict(BaseModel):
+    """Base for every recipe model: strict types, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataFormat(StrEnum):
+    """How rows of a data file are shaped."""
+
+    alpaca = "alpaca"  # instruction, input, output
+    sharegpt = "sharegpt"  # conversations: [{from, value}]
+    openai_chat = "openai_chat"  # messages: [{role, content}]
+    dpo_pairs = "dpo_pairs"  # prompt, chosen, rejected
+    text = "text"  # raw text, for continued pre-training
+
+
+class AdapterMethod(StrEnum):
+    lora = "lora"
+    qlora = "qlora"
+    dora = "dora"
+    ia3 = "ia3"
+    prefix_tuning = "prefix_tuning"
+    prompt_tuning = "prompt_tuning"
+    full = "full"
+
+
+class Objective(StrEnum):
+    sft = "sft"  # supervised fine-tuning, loss on the assistant's turns only
+    dpo = "dpo"  # direct preference optimisation on prompt/chosen/rejected
+    cpt = "cpt"  # continued pre-training on raw text, packed
+
+
+class Metadata(Strict):
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="Model name, unique across recipes: lowercase letters, digits and '-'.",
+    )
+    description: str = Field(default="", description="Free text shown in `reg models`.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Key/value labels.")
+    owner: str = Field(default="", description="Team or person responsible for this model.")
+
+
+class Quantization(Strict):
+    bits: Literal[4, 8] = Field(default=4, description="Load the base model in 4 or 8 bits.")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
+    double_quant: bool = Field(default=True, description="Quantize the quantization constants.")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="dtype of the matmuls; float32 on CPU."
+    )
+
+
+class BaseModelSpec(Strict):
+    path: str = Field(
+        min_length=1,
+        description="Directory of a Hugging Face model (config.json + safetensors), relative to "
+        "the recipe file. It must stay inside the workspace.",
+    )
+    revision: str | None = Field(default=None, description="Informational revision label.")
+    trust_remote_code: bool = Field(
+        default=False, description="Run the model's own Python code. Off unless you trust it."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights dtype; auto is float32 on CPU, bfloat16 on CUDA."
+    )
+    quantization: Quantization | None = Field(
+        default=None, description="bitsandbytes loading; required by adapter.method=qlora."
+    )
+
+
+class FieldMap(Strict):
+    """Column names in the data files, when they differ from the format's defaults."""
+
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    messages: str = "messages"
+    conversations: str = "conversations"
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    text: str = "text"
+    system: str = "system"
+
+
+class DataSource(Strict):
+    path: str = Field(min_length=1, description="jsonl/json/csv/parquet file, relative to the recipe.")
+    name: str | None = Field(default=None, description="Task name used by `mix`; defaults to the file stem.")
+    format: DataFormat | None = Field(default=None, description="Overrides data.format for this source.")
+    fields: FieldMap | None = Field(default=None, description="Overrides data.fields for this source.")
+    weight: float | None = Field(
+        default=None, gt=0, description="Relative weight for mix.strategy=proportional."
+    )
+
+
+class CleanSpec(Strict):
+    normalize_whitespace: bool = Field(default=True, description="Collapse runs of spaces, strip ends.")
+    strip_control_chars: bool = Field(default=True, description="Drop control characters.")
+    dedupe: bool = Field(default=True, description="Drop exact duplicates by content hash.")
+    min_output_chars: int = Field(default=1, ge=0, description="Drop rows whose answer is shorter.")
+    max_repetition_ratio: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Drop rows where one repeated n-gram covers more than this share of the text.",
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="Drop rows longer than this many tokens (base tokenizer)."
+    )
+    redact_pii: bool = Field(default=True, description="Redact emails, phones, SSNs, cards and IPs.")
+
+
+class SplitSpec(Strict):
+    validation: float = Field(default=0.1, ge=0, lt=1, description="Share held out for validation.")
+    test: float = Field(default=0.1, ge=0, lt=1, description="Share held out for test.")
+    seed: int = Field(default=0, description="Salt of the content hash that assigns splits.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitSpec:
+        if self.validation + self.test >= 1:
+            raise ValueError(
+                f"validation + test must be < 1 (got {self.validation} + {self.test}); "
+                "leave some data for training"
+            )
+        return self
+
+
+class MixSpec(Strict):
+    strategy: Literal["proportional", "equal", "temperature"] = Field(
+        default="proportional",
+        description="proportional: by size (or weight); equal: same count per task; "
+        "temperature: size^(1/T).",
+    )
+    temperature: float = Field(default=2.0, gt=0, description="T for strategy=temperature.")
+
+
+class ReplaySpec(Strict):
+    path: str = Field(min_length=1, description="General-domain data mixed in against forgetting.")
+    format: DataFormat | None = None
+    ratio: float = Field(default=0.1, gt=0, lt=1, description="Share of the training set from replay.")
+
+
+class DataSpec(Strict):
+    sources: list[DataSource] = Field(min_length=1, description="One or more data files.")
+    format: DataFormat = Field(default=DataFormat.openai_chat, description="Default row format.")
+    fields: FieldMap = Field(default_factory=FieldMap, description="Default column names.")
+    system_prompt: str | None = Field(default=None, description="System message added to chats.")
+    clean: CleanSpec = Field(default_factory=CleanSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    mix: MixSpec = Field(default_factory=MixSpec)
+    replay: ReplaySpec | None = Field(default=None, description="Optional replay of general data.")
+    max_examples: int | None = Field(default=None, gt=0, description="Cap on training examples.")
+
+
+class AdapterSpec(Strict):
+    method: AdapterMethod = Field(default=AdapterMethod.lora, description="PEFT method.")
+    r: int = Field(default=8, gt=0, le=512, description="LoRA rank; higher learns more, costs memory.")
+    alpha: float = Field(default=16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="Module names to adapt, or all-linear.",
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    feedforward_modules: list[str] | None = Field(
+        default=None, description="ia3 only: which target modules are feed-forward."
+    )
+    num_virtual_tokens: int | None = Field(
+        default=None, gt=0, description="prefix_tuning / prompt_tuning: number of virtual tokens."
+    )
+    prompt_init_text: str | None = Field(
+        default=None, description="prompt_tuning: initialise virtual tokens from this text."
+    )
+    modules_to_save: list[str] | None = Field(default=None, description="Extra modules trained fully.")
+
+
+class EarlyStopping(Strict):
+    patience: int = Field(default=3, gt=0, description="Evaluations without improvement before stopping.")
+    threshold: float = Field(default=0.0, ge=0, description="Minimum decrease of validation loss.")
+
+
+class EWCSpec(Strict):
+    weight: float = Field(default=100.0, gt=0, description="lambda of the EWC penalty.")
+    reference: str | None = Field(
+        default=None, description="Data for the Fisher estimate; defaults to the replay data."
+    )
+    samples: int = Field(default=32, gt=0, description="Examples used for the Fisher estimate.")
+
+
+class DPOSpec(Strict):
+    beta: float = Field(default=0.1, gt=0, description="Strength of the KL constraint.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+
+
+class TrainingSpec(Strict):
+    objective: Objective = Field(default=Objective.sft)
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the data (ignored if max_steps).")
+    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many steps.")
+    learning_rate: float | Literal["auto"] = Field(
+        default="auto", description="A number, or auto: chosen by method, model and data size."
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=8, gt=0, description="Examples per device step.")
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    max_seq_length: int = Field(default=512, gt=0, description="Tokens per example (truncated).")
+    packing: bool = Field(default=False, description="Pack short examples into full sequences.")
+    seed: int = Field(default=42)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: fp32 on CPU (bf16 is 7-25x slower there), bf16 on CUDA."
+    )
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        default="auto", description="auto: off on CPU, on for large models on CUDA."
+    )
+    eval_every_steps: int | None = Field(default=None, gt=0, description="Validate every N steps.")
+    early_stopping: EarlyStopping | None = None
+    checkpoint_every_steps: int = Field(default=50, gt=0, description="Resumable checkpoint period.")
+    keep_checkpoints: int = Field(default=2, gt=0, description="How many checkpoints to keep.")
+    dpo: DPOSpec = Field(default_factory=DPOSpec)
+    ewc: EWCSpec | None = Field(default=None, description="Elastic weight consolidation penalty.")
+
+
+class GatesSpec(Strict):
+    max_perplexity: float | None = Field(default=None, gt=0, description="Test-set perplexity ceiling.")
+    max_eval_loss: float | None = Field(default=None, gt=0)
+    min_improvement_vs_base: float | None = Field(
+        default=None, description="Required relative perplexity drop vs the base (0.1 = 10%)."
+    )
+    min_exact_match: float | None = Field(default=None, ge=0, le=1)
+    min_contains: float | None = Field(default=None, ge=0, le=1)
+    min_rouge_l: float | None = Field(default=None, ge=0, le=1)
+    max_general_regression: float | None = Field(
+        default=None, ge=0, description="Allowed relative perplexity rise on evaluation.general."
+    )
+
+
+class GeneralEval(Strict):
+    path: str = Field(min_length=1, description="General-capability data set (text or chat).")
+    format: DataFormat = DataFormat.text
+    max_examples: int = Field(default=64, gt=0)
+
+
+class EvaluationSpec(Strict):
+    generation_examples: int = Field(default=16, ge=0, description="Test rows decoded greedily.")
+    max_new_tokens: int = Field(default=32, gt=0)
+    general: GeneralEval | None = None
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+
+
+class RolloutStepSpec(Strict):
+    weight: int = Field(ge=0, le=100, description="Canary traffic percentage.")
+    pause: str = Field(default="60s", pattern=r"^\d+[smh]$", description="Time at this weight.")
+
+
+class RolloutSpec(Strict):
+    steps: list[RolloutStepSpec] = Field(min_length=1)
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    max_latency_p95_ratio: float | None = Field(default=None, gt=0)
+    min_requests: int = Field(default=50, ge=0)
+    failure_limit: int = Field(default=1, ge=0)
+
+
+class DeploySpec(Strict):
+    target: Literal["vllm", "none"] = Field(default="vllm", description="Serving engine.")
+    promote_to: str | None = Field(
+        default=None, pattern=STAGE_PATTERN, description="Stage to point at each new ready version."
+    )
+    max_model_len: int = Field(default=512, gt=0, description="Engine context length.")
+    rollout: RolloutSpec | None = Field(default=None, description="Progressive rollout plan.")
+
+
+class Spec(Strict):
+    base_model: BaseModelSpec
+    data: DataSpec
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    deploy: DeploySpec = Field(default_factory=DeploySpec)
+
+
+class Recipe(Strict):
+    """One model's recipe (``kind: Recipe``)."""
+
+    apiVersion: Literal["reg/v1"] = Field(description="Schema version; reg/v1.")  # noqa: N815
+    kind: Literal["Recipe"]
+    metadata: Metadata
+    spec: Spec
+
+
+@dataclass(frozen=True)
+class CrossFieldProblem:
+    """A rule spanning several fields, broken; ``field`` is the dotted path to blame."""
+
+    field: str
+    message: str
+    got: str | None = None
+
+
+def cross_field_problems(spec: Spec) -> list[CrossFieldProblem]:
+    """Rules that span several fields. Pure; run after the structural validation."""
+    out: list[CrossFieldProblem] = []
+    a, t, d = spec.adapter, spec.training, spec.data
+
+    def bad(path: str, message: str, got: object = None) -> None:
+        out.append(CrossFieldProblem("spec." + path, message, None if got is None else str(got)))
+
+    q = spec.base_model.quantization
+    if a.method is AdapterMethod.qlora and (q is None or q.bits != 4):
+        bad("adapter.method", "qlora needs 4-bit loading: add base_model.quantization: {bits: 4}",
+            a.method.value)
+    if a.method in (AdapterMethod.prefix_tuning, AdapterMethod.prompt_tuning) and (
+        a.num_virtual_tokens is None
+    ):
+        bad("adapter.num_virtual_tokens", f"{a.method.value} needs num_virtual_tokens (e.g. 16)")
+    if (
+        a.method is AdapterMethod.ia3
+        and a.feedforward_modules is not None
+        and isinstance(a.target_modules, list)
+        and not set(a.feedforward_modules) <= set(a.target_modules)
+    ):
+        bad("adapter.feedforward_modules", "must be a subset of adapter.target_modules",
+            a.feedforward_modules)
+    if spec.deploy.target == "vllm":
+        if a.method in (AdapterMethod.lora, AdapterMethod.qlora) and a.r not in VLLM_LORA_RANKS:
+            bad("adapter.r", f"vLLM serves LoRA ranks {list(VLLM_LORA_RANKS)} only; "
+                "pick one or set deploy.target: none", a.r)
+        if a.method in (AdapterMethod.ia3, AdapterMethod.prefix_tuning,
+                        AdapterMethod.prompt_tuning, AdapterMethod.dora):
+            bad("adapter.method", "vLLM cannot serve this adapter type; use lora or qlora, "
+                "or set deploy.target: none", a.method.value)
+        if a.method in (AdapterMethod.lora, AdapterMethod.qlora) and a.bias != "none":
+            bad("adapter.bias", "vLLM serves LoRA adapters with bias: none only", a.bias)
+    wanted = {
+        Objective.dpo: {DataFormat.dpo_pairs},
+        Objective.cpt: {DataFormat.text},
+        Objective.sft: {DataFormat.alpaca, DataFormat.sharegpt, DataFormat.openai_chat},
+    }[t.objective]
+    for i, src in enumerate(d.sources):
+        fmt = src.format or d.format
+        if fmt not in wanted:
+            where = f"data.sources.{i}.format" if src.format else "data.format"
+            bad(where, f"training.objective {t.objective.value} needs data in format "
+                f"{' or '.join(sorted(w.value for w in wanted))}", fmt.value)
+    if t.early_stopping is not None and t.eval_every_steps is None:
+        bad("training.early_stopping", "needs training.eval_every_steps (e.g. 10)")
+    if spec.evaluation.gates.max_general_regression is not None and spec.evaluation.general is None:
+        bad("evaluation.gates.max_general_regression", "needs evaluation.general (a data set)")
+    if spec.training.packing and t.objective is Objective.dpo:
+        bad("training.packing", "packing is not supported with objective dpo", True)
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe document, for editors and `reg schema`."""
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "reg recipe"
+    return schema
+
+
+def is_valid_name(name: str) -> bool:
+    return re.fullmatch(NAME_PATTERN, name) is not None
+
