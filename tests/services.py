@@ -1,0 +1,148 @@
+"""Real servers for integration tests, started on loopback and stopped by the caller.
+
+PostgreSQL comes from the Debian package (`make services` installs it). It is
+started in a temporary directory owned by the ``postgres`` user when the tests
+run as root (initdb refuses root), on a free port, with ``fsync=off`` since a
+test database need not survive a power cut.
+
+Usage from a fixture::
+
+    url, stop = start_postgres(tmp_path_factory.mktemp("pg"))
+    try:
+        yield url
+    finally:
+        stop()
+
+When ``REG_REQUIRE_SERVICES=1`` (set by ``make test``), a missing server is a
+failure, not a skip: call :func:`service_missing` to get that behaviour.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REQUIRE_ENV = "REG_REQUIRE_SERVICES"
+
+
+def services_required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "") == "1"
+
+
+def service_missing(what: str) -> None:
+    """Skip the test, or fail it when the test command promised real services."""
+    message = f"{what} is not installed; run `make services` (or bash scripts/install_services.sh)"
+    if services_required():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def postgres_bin_dir() -> Path | None:
+    """The newest installed PostgreSQL's bin directory, or None."""
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _as_postgres_user() -> tuple[list[str], int | None, int | None]:
+    """Command prefix and uid/gid so server binaries never run as root."""
+    if os.geteuid() != 0:
+        return [], None, None
+    pw = pwd.getpwnam("postgres")
+    return ["runuser", "-u", "postgres", "--"], pw.pw_uid, pw.pw_gid
+
+
+def start_postgres(tmpdir: Path, *, timeout_s: float = 30.0) -> tuple[str, Callable[[], None]]:
+    """Start a throwaway PostgreSQL on 127.0.0.1 and a free port.
+
+    Returns ``(url, stop)``: a SQLAlchemy URL (psycopg 3) of database
+    ``postgres`` as superuser ``postgres`` (trust auth on loopback), and a
+    function that stops the server and removes its files. Raises
+    FileNotFoundError when PostgreSQL is not installed.
+    """
+    bindir = postgres_bin_dir()
+    if bindir is None:
+        raise FileNotFoundError("initdb (PostgreSQL server) not found")
+    prefix, uid, gid = _as_postgres_user()
+    root = Path(tmpdir) / f"pg-{uuid.uuid4().hex[:8]}"
+    data = root / "data"
+    sock = root / "sock"
+    sock.mkdir(parents=True)
+    if uid is not None and gid is not None:
+        # The postgres user must be able to reach the directory it runs in.
+        for p in [root, sock, *Path(tmpdir).parents, Path(tmpdir)]:
+            if p in (root, sock):
+                os.chown(p, uid, gid)
+            else:
+                os.chmod(p, os.stat(p).st_mode | 0o011)  # traverse for others
+    subprocess.run(
+        [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+         "--no-sync", "-E", "UTF8", "--locale", "C"],
+        check=True, capture_output=True, timeout=120,
+    )
+    port = free_port()
+    opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    subprocess.run(
+        [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", str(int(timeout_s)),
+         "-l", str(root / "server.log"), "-o", opts, "start"],
+        check=True, capture_output=True, timeout=timeout_s + 10,
+    )
+
+    def stop() -> None:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True, timeout=60, check=False,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    deadline = time.monotonic() + timeout_s
+    while True:  # pg_ctl -w waits for the socket; also wait for TCP on loopback
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                stop()
+                raise
+            time.sleep(0.05)
+    return url, stop
+
+
+def create_database(server_url: str, name: str | None = None) -> str:
+    """Create a fresh, empty database on a server started by :func:`start_postgres`.
+
+    Returns its URL. One database per test keeps tests independent without
+    restarting the server.
+    """
+    import psycopg
+
+    name = name or f"t_{uuid.uuid4().hex[:12]}"
+    base, _, _ = server_url.rpartition("/")
+    dsn = base.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{base}/{name}"
