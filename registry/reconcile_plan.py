@@ -12,6 +12,7 @@ Per model, exactly one :class:`Action`:
 in_sync    a ready (or gate-rejected) version with this spec hash exists
 train      a new spec hash, or an interrupted run of it to resume
 retry      the newest run for this hash failed; retried with backoff
+deploy     the version is registered but its deploy action has not run
 blocked    the recipe is invalid, or retries are exhausted
 orphaned   the registry has the model but no recipe names it any more
 ========== ===========================================================
@@ -33,6 +34,7 @@ class Action(StrEnum):
     in_sync = "in_sync"  # nothing to do
     train = "train"  # create (or resume) a run and train the desired spec hash
     retry = "retry"  # the last run for this hash failed; try again when due
+    deploy = "deploy"  # registered and ready, but deploy.promote_to has not been applied
     blocked = "blocked"  # invalid recipe, or the retry limit is reached; needs a person
     orphaned = "orphaned"  # registered, but no recipe any more; archived only with --prune
 
@@ -131,6 +133,10 @@ class VersionSnapshot:
     data_digests: Mapping[str, str] = field(default_factory=dict)
     base_model: Mapping[str, str] = field(default_factory=dict)
     git_commit: str | None = None
+    # False while the reconciler that registered it has not yet run its deploy
+    # actions (a kill between registering and promoting); versions registered
+    # by hand have no deploy actions and count as done.
+    deploy_done: bool = True
 
     @property
     def label(self) -> str:
@@ -189,7 +195,8 @@ class ModelPlan:
     current_version: str | None = None  # the version matching the spec hash (in_sync)
     newest_version: str | None = None
     diff: SpecDiff | None = None
-    run_id: str | None = None  # the run to create or resume (train / retry)
+    run_key: str | None = None  # stable name of the attempt; its workdir is runs/<run_key>
+    run_id: str | None = None  # the registry's id of the run to resume (resume only)
     resume: bool = False  # train: continue an interrupted run in its workdir
     attempt: int = 1  # train / retry: which attempt this would be
     failures: int = 0
@@ -203,12 +210,13 @@ class ModelPlan:
     @property
     def pending(self) -> bool:
         """A change a reconcile would make (now or after a backoff)."""
-        return self.action in (Action.train, Action.retry)
+        return self.action in (Action.train, Action.retry, Action.deploy)
 
     @property
     def actionable(self) -> bool:
         """A change a reconcile pass at ``now`` would start."""
-        return self.action is Action.train or (self.action is Action.retry and self.due)
+        return self.action in (Action.train, Action.deploy) or (
+            self.action is Action.retry and self.due)
 
 
 @dataclass(frozen=True)
@@ -266,6 +274,7 @@ def _model_json(m: ModelPlan) -> dict[str, Any]:
         "spec_hash": m.spec_hash,
         "current_version": m.current_version,
         "newest_version": m.newest_version,
+        "run_key": m.run_key,
         "run_id": m.run_id,
         "resume": m.resume,
         "attempt": m.attempt,
@@ -292,8 +301,8 @@ def _model_json(m: ModelPlan) -> dict[str, Any]:
     return out
 
 
-def run_id_for(model: str, spec_hash: str, attempt: int) -> str:
-    """The run id of one attempt at one spec hash: stable, so a killed pass resumes its workdir.
+def run_key_for(model: str, spec_hash: str, attempt: int) -> str:
+    """The name of one attempt at one spec hash: stable, so a killed pass resumes its workdir.
 
     Safe as a directory name: model names are ``[a-z0-9-]`` and the hash part is hex.
     """
@@ -358,6 +367,10 @@ def _plan_desired(
         v = max(match, key=lambda v: v.version)
         note = {"ready": "", "rejected": " (rejected by its gates; change the recipe to retrain)",
                 "archived": " (archived)"}.get(v.status, "")
+        if v.status == "ready" and not v.deploy_done and d.promote_to:
+            return ModelPlan(action=Action.deploy, current_version=v.label,
+                             reason=f"promote {v.label} to {d.promote_to} (deploy.promote_to)",
+                             **common)
         return ModelPlan(action=Action.in_sync, current_version=v.label,
                          reason=f"{v.label} has this spec hash{note}", **common)
 
@@ -368,6 +381,7 @@ def _plan_desired(
     last = mine[-1] if mine else None
     if last is not None and last.status in RUN_ACTIVE:
         return ModelPlan(action=Action.train, diff=diff, run_id=last.run_id, resume=True,
+                         run_key=run_key_for(d.name, d.spec_hash, last.attempt),
                          attempt=last.attempt, failures=len(failures),
                          reason=f"resume interrupted run {last.run_id} ({last.status})",
                          **common)
@@ -376,6 +390,7 @@ def _plan_desired(
         # writes): run it again in the same workdir; training returns the finished
         # artifact at once and registration is idempotent on the spec hash.
         return ModelPlan(action=Action.train, diff=diff, run_id=last.run_id, resume=True,
+                         run_key=run_key_for(d.name, d.spec_hash, last.attempt),
                          attempt=last.attempt, failures=len(failures),
                          reason=f"run {last.run_id} finished but no version is registered",
                          **common)
@@ -385,7 +400,7 @@ def _plan_desired(
         if policy.exhausted(n):
             return ModelPlan(
                 action=Action.blocked, diff=diff, failures=n, attempt=last.attempt,
-                run_id=last.run_id, last_error=last.error,
+                last_error=last.error,
                 reason=f"training failed {n} time(s) (limit {policy.max_attempts}); "
                 "fix the recipe or data (a new spec hash starts again) or raise "
                 "REG_RETRY_MAX_ATTEMPTS", **common)
@@ -394,12 +409,12 @@ def _plan_desired(
         nxt = last.attempt + 1
         return ModelPlan(
             action=Action.retry, diff=diff, failures=n, attempt=nxt,
-            run_id=run_id_for(d.name, d.spec_hash, nxt), next_retry_at=at, due=due,
+            run_key=run_key_for(d.name, d.spec_hash, nxt), next_retry_at=at, due=due,
             last_error=last.error,
             reason=f"attempt {nxt} of {policy.max_attempts} "
             + ("now" if due else f"at {at.isoformat(timespec='seconds')}"), **common)
     reason = "new model" if newest is None else f"spec changed since {newest.label}"
-    return ModelPlan(action=Action.train, diff=diff, run_id=run_id_for(d.name, d.spec_hash, 1),
+    return ModelPlan(action=Action.train, diff=diff, run_key=run_key_for(d.name, d.spec_hash, 1),
                      attempt=1, reason=reason, **common)
 
 

@@ -19,7 +19,7 @@ from registry.reconcile_plan import (
     VersionSnapshot,
     diff_fields,
     make_plan,
-    run_id_for,
+    run_key_for,
 )
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -63,7 +63,7 @@ def run() -> MakeRun:
     def make(attempt: int = 1, status: str = "failed", spec_hash: str = H1,
              model: str = "bot", finished_at: datetime | None = None,
              error: str | None = "boom") -> RunSnapshot:
-        return RunSnapshot(run_id=run_id_for(model, spec_hash, attempt), model=model,
+        return RunSnapshot(run_id=str(attempt), model=model,
                            spec_hash=spec_hash, status=status, attempt=attempt,
                            created_at=NOW - timedelta(hours=2), finished_at=finished_at,
                            error=error)
@@ -74,7 +74,7 @@ def test_new_model_is_train_with_attempt_one(desired: MakeDesired) -> None:
     plan = make_plan([desired()], [], [], [], now=NOW)
     (m,) = plan.models
     assert m.action is Action.train
-    assert m.run_id == run_id_for("bot", H1, 1)
+    assert (m.run_key, m.run_id) == (run_key_for("bot", H1, 1), None)
     assert m.diff is not None and m.diff.against is None
     assert m.reason == "new model"
     assert plan.exit_code == 2
@@ -95,6 +95,22 @@ def test_rejected_version_is_settled_not_retrained(
     plan = make_plan([desired()], [], [version(status="rejected")], [], now=NOW)
     assert plan.models[0].action is Action.in_sync
     assert "rejected by its gates" in plan.models[0].reason
+
+
+@pytest.mark.parametrize(
+    ("deploy_done", "promote_to", "action"),
+    [pytest.param(False, "staging", Action.deploy, id="killed-before-promote"),
+     pytest.param(True, "staging", Action.in_sync, id="already-deployed"),
+     pytest.param(False, None, Action.in_sync, id="no-deploy-action")],
+)
+def test_deploy_action_is_finished_after_a_crash(
+    desired: MakeDesired, version: MakeVersion, deploy_done: bool, promote_to: str | None,
+    action: Action,
+) -> None:
+    plan = make_plan([desired(promote_to=promote_to)], [], [version(deploy_done=deploy_done)],
+                     [], now=NOW)
+    assert plan.models[0].action is action
+    assert plan.exit_code == (2 if action is Action.deploy else 0)
 
 
 def test_changed_spec_shows_field_and_data_diff(
@@ -124,7 +140,8 @@ def test_diff_fields_reports_added_and_removed_keys() -> None:
 def test_interrupted_run_is_resumed_in_its_workdir(desired: MakeDesired, run: MakeRun) -> None:
     plan = make_plan([desired()], [], [], [run(status="training", error=None)], now=NOW)
     (m,) = plan.models
-    assert (m.action, m.resume, m.run_id) == (Action.train, True, run_id_for("bot", H1, 1))
+    assert (m.action, m.resume, m.run_id) == (Action.train, True, "1")
+    assert m.run_key == run_key_for("bot", H1, 1)
 
 
 def test_finished_run_without_version_is_redone_idempotently(
@@ -150,7 +167,7 @@ def test_failed_run_is_retried_after_backoff(
     (m,) = plan.models
     assert m.action is Action.retry
     assert (m.attempt, m.failures, m.due) == (2, 1, due)
-    assert m.run_id == run_id_for("bot", H1, 2)
+    assert (m.run_key, m.run_id) == (run_key_for("bot", H1, 2), None)
     assert m.next_retry_at == NOW - failed_ago + timedelta(seconds=60)
     assert m.last_error == "boom"
     assert m.actionable is due
