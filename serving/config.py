@@ -1,0 +1,76 @@
+"""Serving settings: the gateway's limits and tokens, and how engines are sized.
+
+Read from the environment by :meth:`ServeConfig.from_env` (the CLI overrides
+host and port); tests build one directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recipes.errors import RegError
+
+
+class ConfigError(RegError):
+    """A serving setting is malformed."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Admin routes (policy, adapters, reload) need `Authorization: Bearer <admin_token>`;
+    # with no token set they are disabled (403), never open.
+    admin_token: str | None = None
+    # When non-empty, the OpenAI routes need `Authorization: Bearer <one of these>`.
+    api_keys: frozenset[str] = frozenset()
+    # Requests answered at once; beyond it the gateway answers 429 with Retry-After.
+    max_concurrency: int = 64
+    retry_after_s: int = 1
+    # Where fetched, digest-verified adapters live; engines load only from here.
+    adapter_root: Path = Path(".reg/serving/adapters")
+    log_dir: Path = Path(".reg/serving/logs")
+    # Engine sizing.
+    max_loras: int = 4
+    min_lora_rank: int = 8
+    max_num_seqs: int = 16
+    cpu_kvcache_gib: int = 1
+    engine_start_timeout_s: float = 180.0
+    # Supervision: how often the registry marker and engine health are checked.
+    poll_interval_s: float = 0.2
+    health_interval_s: float = 1.0
+    restart_backoff_s: tuple[float, float] = (1.0, 30.0)
+    # Upstream timeouts: connecting (a dead engine fails fast) and the whole answer.
+    connect_timeout_s: float = 2.0
+    request_timeout_s: float = 300.0
+    max_shadow_in_flight: int = 16
+    # Engines already running elsewhere: base model path -> URL (not started or supervised).
+    external_engines: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> ServeConfig:
+        e = dict(os.environ if env is None else env)
+        home = Path(e.get("REG_HOME", ".reg"))
+        keys = frozenset(k.strip() for k in e.get("REG_API_KEYS", "").split(",") if k.strip())
+        values: dict[str, object] = {
+            "admin_token": e.get("REG_ADMIN_TOKEN") or None,
+            "api_keys": keys,
+            "adapter_root": home / "serving" / "adapters",
+            "log_dir": home / "serving" / "logs",
+        }
+        for name, var in (("max_concurrency", "REG_MAX_CONCURRENCY"),
+                          ("max_loras", "REG_MAX_LORAS"),
+                          ("max_num_seqs", "REG_MAX_NUM_SEQS")):
+            if var in e:
+                try:
+                    values[name] = int(e[var])
+                except ValueError as exc:
+                    raise ConfigError(f"{var}={e[var]!r} is not a whole number",
+                                      hint=f"set {var} to a positive integer") from exc
+        values.update(overrides)
+        cfg = cls(**values)  # type: ignore[arg-type]
+        if cfg.max_concurrency < 1 or cfg.max_loras < 1:
+            raise ConfigError("REG_MAX_CONCURRENCY and REG_MAX_LORAS must be at least 1")
+        return cfg

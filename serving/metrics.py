@@ -1,0 +1,123 @@
+"""The gateway's Prometheus metrics, per model, version and stage.
+
+vLLM labels all its request metrics with the base model's name, even for
+adapter requests, so per-version numbers can only come from here. Each gateway
+owns a :class:`CollectorRegistry` (not the global one), so several apps can
+live in one process (tests, benchmarks). Names follow Prometheus conventions
+and pass ``promtool check metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+VERSION_LABELS = ("model", "version", "stage")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Every metric the gateway exports. Label values for versions are ``v3``, never ``3``."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "reg_gateway_requests", "Requests answered, by served version and HTTP status code.",
+            [*VERSION_LABELS, "code"], registry=r,
+        )
+        self.duration = Histogram(
+            "reg_gateway_request_duration_seconds",
+            "Time from receiving a request to sending its last byte.",
+            VERSION_LABELS, buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "reg_gateway_time_to_first_token_seconds",
+            "Time from receiving a request to sending its first generated token (streams) "
+            "or the whole answer (non-streaming).",
+            VERSION_LABELS, buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "reg_gateway_prompt_tokens", "Prompt tokens of answered requests.",
+            VERSION_LABELS, registry=r,
+        )
+        self.output_tokens = Counter(
+            "reg_gateway_output_tokens", "Generated tokens of answered requests.",
+            VERSION_LABELS, registry=r,
+        )
+        self.in_flight = Gauge(
+            "reg_gateway_in_flight_requests", "Requests being answered now.",
+            VERSION_LABELS, registry=r,
+        )
+        self.shadow = Counter(
+            "reg_gateway_shadow_requests",
+            "Mirrored (shadow) requests, by the version they were mirrored to and its status "
+            "code; their answers are measured, never returned.",
+            [*VERSION_LABELS, "code"], registry=r,
+        )
+        self.shadow_duration = Histogram(
+            "reg_gateway_shadow_request_duration_seconds", "Duration of shadow requests.",
+            VERSION_LABELS, buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.failovers = Counter(
+            "reg_gateway_failovers",
+            "Requests retried on the production version after the chosen version failed "
+            "before any byte was sent.",
+            ["model", "from_version", "to_version", "reason"], registry=r,
+        )
+        self.rejected = Counter(
+            "reg_gateway_rejected_requests",
+            "Requests refused before routing (unknown model, auth, overload, engine down).",
+            ["reason", "code"], registry=r,
+        )
+        self.engine_up = Gauge(
+            "reg_engine_up", "1 when the engine answers its health check, else 0.",
+            ["engine"], registry=r,
+        )
+        self.engine_restarts = Counter(
+            "reg_engine_restarts", "Times the supervisor restarted an engine.", ["engine"],
+            registry=r,
+        )
+        self.adapters_loaded = Gauge(
+            "reg_engine_adapters_loaded", "LoRA adapters loaded in the engine.", ["engine"],
+            registry=r,
+        )
+        self.traffic_weight = Gauge(
+            "reg_traffic_weight_ratio",
+            "Share of a model's traffic routed to each stage (0-1), with the stage's version.",
+            VERSION_LABELS, registry=r,
+        )
+        self.shadow_weight = Gauge(
+            "reg_traffic_shadow_ratio",
+            "Share of a model's production requests mirrored to a stage (0-1).",
+            VERSION_LABELS, registry=r,
+        )
+        self.policy_marker = Gauge(
+            "reg_gateway_policy_marker",
+            "The registry change marker the gateway's routing snapshot was built from.",
+            registry=r,
+        )
+
+    def set_traffic(
+        self,
+        weights: Iterable[tuple[str, str, str, float]],
+        shadows: Iterable[tuple[str, str, str, float]],
+    ) -> None:
+        """Replace the traffic gauges: rows of (model, version, stage, share 0-1)."""
+        self.traffic_weight.clear()
+        for model, version, stage, share in weights:
+            self.traffic_weight.labels(model, version, stage).set(share)
+        self.shadow_weight.clear()
+        for model, version, stage, share in shadows:
+            self.shadow_weight.labels(model, version, stage).set(share)
+
+    def set_engines(self, up: Mapping[str, bool], adapters: Mapping[str, int]) -> None:
+        for engine, ok in up.items():
+            self.engine_up.labels(engine).set(1 if ok else 0)
+        for engine, n in adapters.items():
+            self.adapters_loaded.labels(engine).set(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
