@@ -39,10 +39,11 @@ class Action(StrEnum):
     orphaned = "orphaned"  # registered, but no recipe any more; archived only with --prune
 
 
-# Run statuses the planner reads (the registry stores them as strings).
-RUN_ACTIVE = frozenset({"pending", "training", "evaluating", "registering"})
+# Run statuses the planner reads (registry.runs.RunStatus, kept as strings so this
+# module needs nothing but the standard library). "cancelled" runs are ignored.
+RUN_ACTIVE = frozenset({"queued", "training"})
 RUN_FAILED = frozenset({"failed"})
-RUN_DONE = frozenset({"succeeded", "ready", "rejected"})
+RUN_DONE = frozenset({"succeeded", "rejected"})
 # Version statuses that mean "this spec hash has been trained and judged".
 VERSION_SETTLED = frozenset({"ready", "rejected", "archived"})
 
@@ -229,10 +230,21 @@ class PruneDecision:
 
 
 @dataclass(frozen=True)
+class StaleRun:
+    """An unfinished run whose spec hash is no longer wanted: the reconciler closes it."""
+
+    run_id: str
+    model: str
+    spec_hash: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Plan:
     models: tuple[ModelPlan, ...]
     prune: tuple[PruneDecision, ...] = ()
     prune_withheld: str | None = None  # why --prune decided nothing, when it was asked
+    stale_runs: tuple[StaleRun, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -258,6 +270,8 @@ class Plan:
             "prune": [{"model": p.model, "version": p.version, "reason": p.reason}
                       for p in self.prune],
             "prune_withheld": self.prune_withheld,
+            "stale_runs": [{"run_id": r.run_id, "model": r.model, "reason": r.reason}
+                           for r in self.stale_runs],
         }
 
 
@@ -386,12 +400,13 @@ def _plan_desired(
                          reason=f"resume interrupted run {last.run_id} ({last.status})",
                          **common)
     if last is not None and last.status in RUN_DONE:
-        # The run finished but its version is missing (e.g. killed between the two
-        # writes): run it again in the same workdir; training returns the finished
-        # artifact at once and registration is idempotent on the spec hash.
-        return ModelPlan(action=Action.train, diff=diff, run_id=last.run_id, resume=True,
-                         run_key=run_key_for(d.name, d.spec_hash, last.attempt),
-                         attempt=last.attempt, failures=len(failures),
+        # The run finished but its version is gone (the reconciler finishes a run
+        # only after registering, so someone removed it): a finished run is never
+        # reopened, so train again as a new attempt.
+        nxt = last.attempt + 1
+        return ModelPlan(action=Action.train, diff=diff,
+                         run_key=run_key_for(d.name, d.spec_hash, nxt), attempt=nxt,
+                         failures=len(failures),
                          reason=f"run {last.run_id} finished but no version is registered",
                          **common)
     if failures and last is not None and last.status in RUN_FAILED:
@@ -480,5 +495,17 @@ def make_plan(
                 for v in sorted(by_model_v[name], key=lambda v: v.version):
                     if v.status != "archived" and not v.stages:
                         decisions.append(PruneDecision(name, v.label, "orphaned, in no stage"))
+    wanted = {d.name: d.spec_hash for d in desired}
+    blocked_names = {b.name for b in blocked if b.name is not None}
+    stale: list[StaleRun] = []
+    for model, rs in sorted(by_model_r.items()):
+        if model in blocked_names:
+            continue  # its recipe may come back unchanged once fixed: keep the run resumable
+        for r in sorted(rs, key=lambda r: (r.created_at, r.run_id)):
+            if r.status in RUN_ACTIVE and wanted.get(model) != r.spec_hash:
+                why = ("its recipe is gone" if model not in wanted
+                       else "the recipe changed since it started")
+                stale.append(StaleRun(r.run_id, model, r.spec_hash, why))
     plans.sort(key=lambda m: m.model)
-    return Plan(models=tuple(plans), prune=tuple(decisions), prune_withheld=withheld)
+    return Plan(models=tuple(plans), prune=tuple(decisions), prune_withheld=withheld,
+                stale_runs=tuple(stale))

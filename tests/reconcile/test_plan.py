@@ -144,12 +144,12 @@ def test_interrupted_run_is_resumed_in_its_workdir(desired: MakeDesired, run: Ma
     assert m.run_key == run_key_for("bot", H1, 1)
 
 
-def test_finished_run_without_version_is_redone_idempotently(
+def test_finished_run_without_version_trains_a_new_attempt(
     desired: MakeDesired, run: MakeRun
 ) -> None:
     plan = make_plan([desired()], [], [], [run(status="succeeded", error=None)], now=NOW)
     (m,) = plan.models
-    assert (m.action, m.resume) == (Action.train, True)
+    assert (m.action, m.resume, m.attempt) == (Action.train, False, 2)
     assert "no version is registered" in m.reason
 
 
@@ -259,3 +259,14 @@ def test_plan_is_deterministic(desired: MakeDesired, version: MakeVersion) -> No
     second = make_plan(list(reversed(ds)), [], [version(model="a")], [], now=NOW)
     assert first == second
     assert [m.model for m in first.models] == ["a", "b"]
+
+
+def test_unfinished_run_of_an_old_hash_is_closed_as_stale(
+    desired: MakeDesired, run: MakeRun
+) -> None:
+    runs = [run(status="training", error=None), run(status="failed", attempt=2)]
+    plan = make_plan([desired(spec_hash=H2)], [], [], runs, now=NOW)
+    assert [(r.run_id, r.reason) for r in plan.stale_runs] == [
+        ("1", "the recipe changed since it started")]
+    kept = make_plan([], [BlockedRecipe("/ws/r.yaml", "bot", [])], [], runs, now=NOW)
+    assert kept.stale_runs == ()
