@@ -11,8 +11,11 @@ head size of 32, 64, 80, ...; 32 is the smallest.
 from __future__ import annotations
 
 import json
+import os
 import random
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -31,7 +34,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - a paragraph of words reads better than a list
     "the a an of to in is it that for on with as are was be by this at or from have not "
     "but what all were when we there can your which their if do will each how up about out "
     "many then them these so some her would make like him into time has look two more write "
@@ -59,14 +62,21 @@ class TinyModelConfig:
     seed: int = 0
 
 
-def _corpus(seed: int, lines: int = 4000) -> list[str]:
+def sample_sentences(seed: int, lines: int) -> list[str]:
+    """Random sentences over the tokenizer's training words (general text for examples)."""
     rng = random.Random(seed)
     out: list[str] = []
     for _ in range(lines):
         n = rng.randint(3, 16)
         words = [rng.choice(_WORDS) for _ in range(n)]
         sentence = " ".join(words)
-        out.append(sentence.capitalize() + rng.choice([".", "?", "!", ":"]) + f" {rng.randint(0, 999)}")
+        end = rng.choice([".", "?", "!", ":"])
+        out.append(f"{sentence.capitalize()}{end} {rng.randint(0, 999)}")
+    return out
+
+
+def _corpus(seed: int, lines: int = 4000) -> list[str]:
+    out = sample_sentences(seed, lines)
     # Every byte-level symbol appears at least once, so any input tokenizes.
     out.append("".join(chr(i) for i in range(32, 127)))
     return out
@@ -88,7 +98,7 @@ def build_tokenizer(out_dir: Path, cfg: TinyModelConfig) -> int:
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(cfg.seed), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token="<s>",
         eos_token="<|end|>",
@@ -99,22 +109,40 @@ def build_tokenizer(out_dir: Path, cfg: TinyModelConfig) -> int:
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out_dir))
     end_id = fast.convert_tokens_to_ids("<|end|>")
-    return int(end_id)
+    if not isinstance(end_id, int):  # a list only when given a list
+        raise TypeError(f"unexpected id for <|end|>: {end_id!r}")
+    return end_id
 
 
 def build_tiny_llama(out_dir: Path, cfg: TinyModelConfig | None = None) -> Path:
     """Write a tiny Llama (config, safetensors weights, tokenizer) to ``out_dir``.
 
-    Deterministic: the same config and seed give the same files.
+    Deterministic: the same config and seed give the same bytes. The model is
+    built in a temporary sibling folder and renamed into place, so a crash
+    never leaves a half-written model behind; an existing ``out_dir`` is
+    replaced.
     """
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     cfg = cfg or TinyModelConfig()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    end_id = build_tokenizer(out_dir, cfg)
-    from transformers import AutoTokenizer
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared
+    try:
+        _build_into(tmp, cfg)
+        _fsync_tree(tmp)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
 
+
+def _build_into(out_dir: Path, cfg: TinyModelConfig) -> None:
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    end_id = build_tokenizer(out_dir, cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -129,16 +157,45 @@ def build_tiny_llama(out_dir: Path, cfg: TinyModelConfig | None = None) -> Path:
         eos_token_id=end_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        dtype="float32",
     )
-    torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
+    # The global RNG is restored afterwards: callers' own seeding is not ours to change.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         bos_token_id=tokenizer.bos_token_id, eos_token_id=end_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        model.save_pretrained(str(out_dir))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     (out_dir / "reg-tiny-model.json").write_text(
-        json.dumps({"builder": "recipes.tiny_model", "config": cfg.__dict__}, indent=2) + "\n"
+        json.dumps({"builder": "recipes.tiny_model", "config": asdict(cfg)}, indent=2) + "\n"
     )
-    return out_dir
+
+
+def _fsync_tree(root: Path) -> None:
+    for f in root.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _replace_dir(src: Path, dest: Path) -> None:
+    """Rename ``src`` to ``dest``; an existing ``dest`` is moved aside first, then removed."""
+    old: Path | None = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -45,6 +45,34 @@ def schema() -> None:
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder of the new workspace.")],
+    example: Annotated[bool, typer.Option(
+        "--example", help="Add example recipes, their data and a tiny model built here.",
+    )] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Write into a folder that is not empty (replaces reg's files).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the generated data and model.")] = 0,
+    json_mode: JsonOpt = False,
+) -> None:
+    """Create a workspace: recipes/, the recipe JSON Schema, and a .gitignore for .reg/."""
+    from recipes.example import init_workspace
+
+    out = Output(json_mode)
+    root = init_workspace(directory, example=example, force=force, seed=seed)
+    recipes = sorted(str(p.relative_to(root)) for p in (root / "recipes").glob("*.yaml"))
+    out.data({"workspace": str(root), "recipes": recipes, "example": example})
+    out.message(f"[green]Workspace ready:[/green] {root}")
+    if recipes:
+        out.table(None, ["recipe"], [(r,) for r in recipes])
+        out.hint(f"`reg validate {root / 'recipes'}`, then "
+                 f"`reg data {root / 'recipes' / 'support-bot.yaml'}`")
+    else:
+        out.hint(f"write a recipe in {root / 'recipes'} (`reg schema` for the format), "
+                 f"or start from `reg init DIR --example`")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(validate)
     app.command()(schema)
+    app.command()(init)
