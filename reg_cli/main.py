@@ -27,7 +27,10 @@ for module in (recipes_cmd, train_cmd, registry_cmd, reconcile_cmd, serve_cmd):
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click *returns* the code of a `typer.Exit(code)`.
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except SystemExit as e:
         raise
     except KeyboardInterrupt:
