@@ -1,0 +1,137 @@
+"""Named leases in the database: "one reconciler at a time", with a heartbeat.
+
+A lease row says who holds it, since when, and until when. Taking it is one
+atomic conditional statement: insert the row if absent, else update it only
+if it is ours or expired, and count the rows written. A holder renews
+(heartbeats) before ``expires_at``; a holder that died simply stops renewing
+and the next caller takes the lease over once it expires.
+
+On PostgreSQL a session-level advisory lock (``pg_try_advisory_lock``) is
+taken as well, on a connection the lease keeps open: the server drops it the
+moment the holder's process or connection dies, so a dead holder's lease is
+taken over at once instead of after its expiry, and two holders can never
+both believe they hold it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import zlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from registry.db import is_sqlite, writer
+from registry.tables import LeasePublic, leases_table
+
+Clock = Callable[[], datetime]
+
+
+def default_holder() -> str:
+    """``host:pid``: enough for a person to find the process that holds a lease."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _advisory_key(name: str) -> int:
+    return zlib.crc32(f"reg-lease:{name}".encode())
+
+
+class Leases:
+    """Acquire, renew, release and read leases on one database."""
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self._engine = engine
+        self._write = writer(engine)
+        self._clock = clock
+        self._advisory: dict[str, Connection] = {}
+
+    def get(self, name: str) -> LeasePublic | None:
+        t = leases_table
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.name == name)).mappings().first()
+            conn.rollback()
+        return None if row is None else LeasePublic.model_validate(dict(row))
+
+    def acquire(self, name: str, holder: str, ttl_s: float) -> LeasePublic | None:
+        """Take the lease (or extend ours). Returns it, or None when another live holder has it."""
+        forced = False
+        if not is_sqlite(self._engine) and name not in self._advisory:
+            conn = self._engine.connect()
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"),
+                               {"k": _advisory_key(name)}).scalar()
+            conn.commit()
+            if not got:
+                conn.close()
+                return None
+            self._advisory[name] = conn
+            forced = True  # whoever held the row before has lost its session
+        now = self._clock()
+        expires = now + timedelta(seconds=ttl_s)
+        t = leases_table
+        with self._write.begin() as conn:
+            values = {"name": name, "holder": holder, "acquired_at": now,
+                      "heartbeat_at": now, "expires_at": expires}
+            if is_sqlite(self._engine):
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                taken = conn.execute(
+                    sqlite_insert(t).values(**values).on_conflict_do_nothing()).rowcount == 1
+            else:
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                taken = conn.execute(
+                    pg_insert(t).values(**values).on_conflict_do_nothing()).rowcount == 1
+            if not taken:
+                cond = sa.true() if forced else sa.or_(t.c.holder == holder, t.c.expires_at < now)
+                upd = (
+                    sa.update(t)
+                    .where(t.c.name == name, cond)
+                    .values(
+                        holder=holder,
+                        acquired_at=sa.case((t.c.holder == holder, t.c.acquired_at), else_=now),
+                        heartbeat_at=now,
+                        expires_at=expires,
+                    )
+                )
+                taken = conn.execute(upd).rowcount == 1
+        if not taken:
+            self._drop_advisory(name)
+            return None
+        return self.get(name)
+
+    def renew(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Heartbeat: extend our lease. False when it is no longer ours (stop working then)."""
+        now = self._clock()
+        t = leases_table
+        with self._write.begin() as conn:
+            n = conn.execute(
+                sa.update(t)
+                .where(t.c.name == name, t.c.holder == holder)
+                .values(heartbeat_at=now, expires_at=now + timedelta(seconds=ttl_s))
+            ).rowcount
+        return n == 1
+
+    def release(self, name: str, holder: str) -> bool:
+        """Give the lease up (only if it is ours)."""
+        t = leases_table
+        with self._write.begin() as conn:
+            n = conn.execute(sa.delete(t).where(t.c.name == name, t.c.holder == holder)).rowcount
+        self._drop_advisory(name)
+        return n == 1
+
+    def close(self) -> None:
+        for name in list(self._advisory):
+            self._drop_advisory(name)
+
+    def _drop_advisory(self, name: str) -> None:
+        conn = self._advisory.pop(name, None)
+        if conn is None:
+            return
+        try:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _advisory_key(name)})
+            conn.commit()
+        finally:
+            conn.close()

@@ -1,0 +1,1 @@
+"""Registry tests: real SQLite files and a real PostgreSQL server."""
