@@ -73,15 +73,16 @@ class RegistrySource:
     def deployments(self) -> list[Deployment]:
         out: list[Deployment] = []
         for d in self.registry.deployments():
+            ident = d.identity or {}
             out.append(
                 Deployment(
-                    model=_get(d, "model"),
-                    version=int(_get(d, "version")),
-                    stages=tuple(sorted(_get(d, "stages"))),
-                    digest=_get(d, "digest", "artifact_digest"),
-                    base_model_path=str(_get(d, "base_model_path")),
-                    adapter_rank=int(_get(d, "adapter_rank") or 8),
-                    max_model_len=int(_get(d, "max_model_len", default=512) or 512),
+                    model=d.model,
+                    version=int(d.version),
+                    stages=tuple(sorted(d.stages)),
+                    digest=d.artifact_digest,
+                    base_model_path=str(d.base_model_path),
+                    adapter_rank=int(d.adapter_rank or 8),
+                    max_model_len=int(ident.get("max_model_len") or 512),
                 )
             )
         return out
@@ -90,28 +91,24 @@ class RegistrySource:
         p = self.registry.get_traffic(model)
         if p is None:
             return None
-        weights = {str(k): int(v) for k, v in _get(p, "weights").items()}
-        shadow_raw = _get(p, "shadow", default=None)
-        shadow: Shadow | None = None
-        if shadow_raw:
-            if isinstance(shadow_raw, Mapping):
-                (stage, pct), = shadow_raw.items()
-                shadow = Shadow(str(stage), int(pct))
-            else:
-                shadow = Shadow(_get(shadow_raw, "stage"), int(_get(shadow_raw, "percent")))
+        weights = {str(k): int(v) for k, v in p.weights.items()}
+        shadow = None
+        if p.shadow:
+            stage, pct = next(iter(sorted(p.shadow.items())))
+            shadow = Shadow(str(stage), int(pct))
         return TrafficPolicy(model=model, weights=weights, shadow=shadow)
 
     def change_marker(self) -> int:
         return int(self.registry.change_marker())
 
     def fetch_artifact(self, deployment: Deployment, dest_root: Path) -> Path:
-        path: Path = self.registry.fetch_artifact_for(
-            deployment.model, deployment.version, dest_root
-        )
-        return Path(path)
+        version = self.registry.get_version(deployment.model, deployment.version)
+        return Path(self.registry.fetch_artifact(version, dest_root))
 
     def known_models(self) -> Mapping[str, list[int]]:
-        return dict(self.registry.ready_versions())
+        # Version numbers are 1..latest per model, so the listing needs no per-version query.
+        return {m.name: list(range(1, (m.latest or 0) + 1))
+                for m in self.registry.list_models()}
 
     def set_traffic(
         self, model: str, weights: Mapping[str, int], shadow: Shadow | None, actor: str,
@@ -123,16 +120,3 @@ class RegistrySource:
         )
 
 
-_MISSING = object()
-
-
-def _get(obj: Any, *names: str, default: Any = _MISSING) -> Any:
-    """Read a field from a dataclass/SQLModel/dict: the registry's item types are its own."""
-    for name in names:
-        if isinstance(obj, Mapping) and name in obj:
-            return obj[name]
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    if default is _MISSING:
-        raise AttributeError(f"registry item {obj!r} has none of {names}")
-    return default

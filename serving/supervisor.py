@@ -268,6 +268,9 @@ class Supervisor:
             slot.last_health_at = now
             healthy = await EngineAdmin(self.session, slot.url).healthy()
             slot.health_failures = 0 if healthy else slot.health_failures + 1
+            if healthy and slot.state is EngineState.ready:
+                # Re-check the loaded adapters too: an engine can lose one behind our back.
+                slot.needs_sync = True
         started_for = now - (slot.proc.started_at if slot.proc else slot.next_start_at)
         new = next_state(
             slot.state, exited=code is not None, healthy=healthy,
