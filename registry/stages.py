@@ -119,8 +119,8 @@ def decide_promote(
     if admission is Admission.needs_force and not force:
         raise Refused(
             f"v{version} is {status.value} (it did not pass its gates); refusing to promote it "
-            f"to {stage}",
-            hint="check `reg show` for its gate results; pass --force to promote anyway "
+            f"to {stage} without --force",
+            hint="check `reg show` for its gate results; --force promotes it anyway "
             "(recorded in the audit log)",
         )
     forced = admission is Admission.needs_force

@@ -1,0 +1,160 @@
+"""The artifact store: atomic, idempotent, verified; pickles refused; S3 through moto's server."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recipes.artifact import ArtifactError
+from registry.api import Registry
+from registry.errors import ArtifactCorrupt, ArtifactRefused
+from registry.settings import Settings
+from registry.store import ArtifactStore, blob_key, safe_relpath
+from tests.registry.conftest import ArtifactFactory, FakeClock
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_put_is_idempotent_and_content_addressed(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path / "store"))
+    f = tmp_path / "a.txt"
+    f.write_text("hello")
+    d1 = store.put_file(f)
+    d2 = store.put_file(f)
+    assert d1 == d2 == "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    blobs = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert [p.relative_to(tmp_path / "store").as_posix() for p in blobs] == [blob_key(d1)]
+    out = tmp_path / "copy.txt"
+    store.get_file(d1, out)
+    assert out.read_text() == "hello"
+
+
+def test_put_refuses_bytes_that_do_not_match_the_expected_digest(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path / "store"))
+    f = tmp_path / "a.txt"
+    f.write_text("hello")
+    with pytest.raises(ArtifactCorrupt, match="a.txt: sha256 2cf24dba5fb0... is not the expected"):
+        store.put_file(f, "sha256:" + "0" * 64)
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.txt"))
+
+
+def test_a_flipped_byte_in_the_store_is_refused(
+    registry: Registry, make_artifact: ArtifactFactory, tmp_path: Path
+) -> None:
+    v = registry.register_artifact(make_artifact())
+    manifest = registry.get_artifact(v.artifact_digest or "").manifest
+    weights = next(e for e in manifest["files"] if e["path"].endswith(".safetensors"))
+    _flip_a_byte(Path(registry.settings.artifact_store) / blob_key(weights["sha256"]))
+    with pytest.raises(ArtifactCorrupt, match=r"stored blob .* hashes to sha256 .* the artifact "
+                                              r"store is corrupt"):
+        registry.fetch_artifact(v, tmp_path / "cache")
+    assert not (tmp_path / "cache" / (v.artifact_digest or "")[7:]).exists()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # no temp left behind
+
+
+def test_a_tampered_local_copy_is_rebuilt(
+    registry: Registry, make_artifact: ArtifactFactory, tmp_path: Path
+) -> None:
+    v = registry.register_artifact(make_artifact())
+    out = registry.fetch_artifact(v, tmp_path / "cache")
+    original = (out / "adapter_model.safetensors").read_bytes()
+    _flip_a_byte(out / "adapter_model.safetensors")
+    again = registry.fetch_artifact(v, tmp_path / "cache")
+    assert again == out and (out / "adapter_model.safetensors").read_bytes() == original
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    pytest.param({"optimizer.pt": b"\x80\x04pickle"}, "pickle-format files: optimizer.pt",
+                 id="pickle"),
+    pytest.param({"extra.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00not json"},
+                 r"extra.safetensors \(not a safetensors file\)", id="fake-safetensors"),
+    pytest.param({"blob.dat": bytes(range(256))}, r"blob.dat \(binary, not safetensors\)",
+                 id="binary"),
+])
+def test_forbidden_files_are_refused_and_nothing_is_written(
+    registry: Registry, make_artifact: ArtifactFactory, files: dict[str, bytes], message: str
+) -> None:
+    if "optimizer.pt" in files:  # write_manifest itself refuses pickles; add it afterwards
+        art = make_artifact()
+        (art / "optimizer.pt").write_bytes(files["optimizer.pt"])
+        err: type[Exception] = ArtifactError
+    else:
+        art = make_artifact(extra_files=files)
+        err = ArtifactRefused
+    with pytest.raises(err, match=message):
+        registry.register_artifact(art)
+    assert registry.list_models() == []
+    store = Path(registry.settings.artifact_store)
+    assert not store.exists() or not any(store.rglob("*"))
+
+
+@pytest.mark.parametrize("rel", [
+    pytest.param("../x", id="parent"), pytest.param("/etc/passwd", id="absolute"),
+    pytest.param("a/../../b", id="nested-parent"), pytest.param("a//b", id="unnormalised"),
+])
+def test_manifest_paths_cannot_escape(rel: str) -> None:
+    with pytest.raises(ArtifactRefused, match="escapes the artifact directory"):
+        safe_relpath(rel)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on loopback, with a bucket `reg`."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": url}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="reg")
+        yield url
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_s3_round_trip_through_moto_server(
+    s3_endpoint: str, make_artifact: ArtifactFactory, tmp_path: Path
+) -> None:
+    import boto3
+
+    settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'r.db'}",
+                        artifact_store="s3://reg/team-a/artifacts")
+    art = make_artifact()
+    with Registry(settings, clock=FakeClock()) as reg:
+        v = reg.register_artifact(art)
+        keys = sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(
+            Bucket="reg", Prefix="team-a/artifacts/")["Contents"])
+        assert len(keys) == len(list(art.iterdir()))  # every file + the manifest, once each
+        assert all(k.startswith("team-a/artifacts/blobs/sha256/") for k in keys)
+        out = reg.fetch_artifact(v, tmp_path / "cache")
+        for f in art.iterdir():
+            assert (out / f.name).read_bytes() == f.read_bytes()
+        # corrupt one object in the bucket: the next fetch refuses it
+        weights = next(k for k in keys if k.endswith(
+            next(e["sha256"] for e in reg.get_artifact(v.artifact_digest or "").manifest["files"]
+                 if e["path"] == "adapter_model.safetensors")))
+        boto3.client("s3").put_object(Bucket="reg", Key=weights, Body=b"tampered")
+        with pytest.raises(ArtifactCorrupt, match="s3://reg/team-a/artifacts/blobs/sha256/"):
+            reg.fetch_artifact(v, tmp_path / "cache2")
