@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -126,9 +127,22 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(str(path), 1, 1, "", f"expected one YAML document, found {len(docs)}",
                               hint="put one recipe per file")]
     if not isinstance(docs[0], CommentedMap):
-        return None, [Problem(str(path), 1, 1, "", "a recipe must be a mapping",
-                              got=type(docs[0]).__name__)]
+        return None, [Problem(str(path), 1, 1, "", "a recipe must be a mapping of keys",
+                              got=_yaml_type(docs[0]),
+                              hint="start from `reg init DIR --example` or `reg schema`")]
     return docs[0], []
+
+
+def _yaml_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
 
 
 def _position(doc: Any, loc: Sequence[str | int]) -> tuple[int | None, int | None]:
@@ -180,8 +194,48 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# pydantic names the member of a union it tried in ``loc`` (``float``,
+# ``literal['auto']``, ``list[str]``); these are not keys the user wrote.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "bytes"})
+
+
+def _is_type_tag(key: str | int) -> bool:
+    return isinstance(key, str) and (
+        key in _TYPE_TAGS or "[" in key or key.startswith(("function-", "literal", "lax-"))
+    )
+
+
+def _user_loc(doc: Any, loc: Sequence[str | int]) -> tuple[str | int, ...]:
+    """``loc`` without pydantic's union-member tags, keeping every key the YAML has."""
+    out: list[str | int] = []
+    node: Any = doc
+    for key in loc:
+        in_map = isinstance(node, dict) and key in node
+        in_seq = isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node)
+        if not (in_map or in_seq) and _is_type_tag(key):
+            continue
+        node = node[key] if in_map or in_seq else None
+        out.append(key)
+    return tuple(out)
+
+
+def _merge_union_problems(problems: list[Problem]) -> list[Problem]:
+    """One problem per field: a value that fits no member of a union lists every member."""
+    merged: dict[tuple[str, str], Problem] = {}
+    for p in problems:
+        key = (p.field, p.got or "")
+        first = merged.get(key)
+        if first is None or first.message == p.message:
+            merged.setdefault(key, p)
+            continue
+        extra = p.message.removeprefix("Input should be ")
+        merged[key] = Problem(first.file, first.line, first.column, first.field,
+                              f"{first.message} or {extra}", first.got, first.hint or p.hint)
+    return list(merged.values())
+
+
 def _problem_from_pydantic(path: Path, doc: Any, err: Any) -> Problem:
-    loc: tuple[str | int, ...] = tuple(err["loc"])
+    loc = _user_loc(doc, tuple(err["loc"]))
     dotted = ".".join(str(p) for p in loc)
     line, col = _position(doc, loc)
     kind = err["type"]
@@ -203,10 +257,32 @@ def _problem_from_pydantic(path: Path, doc: Any, err: Any) -> Problem:
     return Problem(str(path), line, col, dotted, msg, got=got, hint=hint)
 
 
+def _plain(node: Any) -> Any:
+    """ruamel's nodes as plain JSON values: complex keys, dates and tags become strings."""
+    if isinstance(node, dict):
+        return {k if isinstance(k, str) else _key_text(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_plain(v) for v in node]
+    if node is None or isinstance(node, bool | int | str):
+        return node
+    if isinstance(node, float):
+        # JSON has no NaN or infinity; as strings they fail validation with a message.
+        return node if math.isfinite(node) else str(node)
+    return str(node)
+
+
+def _key_text(key: Any) -> str:
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return str(key)
+
+
 def _to_plain(doc: Any) -> str:
     # Validation runs in JSON mode so that strict types accept enum strings;
     # ruamel's scalar types subclass int/float/str and serialise as such.
-    return json.dumps(doc, default=str)
+    return json.dumps(_plain(doc))
 
 
 def validate_document(path: Path, text: str, workspace: Path | None = None) -> tuple[
@@ -219,18 +295,23 @@ def validate_document(path: Path, text: str, workspace: Path | None = None) -> t
     try:
         recipe = Recipe.model_validate_json(_to_plain(doc))
     except ValidationError as e:
-        return None, [_problem_from_pydantic(path, doc, err) for err in e.errors()]
+        return None, _by_position(_merge_union_problems(
+            [_problem_from_pydantic(path, doc, err) for err in e.errors()]))
     for cp in cross_field_problems(recipe.spec):
         loc = tuple(int(p) if p.isdigit() else p for p in cp.field.split("."))
         line, col = _position(doc, loc)
         problems.append(Problem(str(path), line, col, cp.field, cp.message, got=cp.got))
     ws = workspace if workspace is not None else find_workspace(path)
     loaded = LoadedRecipe(recipe, path.resolve(), text, ws.resolve())
-    problems.extend(_path_problems(loaded, doc))
-    return (None if problems else loaded), problems
+    problems.extend(_path_problems(loaded, doc, str(path)))
+    return (None if problems else loaded), _by_position(problems)
 
 
-def _path_problems(loaded: LoadedRecipe, doc: Any) -> list[Problem]:
+def _by_position(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.line or 0, p.column or 0))
+
+
+def _path_problems(loaded: LoadedRecipe, doc: Any, shown: str) -> list[Problem]:
     """Files a recipe names must exist, stay inside the workspace, and be what they claim."""
     out: list[Problem] = []
     spec = loaded.recipe.spec
@@ -246,7 +327,7 @@ def _path_problems(loaded: LoadedRecipe, doc: Any) -> list[Problem]:
 
     def problem(loc: tuple[str | int, ...], msg: str, got: str, hint: str) -> None:
         line, col = _position(doc, loc)
-        out.append(Problem(str(loaded.path), line, col, ".".join(map(str, loc)), msg, got, hint))
+        out.append(Problem(shown, line, col, ".".join(map(str, loc)), msg, got, hint))
 
     for loc, rel in refs:
         try:

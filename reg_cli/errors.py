@@ -11,7 +11,7 @@ from recipes.errors import RegError, ValidationFailed
 def _validation(e: BaseException) -> tuple[str, str | None, int]:
     assert isinstance(e, ValidationFailed)
     for p in e.problems:
-        err_console.print(p.render(), markup=False, highlight=False)
+        err_console.print(p.render(), markup=False, highlight=False, soft_wrap=True)
     return e.summary(), "fix the problems above, then run `reg validate` again", 1
 
 

@@ -7,3 +7,6 @@ DEMO=${DEMO_DIR:-demo}
 rm -rf "$DEMO"
 reg init "$DEMO" --example
 reg validate "$DEMO/recipes"
+for recipe in "$DEMO"/recipes/*.yaml; do
+  reg data "$recipe"
+done
