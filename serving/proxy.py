@@ -22,6 +22,11 @@ _COMPLETION_TOKENS = re.compile(rb'"completion_tokens":\s*(\d+)')
 # A generated token in a chunk: a non-empty "content" or "text" string.
 _TOKEN_TEXT = re.compile(rb'"(?:content|text)":\s*"[^"]')
 _DONE = b"data: [DONE]"
+# vLLM sends these as null; OpenAI's schemas allow them absent, never null. Dropped from the
+# bytes (they never come first in their object, so the comma before them goes too).
+_NULLS_OPENAI_FORBIDS = re.compile(
+    rb',"(?:annotations|function_call|prompt_tokens_details|completion_tokens_details)":null'
+)
 
 
 class UpstreamFailure(Exception):
@@ -109,7 +114,12 @@ class Rewriter:
                    b'"model":' + json.dumps(asked).encode())
 
     def __call__(self, data: bytes) -> bytes:
-        return data.replace(self.needle, self.replacement, 1)
+        return conform(data.replace(self.needle, self.replacement, 1))
+
+
+def conform(data: bytes) -> bytes:
+    """Make vLLM's JSON validate against OpenAI's schemas (see _NULLS_OPENAI_FORBIDS)."""
+    return _NULLS_OPENAI_FORBIDS.sub(b"", data)
 
 
 def usage(data: bytes) -> tuple[int, int] | None:

@@ -213,16 +213,24 @@ def test_streaming_and_not_through_the_openai_client_validated_strictly(
     for b in bodies:
         validate_openai("CreateChatCompletionStreamResponse", b)
     assert bodies[-1]["usage"]["completion_tokens"] >= 1  # asked for, so passed through
-    # Completions, streaming and not.
+    # Completions, streaming and not: through the client, and raw against the schemas.
     comp = c.completions.create(model=f"{MODEL}@v1", prompt="Hello", max_tokens=4)
     Completion.model_validate(comp.model_dump())
-    validate_openai("CreateCompletionResponse", comp.model_dump(exclude_unset=True))
     assert comp.model == f"{MODEL}@v1"
     parts = list(c.completions.create(model=f"{MODEL}@v1", prompt="Hello", max_tokens=4,
                                       stream=True))
-    for part in parts:
-        Completion.model_validate(part.model_dump())
-        validate_openai("CreateCompletionResponse", part.model_dump(exclude_unset=True))
+    assert parts and all(Completion.model_validate(p.model_dump()) for p in parts)
+    body = {"model": f"{MODEL}@v1", "prompt": "Hello", "max_tokens": 4}
+    raw_comp = httpx.post(stack.url + "/v1/completions", json=body, timeout=30)
+    validate_openai("CreateCompletionResponse", raw_comp.json())
+    with httpx.stream("POST", stack.url + "/v1/completions", timeout=30,
+                      json={**body, "stream": True}) as r:
+        events = [e for e in r.read().decode().split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    chunks_c = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    for b in chunks_c:
+        validate_openai("CompletionStreamChunk", b)
+    validate_openai("CreateCompletionResponse", chunks_c[-1])  # the last one is exact
     # Non-streaming chat, raw body against the schema.
     raw = httpx.post(stack.url + "/v1/chat/completions", timeout=30, json={
         "model": MODEL, "messages": MESSAGES, "max_tokens": 3, "user": "schema"})
