@@ -44,7 +44,8 @@ class RepoState:
     dirty_dirs: set[Path] = field(default_factory=set)  # untracked folders, listed whole
 
     def is_dirty(self, path: Path) -> bool:
-        p = path.resolve()
+        """``path`` must be absolute and resolved (GitLineage.info sees to it)."""
+        p = path
         return p in self.dirty or any(p.is_relative_to(d) for d in self.dirty_dirs)
 
 
@@ -90,7 +91,7 @@ class GitLineage:
         self._repos: dict[Path, RepoState] = {}
 
     def _repo_for(self, path: Path) -> RepoState | None:
-        folder = path.resolve().parent
+        folder = path.parent
         if folder not in self._roots:
             self._roots[folder] = repo_root(folder)
         root = self._roots[folder]
@@ -105,11 +106,14 @@ class GitLineage:
 
         None when the recipe is not in a git repository (or git is not installed).
         """
+        recipe = recipe.resolve()
         repo = self._repo_for(recipe)
         if repo is None:
             return None
-        files = [recipe, *data_files]
-        dirty = any(repo.is_dirty(f) for f in files if f.resolve().is_relative_to(repo.root))
+        # Data paths from LoadedRecipe are already resolved; resolving 1,000s again is
+        # the slowest part of a no-op pass (one lstat per path component).
+        files = [recipe, *(f if f.is_absolute() else f.resolve() for f in data_files)]
+        dirty = any(repo.is_dirty(f) for f in files if f.is_relative_to(repo.root))
         return GitInfo(commit=repo.commit, dirty=dirty, repo_root=str(repo.root))
 
 

@@ -18,6 +18,12 @@ from recipes.loader import LoadedRecipe, check_recipes, parse_yaml
 from recipes.schema import Recipe
 from recipes.spec_hash import DigestCache, SpecIdentity, spec_identity
 from registry.gitinfo import GitLineage
+from registry.reconcile_cache import (
+    IdentityCache,
+    MemoDigestCache,
+    RecipeCache,
+    check_recipes_cached,
+)
 from registry.reconcile_plan import (
     RUN_ACTIVE,
     BlockedRecipe,
@@ -34,7 +40,17 @@ DEPLOY_NONE = "none"
 
 def digest_cache(home: Path) -> DigestCache:
     """The file-digest cache of this registry home (a no-op pass re-reads no data file)."""
-    return DigestCache(home / "cache" / "digests.sqlite")
+    return MemoDigestCache(home / "cache" / "digests.sqlite")
+
+
+def recipe_cache(home: Path) -> RecipeCache:
+    """Validated recipes by content (a no-op pass re-parses no YAML)."""
+    return RecipeCache(home / "cache" / "recipes.sqlite")
+
+
+def identity_cache(home: Path) -> IdentityCache:
+    """Spec identities by file metadata (a no-op pass hashes nothing)."""
+    return IdentityCache(home / "cache" / "identities.sqlite")
 
 
 def problem_info(p: Problem) -> ProblemInfo:
@@ -71,17 +87,22 @@ class DesiredState:
 
 
 def desired_state(
-    paths: Sequence[Path], cache: DigestCache | None, lineage: GitLineage | None = None
+    paths: Sequence[Path], cache: DigestCache | None, lineage: GitLineage | None = None,
+    recipes: RecipeCache | None = None, identities: IdentityCache | None = None,
 ) -> DesiredState:
     """Load every recipe under ``paths``; a bad recipe becomes a blocked entry, never an error."""
-    result = check_recipes(list(paths))
+    if identities is not None:
+        identities.new_pass()
+    result = (check_recipes_cached(paths, recipes) if recipes is not None
+              else check_recipes(list(paths)))
     state = DesiredState()
     for file, problems in sorted(result.problems.items()):
         state.blocked.append(BlockedRecipe(file=file, name=name_of_broken(file),
                                            problems=[problem_info(p) for p in problems]))
     for loaded in result.recipes:
         try:
-            ident = spec_identity(loaded, cache)
+            ident = (identities.identity(loaded, cache) if identities is not None
+                     else spec_identity(loaded, cache))
         except OSError as e:  # a data file vanished or became unreadable since validation
             state.blocked.append(BlockedRecipe(
                 file=str(loaded.path), name=loaded.name,
@@ -97,6 +118,8 @@ def desired_state(
             normalized_spec=ident.normalized_spec, data_digests=ident.data_digests,
             base_model=ident.base_model, promote_to=loaded.recipe.spec.deploy.promote_to,
             git=git))
+    if identities is not None:
+        identities.flush()
     return state
 
 

@@ -42,6 +42,7 @@ from recipes.loader import LoadedRecipe
 from recipes.spec_hash import DigestCache, SpecIdentity
 from registry.errors import LeaseHeld
 from registry.gitinfo import GitLineage
+from registry.reconcile_cache import IdentityCache, RecipeCache
 from registry.reconcile_plan import Action, BackoffPolicy, ModelPlan, Plan, make_plan
 from registry.reconcile_state import (
     DEPLOY_DONE,
@@ -51,6 +52,8 @@ from registry.reconcile_state import (
     actual_state,
     desired_state,
     digest_cache,
+    identity_cache,
+    recipe_cache,
     workdir_for,
 )
 from registry.versions import VersionStatus
@@ -110,19 +113,32 @@ class TrainResultLike(Protocol):
 
 
 class Trainer(Protocol):
-    """``recipes.train.train``'s shape; tests may pass another real trainer."""
+    """``recipes.train.train``'s shape; ``identity`` is the artifact manifest's identity."""
 
     def __call__(self, loaded: LoadedRecipe, workdir: Path, *, resume: bool = ...,
-                 progress: bool = ..., identity: SpecIdentity | None = ...) -> Any: ...
+                 progress: bool = ..., identity: dict[str, Any] | None = ...) -> Any: ...
 
 
 def default_trainer(loaded: LoadedRecipe, workdir: Path, *, resume: bool = True,
-                    progress: bool = True, identity: SpecIdentity | None = None) -> Any:
+                    progress: bool = True, identity: dict[str, Any] | None = None) -> Any:
     # Imported here: torch and transformers take seconds to import, and
     # `reg plan` or a no-op pass never needs them.
     from recipes.train import train
 
     return train(loaded, workdir, resume=resume, progress=progress, identity=identity)
+
+
+def manifest_identity(loaded: LoadedRecipe, ident: SpecIdentity) -> dict[str, Any]:
+    """The identity the artifact records, carrying the spec hash this pass planned.
+
+    If a data file changes between planning and training, the version is
+    registered under the planned hash and the next pass sees the new hash and
+    trains again: never a version whose hash nobody asked for.
+    """
+    from recipes.train import default_identity
+
+    return {**default_identity(loaded), "spec_hash": ident.spec_hash,
+            "data_digests": dict(ident.data_digests), "base_model": dict(ident.base_model)}
 
 
 class Observer(Protocol):
@@ -282,6 +298,8 @@ class Reconciler:
         self.clock = clock or registry.clock
         self.home = registry.settings.home
         self._cache: DigestCache | None = None
+        self._recipes: RecipeCache | None = None
+        self._identities: IdentityCache | None = None
 
     # -- deciding --------------------------------------------------------------------------------
 
@@ -292,8 +310,11 @@ class Reconciler:
         return self._cache
 
     def plan(self, *, prune: bool = False) -> tuple[Plan, DesiredState]:
-        """Read both states and decide; writes nothing (``reg plan`` is this)."""
-        state = desired_state(self.paths, self.cache, GitLineage())
+        """Read both states and decide; writes to no registry table (``reg plan`` is this)."""
+        if self._recipes is None or self._identities is None:
+            self._recipes, self._identities = recipe_cache(self.home), identity_cache(self.home)
+        state = desired_state(self.paths, self.cache, GitLineage(), self._recipes,
+                              self._identities)
         versions, runs = actual_state(self.registry.list_versions(), self.registry.list_runs(),
                                       state.desired)
         plan = make_plan(state.desired, state.blocked, versions, runs, now=self.clock(),
@@ -420,7 +441,7 @@ class Reconciler:
             self.observer.step(m.model, "train", str(workdir))
             with runlog.capture():
                 result = self.trainer(loaded, workdir, resume=True, progress=self.progress,
-                                      identity=ident)
+                                      identity=manifest_identity(loaded, ident))
             artifact_dir = Path(result.artifact_dir)
             runlog.write(f"trained: artifact {artifact_dir}")
             fault_point("trained", m.model)

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from recipes.loader import LoadedRecipe
-from recipes.spec_hash import SpecIdentity
 from registry.errors import LeaseHeld
 from registry.reconcile_plan import Action, BackoffPolicy
 from registry.reconciler import LEASE_NAME, Reconciler
@@ -28,7 +27,7 @@ class InjectedFault(RuntimeError):
 
 
 def failing_trainer(loaded: LoadedRecipe, workdir: Path, *, resume: bool = True,
-                    progress: bool = False, identity: SpecIdentity | None = None) -> Any:
+                    progress: bool = False, identity: dict[str, Any] | None = None) -> Any:
     workdir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("trainer").warning("loading %s", loaded.name)
     raise InjectedFault(f"injected: out of memory while training {loaded.name}")
