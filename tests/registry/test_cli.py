@@ -1,0 +1,133 @@
+"""`reg` registry commands as a new user runs them: real processes, real databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from registry.settings import Settings
+from tests.registry.conftest import ArtifactFactory
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "transformers", "peft", "trl", "vllm", "datasets")
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REG_")}
+    env.update(REG_HOME=str(settings.home), REG_DATABASE_URL=settings.database_url,
+               REG_ARTIFACT_STORE=settings.artifact_store, REG_ACTOR="tester", COLUMNS="200")
+    return env
+
+
+def reg(settings: Settings, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([sys.executable, "-m", "reg_cli.main", *args], cwd=REPO,
+                       env=_env(settings), capture_output=True, text=True, timeout=120)
+    if ok:
+        assert p.returncode == 0, f"reg {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def test_new_user_flow(settings: Settings, make_artifact: ArtifactFactory) -> None:
+    """Register two versions; promote v1, promote v2, roll back: history shows all three."""
+    first = reg(settings, "register", str(make_artifact()))
+    assert "Registered support-bot@v1" in first.stdout
+    reg(settings, "register", str(make_artifact()))
+    out = reg(settings, "promote", "v1", "production").stdout
+    assert "support-bot production: none -> v1" in out
+    out = reg(settings, "promote", "v2", "production", "--reason", "better loss").stdout
+    assert "support-bot production: v1 -> v2" in out
+    out = reg(settings, "rollback", "production", "--reason", "latency").stdout
+    assert "support-bot production: v2 -> v1" in out
+    hist = json.loads(reg(settings, "history", "--json").stdout)
+    assert [(e["action"], e["from_version"], e["to_version"]) for e in hist["events"]] == [
+        ("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
+    assert hist["stages"] == {"production": 1}
+    assert all(e["actor"] == "tester" for e in hist["events"])
+    human = reg(settings, "history").stdout
+    assert "rollback" in human and "latency" in human
+    versions = json.loads(reg(settings, "versions", "--json").stdout)
+    assert [(v["number"], v["stages"]) for v in versions] == [(1, ["production"]), (2, [])]
+
+
+def test_model_forms_and_errors(settings: Settings, make_artifact: ArtifactFactory) -> None:
+    reg(settings, "register", str(make_artifact("support-bot")))
+    reg(settings, "register", str(make_artifact("sales-bot")))
+    bad = reg(settings, "promote", "v1", "production", ok=False)
+    assert bad.returncode == 1
+    assert "which model? the registry has 2: sales-bot, support-bot" in bad.stderr
+    assert "Hint:" in bad.stderr
+    reg(settings, "promote", "support-bot", "v1", "production")
+    reg(settings, "promote", "sales-bot@v1", "staging")
+    missing = reg(settings, "promote", "support-bot", "v7", "canary", ok=False)
+    assert "support-bot has no v7 (versions: v1)" in missing.stderr
+    models = json.loads(reg(settings, "models", "--json").stdout)
+    assert {m["name"]: m["stages"] for m in models} == {
+        "sales-bot": {"staging": 1}, "support-bot": {"production": 1}}
+    env_model = subprocess.run(
+        [sys.executable, "-m", "reg_cli.main", "rollback", "production"], cwd=REPO,
+        env={**_env(settings), "REG_MODEL": "support-bot"}, capture_output=True, text=True,
+        timeout=120)
+    assert "no earlier version to roll back to" in env_model.stderr
+
+
+def test_show_diff_runs_events(settings: Settings, make_artifact: ArtifactFactory) -> None:
+    reg(settings, "register", str(make_artifact(recipe_text="a: 1\nlr: 0.1\n")))
+    reg(settings, "register", str(make_artifact(recipe_text="a: 1\nlr: 0.2\n")))
+    show = json.loads(reg(settings, "show", "v1", "--json").stdout)
+    assert show["adapter_name"] == "support-bot@v1"
+    assert {f["path"] for f in show["artifact"]["files"]} >= {"adapter_model.safetensors",
+                                                              "adapter_config.json"}
+    human = reg(settings, "show", "support-bot@v1").stdout
+    assert "max_eval_loss" in human and "adapter_model.safetensors" in human
+    diff = json.loads(reg(settings, "diff", "v1", "v2", "--json").stdout)
+    assert "-lr: 0.1" in diff["recipe_diff"] and "+lr: 0.2" in diff["recipe_diff"]
+    loss = next(d for d in diff["metrics"] if d["metric"] == "eval_loss")
+    assert loss["delta"] == pytest.approx(-0.1)
+    assert diff["data_changed"] == ["data/train.jsonl"]
+    events = json.loads(reg(settings, "events", "--json").stdout)
+    assert [e["kind"] for e in events] == ["model.created", "version.registered",
+                                           "version.registered"]
+    since = json.loads(reg(settings, "events", "--since", str(events[1]["id"]), "--json").stdout)
+    assert [e["id"] for e in since] == [events[2]["id"]]
+    assert json.loads(reg(settings, "runs", "--json").stdout) == []
+
+
+def test_history_at_a_time_from_the_cli(settings: Settings, make_artifact: ArtifactFactory) -> None:
+    reg(settings, "register", str(make_artifact()))
+    reg(settings, "promote", "v1", "production")
+    before = json.loads(reg(settings, "history", "--at", "2000-01-01T00:00:00Z", "--json").stdout)
+    assert before["events"] == [] and before["stages"] == {}
+    bad = reg(settings, "history", "--at", "yesterday", ok=False)
+    assert "'yesterday' is not a timestamp" in bad.stderr
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["--help"], id="help"),
+    pytest.param(["versions"], id="versions"),
+    pytest.param(["promote", "v1", "production"], id="promote"),
+    pytest.param(["history"], id="history"),
+])
+def test_registry_commands_never_import_the_ml_stack(
+    settings: Settings, make_artifact: ArtifactFactory, args: list[str]
+) -> None:
+    if args[0] != "--help":
+        reg(settings, "register", str(make_artifact()))
+    probe = (
+        "import atexit, json, sys\n"
+        f"HEAVY = {HEAVY!r}\n"
+        "atexit.register(lambda: sys.stderr.write('LOADED=' + json.dumps(sorted(\n"
+        "    m for m in sys.modules if m.split('.')[0] in HEAVY)) + '\\n'))\n"
+        f"sys.argv = ['reg', *{args!r}]\n"
+        "from reg_cli.main import main\n"
+        "main()\n"
+    )
+    p = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=_env(settings),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    loaded = json.loads(p.stderr.strip().splitlines()[-1].removeprefix("LOADED="))
+    assert loaded == []
