@@ -1,9 +1,146 @@
-"""Commands of this noun are registered here (filled in by their issue)."""
+"""Training commands: train, estimate, advise. Thin: parse, call recipes/, render."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from reg_cli.output import JsonOpt, Output
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _improvement(tuned: float | None, base: float | None) -> str:
+    if tuned is None or not base:
+        return "-"
+    return f"{(base - tuned) / base:+.1%}"
+
+
+def render_metrics(out: Output, metrics: dict[str, Any]) -> None:
+    """The evaluation tables: base vs tuned per split, generation, general, gates."""
+    rows = []
+    for split in ("validation", "test", "general"):
+        m = metrics.get(split)
+        if isinstance(m, dict) and m.get("loss") is not None:
+            rows.append((split, m["examples"], _fmt(m["base_loss"]), _fmt(m["loss"]),
+                         _fmt(m["base_perplexity"]), _fmt(m["perplexity"]),
+                         _improvement(m["perplexity"], m["base_perplexity"])))
+    out.table("Evaluation: base vs tuned", ["split", "rows", "base loss", "tuned loss",
+                                            "base ppl", "tuned ppl", "ppl drop"], rows)
+    gen = metrics.get("generation")
+    if isinstance(gen, dict) and gen.get("examples"):
+        out.table(f"Greedy generation on {gen['examples']} test rows",
+                  ["metric", "base", "tuned"],
+                  [(k, _fmt(gen[f"base_{k}"], 3), _fmt(gen[k], 3))
+                   for k in ("exact_match", "contains", "rouge_l")]
+                  + [("latency mean (s)", "", _fmt(gen["latency_s_mean"], 3)),
+                     ("tokens/s", "", _fmt(gen["tokens_per_s"], 3))])
+        out.table("Samples", ["prompt", "reference", "base", "tuned"], [
+            (s["prompt"], s["reference"], s["base_output"], s["output"])
+            for s in gen.get("samples", [])[:3]])
+    pref = metrics.get("preference")
+    if isinstance(pref, dict) and pref.get("examples"):
+        out.table("Preferences (test)", ["metric", "base", "tuned"], [
+            ("chosen preferred", _fmt(pref["base_chosen_preferred"], 3),
+             _fmt(pref["chosen_preferred"], 3)),
+            ("reward accuracy", "", _fmt(pref["reward_accuracy"], 3)),
+        ])
+    gates = metrics.get("gates") or []
+    if gates:
+        out.table("Gates", ["gate", "value", "threshold", "result"], [
+            (g["gate"], _fmt(g["value"]), _fmt(g["threshold"]),
+             "[green]pass[/green]" if g["passed"] else "[red]FAIL[/red]") for g in gates])
+
+
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file.")],
+    out: Annotated[Path, typer.Option("--out", help="Work folder: checkpoints, log, artifact/.")],
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Discard checkpoints of an unfinished run instead of resuming.")] = False,
+    json_mode: JsonOpt = False,
+) -> None:
+    """Train a recipe once: data, training (resumable), evaluation vs base, artifact."""
+    from recipes.loader import load_recipe
+    from recipes.train import train as run
+
+    output = Output(json_mode)
+    loaded = load_recipe(recipe)
+    result = run(loaded, out, resume=not fresh, progress=not json_mode)
+    output.data({
+        "artifact_dir": str(result.artifact_dir), "steps": result.steps,
+        "resumed_from_step": result.resumed_from_step, "gates_passed": result.gates_passed,
+        "gates": result.gate_results, "metrics": result.metrics,
+    })
+    t = result.metrics.get("train", {})
+    resumed = (f", resumed from step {result.resumed_from_step}"
+               if result.resumed_from_step else "")
+    output.message(f"Trained {loaded.name}: {result.steps} steps{resumed}, "
+                   f"{_fmt(t.get('tokens_per_s'), 4)} tokens/s, "
+                   f"loss {_fmt(t.get('first_loss'))} -> {_fmt(t.get('last_loss'))}")
+    render_metrics(output, result.metrics)
+    verdict = "[green]passed[/green]" if result.gates_passed else "[red]failed[/red]"
+    output.message(f"Gates {verdict}. Artifact: {result.artifact_dir}")
+    output.hint(f"serve it with vLLM: --lora-modules {loaded.name}={result.artifact_dir}")
+
+
+def estimate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file.")],
+    json_mode: JsonOpt = False,
+) -> None:
+    """Parameters, training memory for full / LoRA / QLoRA, time and fit on common GPUs."""
+    from recipes.estimate import FORMULAS, estimate as run, human_bytes, human_hours
+    from recipes.loader import load_recipe
+
+    output = Output(json_mode)
+    est = run(load_recipe(recipe))
+    output.data(est.to_json())
+    output.message(
+        f"{est.model}: {est.num_params:,} parameters (from its config: hidden {est.shape.hidden}, "
+        f"{est.shape.layers} layers, {est.shape.heads} heads, vocab {est.shape.vocab}); "
+        f"{est.tokens:,} training tokens; learning rate {est.learning_rate:g} "
+        f"({est.learning_rate_reason})")
+    output.table("Training memory (bf16 on a GPU)",
+                 ["method", "trainable", "weights", "optimizer", "activations", "logits",
+                  "total"],
+                 [(("* " if m.method == est.method else "") + m.method,
+                   f"{m.trainable_params:,}", human_bytes(m.weights), human_bytes(m.optimizer),
+                   human_bytes(m.activations), human_bytes(m.logits), human_bytes(m.total))
+                  for m in est.memory])
+    methods = [m.method for m in est.memory]
+    output.table("GPUs", ["gpu", "memory", *[f"fits {m}" for m in methods], "time"],
+                 [(g.gpu.name, f"{g.gpu.memory_gib:g} GiB",
+                   *["yes" if g.fits[m] else "no" for m in methods], human_hours(g.hours))
+                  for g in est.gpus])
+    output.message("Formulas:\n" + "\n".join(f"  {f}" for f in FORMULAS))
+
+
+def advise(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file.")],
+    json_mode: JsonOpt = False,
+) -> None:
+    """Prompting, RAG, fine-tuning or hybrid, from the recipe's data and its git history."""
+    from recipes.advise import advise as run
+    from recipes.loader import load_recipe
+
+    output = Output(json_mode)
+    advice = run(load_recipe(recipe))
+    output.data(advice.to_json())
+    output.message(f"Recommended: [bold]{advice.approach.value}[/bold]")
+    output.table("Why", ["#", "reason"], [(i + 1, r) for i, r in enumerate(advice.reasons)])
+    if advice.alternatives:
+        output.message("Alternatives: " + ", ".join(advice.alternatives))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `reg` app."""
+    app.command()(train)
+    app.command()(estimate)
+    app.command()(advise)
