@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from recipes.errors import Problem, ValidationFailed
 from recipes.schema import Recipe, cross_field_problems
@@ -120,8 +121,16 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, list[Problem]]:
         msg = (e.problem or e.context or "invalid YAML").strip()
         return None, [Problem(str(path), line, col, "", f"YAML syntax error: {msg}",
                               hint="check indentation, quoting and ':' after keys")]
+    except ReaderError as e:  # a character YAML forbids; it knows only the offset
+        pos = max(0, min(int(e.position), len(text)))
+        line = text.count("\n", 0, pos) + 1
+        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = e.character if isinstance(e.character, str) else chr(int(e.character))
+        return None, [Problem(str(path), line, col, "", f"character U+{ord(char):04X} is not "
+                              "allowed in YAML", hint="remove control characters from the file")]
     except YAMLError as e:
-        return None, [Problem(str(path), None, None, "", f"YAML error: {e}")]
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, [Problem(str(path), 1, 1, "", f"YAML error: {first}")]
     docs = [d for d in docs if d is not None]
     if len(docs) != 1:
         return None, [Problem(str(path), 1, 1, "", f"expected one YAML document, found {len(docs)}",
@@ -234,6 +243,20 @@ def _merge_union_problems(problems: list[Problem]) -> list[Problem]:
     return list(merged.values())
 
 
+def _drop_union_noise(doc: Any, errors: list[Any]) -> list[Any]:
+    """A union member that fit the shape (a list) explains the error better than one that
+    did not (a literal): drop union errors about a field when others point inside it."""
+    locs = [_user_loc(doc, tuple(err["loc"])) for err in errors]
+    tagged = [len(loc) < len(err["loc"]) for loc, err in zip(locs, errors, strict=True)]
+    keep = []
+    for i, err in enumerate(errors):
+        deeper = any(tagged[j] and len(o) > len(locs[i]) and o[: len(locs[i])] == locs[i]
+                     for j, o in enumerate(locs))
+        if not (tagged[i] and deeper):
+            keep.append(err)
+    return keep
+
+
 def _problem_from_pydantic(path: Path, doc: Any, err: Any) -> Problem:
     loc = _user_loc(doc, tuple(err["loc"]))
     dotted = ".".join(str(p) for p in loc)
@@ -254,6 +277,9 @@ def _problem_from_pydantic(path: Path, doc: Any, err: Any) -> Problem:
         hint = f"add '{loc[-1]}'"
     else:
         got = _short(err.get("input"))
+        # pydantic speaks JSON; recipes are YAML.
+        msg = msg.replace("should be an object", "should be a mapping (key: value lines)")
+        msg = msg.replace("valid dictionary", "mapping (key: value lines)")
     return Problem(str(path), line, col, dotted, msg, got=got, hint=hint)
 
 
@@ -295,8 +321,9 @@ def validate_document(path: Path, text: str, workspace: Path | None = None) -> t
     try:
         recipe = Recipe.model_validate_json(_to_plain(doc))
     except ValidationError as e:
+        errors = _drop_union_noise(doc, e.errors())
         return None, _by_position(_merge_union_problems(
-            [_problem_from_pydantic(path, doc, err) for err in e.errors()]))
+            [_problem_from_pydantic(path, doc, err) for err in errors]))
     for cp in cross_field_problems(recipe.spec):
         loc = tuple(int(p) if p.isdigit() else p for p in cp.field.split("."))
         line, col = _position(doc, loc)
