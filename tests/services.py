@@ -56,10 +56,11 @@ def free_port() -> int:
 
 def postgres_bin_dir() -> Path | None:
     """The newest installed PostgreSQL's bin directory, or None."""
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
-    )
+    def major(p: str) -> int:
+        name = Path(p).parent.parent.name
+        return int(name) if name.isdigit() else 0
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=major)
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -71,7 +72,7 @@ def test_32_processes_promoting_at_once_lose_nothing(
         assert sorted(e.to_version or 0 for e in events) == list(range(1, WORKERS + 1))
         # A chain: each promotion saw the previous one's result (no lost update).
         assert events[0].from_version is None
-        for prev, cur in zip(events, events[1:], strict=False):
+        for prev, cur in itertools.pairwise(events):
             assert cur.from_version == prev.to_version
         assert reg.stage_map("support-bot")["production"].number == events[-1].to_version
         by_event = {r["event"]: r for r in results}

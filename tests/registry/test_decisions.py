@@ -85,7 +85,7 @@ def test_rollback_goes_one_step_back_each_time() -> None:
     d = decide_rollback("production", [1, 2, 3], statuses)
     assert (d.from_version, d.to_version, d.changed) == (3, 2, True)
     assert decide_rollback("production", [1, 2], statuses).to_version == 1
-    with pytest.raises(Refused, match="has no earlier version to roll back to .*points at v1"):
+    with pytest.raises(Refused, match=r"has no earlier version to roll back to .*points at v1"):
         decide_rollback("production", [1], statuses)
 
 
@@ -134,7 +134,8 @@ def test_stage_names_accepted(name: str) -> None:
 
 @pytest.mark.parametrize("name", [
     pytest.param("Production", id="upper"), pytest.param("v2", id="version-like"),
-    pytest.param("-x", id="dash"), pytest.param("a" * 33, id="too-long"), pytest.param("", id="empty"),
+    pytest.param("-x", id="dash"), pytest.param("a" * 33, id="too-long"),
+    pytest.param("", id="empty"),
 ])
 def test_stage_names_refused(name: str) -> None:
     with pytest.raises(InvalidName, match="is not a valid stage name"):

@@ -41,7 +41,7 @@ def test_put_refuses_bytes_that_do_not_match_the_expected_digest(tmp_path: Path)
     store = ArtifactStore(str(tmp_path / "store"))
     f = tmp_path / "a.txt"
     f.write_text("hello")
-    with pytest.raises(ArtifactCorrupt, match="a.txt: sha256 2cf24dba5fb0... is not the expected"):
+    with pytest.raises(ArtifactCorrupt, match=r"a\.txt: sha256 2cf24dba5fb0\.\.\. is not the "):
         store.put_file(f, "sha256:" + "0" * 64)
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.txt"))
 
@@ -121,7 +121,7 @@ def s3_endpoint() -> Iterator[str]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        import boto3
+        import boto3  # type: ignore[import-untyped]
 
         boto3.client("s3").create_bucket(Bucket="reg")
         yield url
