@@ -9,8 +9,8 @@ which editors use (through yaml-language-server) to validate as you type.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -109,17 +109,27 @@ class FieldMap(Strict):
 
 
 class DataSource(Strict):
-    path: str = Field(min_length=1, description="jsonl/json/csv/parquet file, relative to the recipe.")
-    name: str | None = Field(default=None, description="Task name used by `mix`; defaults to the file stem.")
-    format: DataFormat | None = Field(default=None, description="Overrides data.format for this source.")
-    fields: FieldMap | None = Field(default=None, description="Overrides data.fields for this source.")
+    path: str = Field(
+        min_length=1, description="jsonl/json/csv/parquet file, relative to the recipe."
+    )
+    name: str | None = Field(
+        default=None, description="Task name used by `mix`; defaults to the file stem."
+    )
+    format: DataFormat | None = Field(
+        default=None, description="Overrides data.format for this source."
+    )
+    fields: FieldMap | None = Field(
+        default=None, description="Overrides data.fields for this source."
+    )
     weight: float | None = Field(
         default=None, gt=0, description="Relative weight for mix.strategy=proportional."
     )
 
 
 class CleanSpec(Strict):
-    normalize_whitespace: bool = Field(default=True, description="Collapse runs of spaces, strip ends.")
+    normalize_whitespace: bool = Field(
+        default=True, description="Collapse runs of spaces, strip ends."
+    )
     strip_control_chars: bool = Field(default=True, description="Drop control characters.")
     dedupe: bool = Field(default=True, description="Drop exact duplicates by content hash.")
     min_output_chars: int = Field(default=1, ge=0, description="Drop rows whose answer is shorter.")
@@ -130,7 +140,9 @@ class CleanSpec(Strict):
     max_tokens: int | None = Field(
         default=None, gt=0, description="Drop rows longer than this many tokens (base tokenizer)."
     )
-    redact_pii: bool = Field(default=True, description="Redact emails, phones, SSNs, cards and IPs.")
+    redact_pii: bool = Field(
+        default=True, description="Redact emails, phones, SSNs, cards and IPs."
+    )
 
 
 class SplitSpec(Strict):
@@ -160,7 +172,9 @@ class MixSpec(Strict):
 class ReplaySpec(Strict):
     path: str = Field(min_length=1, description="General-domain data mixed in against forgetting.")
     format: DataFormat | None = None
-    ratio: float = Field(default=0.1, gt=0, lt=1, description="Share of the training set from replay.")
+    ratio: float = Field(
+        default=0.1, gt=0, lt=1, description="Share of the training set from replay."
+    )
 
 
 class DataSpec(Strict):
@@ -177,8 +191,12 @@ class DataSpec(Strict):
 
 class AdapterSpec(Strict):
     method: AdapterMethod = Field(default=AdapterMethod.lora, description="PEFT method.")
-    r: int = Field(default=8, gt=0, le=512, description="LoRA rank; higher learns more, costs memory.")
-    alpha: float = Field(default=16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    r: int = Field(
+        default=8, gt=0, le=512, description="LoRA rank; higher learns more, costs memory."
+    )
+    alpha: float = Field(
+        default=16, gt=0, description="LoRA scaling numerator (scale = alpha / r)."
+    )
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "v_proj"],
@@ -195,11 +213,15 @@ class AdapterSpec(Strict):
     prompt_init_text: str | None = Field(
         default=None, description="prompt_tuning: initialise virtual tokens from this text."
     )
-    modules_to_save: list[str] | None = Field(default=None, description="Extra modules trained fully.")
+    modules_to_save: list[str] | None = Field(
+        default=None, description="Extra modules trained fully."
+    )
 
 
 class EarlyStopping(Strict):
-    patience: int = Field(default=3, gt=0, description="Evaluations without improvement before stopping.")
+    patience: int = Field(
+        default=3, gt=0, description="Evaluations without improvement before stopping."
+    )
     threshold: float = Field(default=0.0, ge=0, description="Minimum decrease of validation loss.")
 
 
@@ -218,7 +240,9 @@ class DPOSpec(Strict):
 
 class TrainingSpec(Strict):
     objective: Objective = Field(default=Objective.sft)
-    epochs: float = Field(default=1.0, gt=0, description="Passes over the data (ignored if max_steps).")
+    epochs: float = Field(
+        default=1.0, gt=0, description="Passes over the data (ignored if max_steps)."
+    )
     max_steps: int | None = Field(default=None, gt=0, description="Stop after this many steps.")
     learning_rate: float | Literal["auto"] = Field(
         default="auto", description="A number, or auto: chosen by method, model and data size."
@@ -240,14 +264,18 @@ class TrainingSpec(Strict):
     )
     eval_every_steps: int | None = Field(default=None, gt=0, description="Validate every N steps.")
     early_stopping: EarlyStopping | None = None
-    checkpoint_every_steps: int = Field(default=50, gt=0, description="Resumable checkpoint period.")
+    checkpoint_every_steps: int = Field(
+        default=50, gt=0, description="Resumable checkpoint period."
+    )
     keep_checkpoints: int = Field(default=2, gt=0, description="How many checkpoints to keep.")
     dpo: DPOSpec = Field(default_factory=DPOSpec)
     ewc: EWCSpec | None = Field(default=None, description="Elastic weight consolidation penalty.")
 
 
 class GatesSpec(Strict):
-    max_perplexity: float | None = Field(default=None, gt=0, description="Test-set perplexity ceiling.")
+    max_perplexity: float | None = Field(
+        default=None, gt=0, description="Test-set perplexity ceiling."
+    )
     max_eval_loss: float | None = Field(default=None, gt=0)
     min_improvement_vs_base: float | None = Field(
         default=None, description="Required relative perplexity drop vs the base (0.1 = 10%)."
@@ -307,7 +335,7 @@ class Spec(Strict):
 class Recipe(Strict):
     """One model's recipe (``kind: Recipe``)."""
 
-    apiVersion: Literal["reg/v1"] = Field(description="Schema version; reg/v1.")  # noqa: N815
+    apiVersion: Literal["reg/v1"] = Field(description="Schema version; reg/v1.")
     kind: Literal["Recipe"]
     metadata: Metadata
     spec: Spec
@@ -367,6 +395,11 @@ def cross_field_problems(spec: Spec) -> list[CrossFieldProblem]:
             where = f"data.sources.{i}.format" if src.format else "data.format"
             bad(where, f"training.objective {t.objective.value} needs data in format "
                 f"{' or '.join(sorted(w.value for w in wanted))}", fmt.value)
+    if d.replay is not None and (d.replay.format or d.format) not in wanted:
+        fmt = d.replay.format or d.format
+        bad("data.replay.format" if d.replay.format else "data.replay",
+            f"replay rows must suit training.objective {t.objective.value}: format "
+            f"{' or '.join(sorted(w.value for w in wanted))}", fmt.value)
     if t.early_stopping is not None and t.eval_every_steps is None:
         bad("training.early_stopping", "needs training.eval_every_steps (e.g. 10)")
     if spec.evaluation.gates.max_general_regression is not None and spec.evaluation.general is None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from reg_cli.output import err_console
 from recipes.errors import RegError, ValidationFailed
+from reg_cli.output import err_console
 
 
 def _validation(e: BaseException) -> tuple[str, str | None, int]:
@@ -32,7 +32,8 @@ def _permission(e: BaseException) -> tuple[str, str | None, int]:
 
 # Ordered: the first matching type wins, so subclasses come before bases.
 # Other layers' errors derive from RegError and carry their own hint.
-ERROR_TABLE: list[tuple[type[BaseException], Callable[[BaseException], tuple[str, str | None, int]]]] = [
+Handler = Callable[[BaseException], tuple[str, str | None, int]]
+ERROR_TABLE: list[tuple[type[BaseException], Handler]] = [
     (ValidationFailed, _validation),
     (RegError, _reg_error),
     (FileNotFoundError, _file_not_found),
