@@ -1,9 +1,126 @@
-"""Commands of this noun are registered here (filled in by their issue)."""
+"""`reg serve` (engines + gateway) and `reg traffic` (a model's traffic policy).
+
+Thin: parse, call the library, render through ``Output``. uvicorn, aiohttp and
+the gateway are imported inside `reg serve` only; vLLM is never imported here
+(the engine is a separate process).
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import typer
+
+from reg_cli.output import JsonOpt, Output
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Gateway address. Engines always use loopback.")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    max_concurrency: Annotated[int | None, typer.Option(
+        help="Requests answered at once before 429 (default $REG_MAX_CONCURRENCY or 64).")] = None,
+    max_loras: Annotated[int | None, typer.Option(
+        help="Adapter slots per engine (default $REG_MAX_LORAS or 4).")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Start an engine per base model with deployed versions, and the OpenAI gateway.
+
+    Stops everything it started on Ctrl-C or SIGTERM.
+    """
+    import uvicorn
+
+    from registry.api import Registry
+    from serving.config import ServeConfig
+    from serving.gateway import create_app
+    from serving.source import RegistrySource
+
+    overrides: dict[str, Any] = {"host": host, "port": port}
+    if max_concurrency is not None:
+        overrides["max_concurrency"] = max_concurrency
+    if max_loras is not None:
+        overrides["max_loras"] = max_loras
+    reg = Registry.open()
+    cfg = ServeConfig.from_env(
+        **overrides,
+        adapter_root=reg.settings.home / "serving" / "adapters",
+        log_dir=reg.settings.home / "serving" / "logs",
+    )
+    source = RegistrySource(reg)
+    app = create_app(source, cfg, writer=source)
+    out = Output()
+    base = f"http://{host}:{port}"
+    out.message(f"[bold]reg gateway[/bold] on {base}")
+    out.message(f"  OpenAI base URL: {base}/v1   (models: {base}/v1/models)")
+    out.message(f"  readiness: {base}/ready   metrics: {base}/metrics")
+    out.message(f"  engine logs: {cfg.log_dir}")
+    if not cfg.admin_token:
+        out.message("  admin routes disabled (set REG_ADMIN_TOKEN to enable them)")
+    out.hint(f"curl {base}/ready  (engines take ~30-60 s to start on CPU); Ctrl-C stops all")
+    kw: dict[str, Any] = {}
+    try:
+        import httptools  # noqa: F401
+        import uvloop  # noqa: F401
+
+        kw = {"loop": "uvloop", "http": "httptools"}
+    except ImportError:
+        pass
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                    timeout_graceful_shutdown=10, **kw)
+    finally:
+        reg.close()
+
+
+def traffic(
+    args: Annotated[list[str] | None, typer.Argument(
+        metavar="[MODEL] [STAGE=PERCENT ...]",
+        help="e.g. `production=90 canary=10`; none to show the current policy.")] = None,
+    shadow: Annotated[list[str] | None, typer.Option(
+        "--shadow", help="Mirror a share of production requests: STAGE=PERCENT.")] = None,
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Kept in the audit log.")] = "",
+    model: Annotated[str | None, typer.Option("--model", "-m", envvar="REG_MODEL",
+                                              help="Model name.")] = None,
+    json_mode: JsonOpt = False,
+) -> None:
+    """Show or set a model's traffic split over its stages (recorded as an event)."""
+    from registry.api import Registry
+    from rollout.traffic import TrafficError, parse_assignments, stage_order
+
+    out = Output(json_mode)
+    items = list(args or [])
+    if items and "=" not in items[0]:
+        if model is not None and model != items[0]:
+            raise TrafficError(f"model named twice: {items[0]!r} and --model {model!r}")
+        model = items.pop(0)
+    weights = parse_assignments(items)
+    shadow_map = parse_assignments(shadow or [], what="shadow")
+    if len(shadow_map) > 1:
+        raise TrafficError("give one --shadow STAGE=PERCENT", hint="e.g. --shadow staging=5")
+    with Registry.open() as reg:
+        name = reg.resolve_model(model)
+        if weights:
+            reg.set_traffic(name, weights, shadow_map or None, reason=reason)
+        elif shadow_map:
+            raise TrafficError("--shadow needs the weights too",
+                               hint=f"e.g. reg traffic {name} production=100 --shadow staging=5")
+        policy = reg.get_traffic(name)
+        stages = {s: v.number for s, v in reg.stage_map(name).items()}
+    current = dict(policy.weights) if policy is not None else {"production": 100}
+    mirror = dict(policy.shadow) if policy is not None and policy.shadow else {}
+    out.data({"model": name, "weights": current, "shadow": mirror, "stages": stages,
+              "default": policy is None})
+    rows = [(s, f"{current[s]}%", f"v{stages[s]}" if s in stages else "-")
+            for s in stage_order(current)]
+    rows += [(f"{s} (shadow)", f"{p}% of production", f"v{stages[s]}" if s in stages else "-")
+             for s, p in mirror.items()]
+    title = f"{name} traffic" + (" (default: no policy set)" if policy is None else "")
+    out.table(title, ["stage", "share", "version"], rows)
+    if weights:
+        out.hint("the gateway applies it within a second; watch reg_gateway_requests_total")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `reg` app."""
+    app.command()(serve)
+    app.command()(traffic)
