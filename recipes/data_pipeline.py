@@ -253,7 +253,10 @@ def prepare_data(loaded: LoadedRecipe, tokenizer: PreTrainedTokenizerBase,
 
     feats = features(kind)
     splits: dict[str, datasets.Dataset] = {
-        name: datasets.Dataset.from_list(rows[name], features=feats) for name in SPLITS}
+        # from_list cannot build an empty table; from_dict with typed columns can.
+        name: datasets.Dataset.from_list(rows[name], features=feats) if rows[name]
+        else datasets.Dataset.from_dict({col: [] for col in feats}, features=feats)
+        for name in SPLITS}
     written = write_prepared(out_dir, rows, report.to_json()) if out_dir is not None else None
     return PreparedData(kind=kind, splits=splits, report=report, out_dir=written)
 
