@@ -28,6 +28,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,12 +146,14 @@ class IdentityCache(_KeyValueFile):
             self._model_dirs[model_dir] = fp
         return fp
 
-    def identity(self, loaded: LoadedRecipe, digests: DigestCache | None) -> SpecIdentity:
+    def identity(self, loaded: LoadedRecipe, digests: DigestCache | None,
+                 files: RecipeFiles | None = None) -> SpecIdentity:
+        files = files or recipe_files(loaded)
         data = []
-        for p in loaded.data_paths():
+        for p in files.data:
             st = p.stat()
             data.append([str(p), st.st_size, st.st_mtime_ns, st.st_ino])
-        model_dir = loaded.base_model_path
+        model_dir = files.model_dir
         parts = [TRAINING_FORMAT_VERSION, _key(loaded.path, loaded.workspace, loaded.text),
                  data, str(model_dir), self._model_fingerprint(model_dir)]
         key = xxhash.xxh3_128(json.dumps(parts).encode()).hexdigest()
@@ -175,50 +178,73 @@ def _key(path: Path, workspace: Path, text: str) -> str:
     return f"{_RECIPE_CACHE_VERSION}\0{path}\0{workspace}\0{roots}\0{h}"
 
 
-def _files_still_there(loaded: LoadedRecipe) -> bool:
+@dataclass(frozen=True)
+class RecipeFiles:
+    """The resolved files a recipe reads: resolved once per pass (each resolve is an lstat
+    per path component, the slowest part of a no-op pass)."""
+
+    data: list[Path]
+    model_dir: Path
+
+
+def recipe_files(loaded: LoadedRecipe) -> RecipeFiles:
+    return RecipeFiles(loaded.data_paths(), loaded.base_model_path)
+
+
+def _files_still_there(files: RecipeFiles) -> bool:
     """The cheap half of the loader's path checks; a False sends the file to the validator."""
-    try:
-        if not all(p.is_file() for p in loaded.data_paths()):
-            return False
-        model = loaded.base_model_path
-    except ValueError:
-        return False
-    return (model / "config.json").is_file() and any(model.glob("*.safetensors"))
+    model = files.model_dir
+    return (all(p.is_file() for p in files.data) and (model / "config.json").is_file()
+            and any(model.glob("*.safetensors")))
 
 
-def check_recipes_cached(paths: Iterable[Path], cache: RecipeCache) -> LoadResult:
-    """:func:`recipes.loader.check_recipes`, with validated recipes served from ``cache``."""
+def check_recipes_cached(
+    paths: Iterable[Path], cache: RecipeCache, resolved: dict[Path, RecipeFiles] | None = None
+) -> LoadResult:
+    """:func:`recipes.loader.check_recipes`, with validated recipes served from ``cache``.
+
+    ``resolved`` (optional) is filled with each valid recipe's files, by recipe path.
+    """
     paths = list(paths)
-    files = list(iter_recipe_files(paths))
-    if not files or any(not f.is_file() for f in files):
+    recipe_paths = list(iter_recipe_files(paths))
+    if not recipe_paths or any(not f.is_file() for f in recipe_paths):
         return check_recipes(paths)  # the validator words "no recipes" / "no such file"
     result = LoadResult()
     seen: dict[str, LoadedRecipe] = {}
     fresh: dict[str, str] = {}
-    for f in files:
+    for f in recipe_paths:
         try:
             text = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             result.problems.update(check_recipes([f]).problems)
             continue
-        resolved = f.resolve()
+        rpath = f.resolve()
         ws = find_workspace(f).resolve()
-        key = _key(resolved, ws, text)
+        key = _key(rpath, ws, text)
         loaded: LoadedRecipe | None = None
+        files: RecipeFiles | None = None
         cached = cache.get(key)
         if cached is not None:
             try:
-                candidate = LoadedRecipe(Recipe.model_validate_json(cached), resolved, text, ws)
+                candidate = LoadedRecipe(Recipe.model_validate_json(cached), rpath, text, ws)
             except ValidationError:
                 candidate = None
-            if candidate is not None and _files_still_there(candidate):
-                loaded = candidate
+            if candidate is not None:
+                try:
+                    files = recipe_files(candidate)
+                except ValueError:  # a path now escapes the workspace: let the validator say so
+                    files = None
+                if files is not None and _files_still_there(files):
+                    loaded = candidate
         if loaded is None:
             loaded, problems = validate_document(f, text)
             if problems or loaded is None:
                 result.problems.setdefault(str(f), []).extend(problems)
                 continue
             fresh[key] = loaded.recipe.model_dump_json()
+            files = recipe_files(loaded)
+        if resolved is not None and files is not None:
+            resolved[loaded.path] = files
         first = seen.get(loaded.name)
         if first is not None:
             # Rare: let the validator word it, with the line of metadata.name.

@@ -22,6 +22,7 @@ from registry.reconcile_cache import (
     IdentityCache,
     MemoDigestCache,
     RecipeCache,
+    RecipeFiles,
     check_recipes_cached,
 )
 from registry.reconcile_plan import (
@@ -93,15 +94,17 @@ def desired_state(
     """Load every recipe under ``paths``; a bad recipe becomes a blocked entry, never an error."""
     if identities is not None:
         identities.new_pass()
-    result = (check_recipes_cached(paths, recipes) if recipes is not None
+    resolved: dict[Path, RecipeFiles] = {}
+    result = (check_recipes_cached(paths, recipes, resolved) if recipes is not None
               else check_recipes(list(paths)))
     state = DesiredState()
     for file, problems in sorted(result.problems.items()):
         state.blocked.append(BlockedRecipe(file=file, name=name_of_broken(file),
                                            problems=[problem_info(p) for p in problems]))
     for loaded in result.recipes:
+        files = resolved.get(loaded.path)
         try:
-            ident = (identities.identity(loaded, cache) if identities is not None
+            ident = (identities.identity(loaded, cache, files) if identities is not None
                      else spec_identity(loaded, cache))
         except OSError as e:  # a data file vanished or became unreadable since validation
             state.blocked.append(BlockedRecipe(
@@ -110,7 +113,8 @@ def desired_state(
                                       f"cannot hash data: {e}",
                                       f"{loaded.path}: spec.data: cannot hash data: {e}")]))
             continue
-        git = lineage.info(loaded.path, loaded.data_paths()) if lineage is not None else None
+        data = files.data if files is not None else loaded.data_paths()
+        git = lineage.info(loaded.path, data) if lineage is not None else None
         state.loaded[loaded.name] = loaded
         state.identities[loaded.name] = ident
         state.desired.append(DesiredModel(

@@ -1,0 +1,186 @@
+"""Reconciler benchmark: a no-op `reg reconcile --once` over 1,000 recipes, and data hashing speed.
+
+1. No-op reconcile. A workspace of N recipes (default 1,000), each with its
+   own data file, all registered: one artifact is trained for real on the
+   tiny model, then registered once per recipe under that recipe's spec hash
+   (manifest identity rewritten, bytes otherwise the same), each with a
+   finished run, as a reconcile would have left them. Then `reg reconcile
+   --once` runs as a whole process: the first run fills the recipe and
+   identity caches, the later ones are the no-op case. Printed: whole-process
+   wall time and the pass itself (from --json). Goal: <= 1 s after the first run.
+2. Hashing. file_digest (xxh3-128, the spec hash's data digest) of a file
+   against a raw read of the same file with the same buffer, both from the
+   page cache. Goal: >= 0.8x.
+
+Usage: .venv/bin/python bench/bench_reconcile.py [--recipes N] [--hash-mb MB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FAST_TRAINING = {  # the bench measures reconciling, not training: keep the one real run short
+    "max_steps: 50": "max_steps: 10",
+    "generation_examples: 8": "generation_examples: 2",
+}
+
+
+def build_workspace(root: Path, n: int) -> Path:
+    from recipes.example import SUPPORT_RECIPE, write_example_workspace
+
+    ws = write_example_workspace(root / "ws")
+    for f in (ws / "recipes").glob("*.yaml"):
+        f.unlink()
+    base = (ws / "data" / "support.jsonl").read_text(encoding="utf-8")
+    (ws / "data" / "many").mkdir()
+    for i in range(n):
+        name = f"m{i:04d}"
+        row = {"messages": [{"role": "user", "content": f"question {i}"},
+                            {"role": "assistant", "content": f"alpha answer {i}"}]}
+        (ws / "data" / "many" / f"{name}.jsonl").write_text(
+            base + json.dumps(row) + "\n", encoding="utf-8")
+        text = SUPPORT_RECIPE.replace("name: support-bot", f"name: {name}").replace(
+            "../data/support.jsonl", f"../data/many/{name}.jsonl")
+        for old, new in FAST_TRAINING.items():
+            text = text.replace(old, new)
+        (ws / "recipes" / f"{name}.yaml").write_text(text, encoding="utf-8")
+    git = ["git", "-c", "user.email=bench@example.com", "-c", "user.name=bench"]
+    subprocess.run([*git, "init", "-q"], cwd=ws, check=True)
+    subprocess.run([*git, "add", "."], cwd=ws, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "bench"], cwd=ws, check=True)
+    return ws
+
+
+def register_all(ws: Path, home: Path) -> int:
+    """Train the first recipe for real, then register every recipe as a reconcile would."""
+    from recipes.artifact import write_manifest
+    from registry.api import Registry
+    from registry.gitinfo import GitLineage
+    from registry.reconcile_state import desired_state, digest_cache
+    from registry.reconciler import Reconciler, manifest_identity
+    from registry.settings import Settings
+
+    settings = Settings.for_home(home)
+    with Registry.open(settings) as reg:
+        state = desired_state([ws / "recipes"], digest_cache(home), GitLineage())
+        first = state.desired[0].name
+        t = time.perf_counter()
+        report = Reconciler(reg, [ws / "recipes" / f"{first}.yaml"]).run_once()
+        assert [o.result for o in report.outcomes] == ["registered"], report.as_json()
+        print(f"trained {first} for real in {time.perf_counter() - t:.1f}s")
+        template = home / "runs" / Path(reg.list_runs()[0].workdir).name / "artifact"
+        t = time.perf_counter()
+        scratch = home / "bench-artifacts"
+        for d in state.desired[1:]:
+            loaded, ident = state.loaded[d.name], state.identities[d.name]
+            art = scratch / d.name
+            shutil.copytree(template, art)
+            (art / "manifest.json").unlink()
+            (art / "recipe.yaml").write_text(loaded.text, encoding="utf-8")
+            write_manifest(art, manifest_identity(loaded, ident))
+            run = reg.create_run(d.name, d.spec_hash, workdir=str(art.parent),
+                                 recipe_path=d.recipe_path, creator="bench",
+                                 details={"deploy": "none"})
+            v = reg.register_artifact(art, run_id=run.id, recipe_path=d.recipe_path,
+                                      creator="bench")
+            reg.update_run(run.id, status="succeeded", phase="done", version_number=v.number)
+            shutil.rmtree(art)
+        print(f"registered {len(state.desired) - 1} more versions in "
+              f"{time.perf_counter() - t:.1f}s")
+        return len(state.desired)
+
+
+def reconcile_once(ws: Path, home: Path) -> tuple[float, float, int]:
+    env = {**os.environ, "REG_HOME": str(home)}
+    env.pop("REG_DATABASE_URL", None)
+    env.pop("REG_ARTIFACT_STORE", None)
+    t = time.perf_counter()
+    cp = subprocess.run([str(REPO / ".venv/bin/reg"), "reconcile", "recipes", "--once", "--json"],
+                        cwd=ws, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    if cp.returncode != 0:
+        sys.exit(f"reg reconcile failed ({cp.returncode}):\n{cp.stdout[-2000:]}\n{cp.stderr}")
+    out = json.loads(cp.stdout)
+    trained = sum(1 for o in out["outcomes"] if o["trained"])
+    return wall, float(out["seconds"]), trained
+
+
+def bench_noop(n: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-reconcile-") as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        ws = build_workspace(root, n)
+        print(f"workspace with {n} recipes and data files in {time.perf_counter() - t:.1f}s")
+        home = root / "home"
+        count = register_all(ws, home)
+        shutil.rmtree(home / "cache")  # the measured first run starts cold
+        wall, inner, trained = reconcile_once(ws, home)
+        print(f"first  `reg reconcile --once` ({count} recipes): {wall:.2f}s "
+              f"(pass {inner:.2f}s), trained {trained}")
+        walls, inners = [], []
+        for _ in range(5):
+            wall, inner, trained = reconcile_once(ws, home)
+            assert trained == 0
+            walls.append(wall)
+            inners.append(inner)
+        w, i = statistics.median(walls), statistics.median(inners)
+        print(f"no-op  `reg reconcile --once` ({count} recipes), median of 5: {w:.2f}s "
+              f"whole process, {i:.2f}s the pass itself  (goal <= 1 s: "
+              f"{'met' if w <= 1.0 else 'NOT met'} whole process, "
+              f"{'met' if i <= 1.0 else 'NOT met'} pass)")
+
+
+def bench_hash(mb: int) -> None:
+    from recipes.spec_hash import _CHUNK, file_digest
+
+    with tempfile.TemporaryDirectory(prefix="bench-hash-") as tmp:
+        path = Path(tmp) / "data.bin"
+        with path.open("wb") as f:
+            block = os.urandom(1 << 20)
+            for i in range(mb):
+                f.write(block[i % 251:] + block[: i % 251])
+
+        def raw() -> None:
+            buf = bytearray(_CHUNK)
+            with path.open("rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
+
+        def digest() -> None:
+            file_digest(path)
+
+        raw()  # warm the page cache
+        best: dict[str, float] = {}
+        for name, fn in (("raw read", raw), ("xxh3 digest", digest)) * 3:
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best.get(name, 1e9), time.perf_counter() - t)
+        r, d = best["raw read"], best["xxh3 digest"]
+        ratio = r / d
+        print(f"hashing {mb} MiB: raw read {mb / r:.0f} MiB/s, xxh3 digest {mb / d:.0f} MiB/s "
+              f"-> {ratio:.2f}x of raw read (goal >= 0.8x: {'met' if ratio >= 0.8 else 'NOT met'})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipes", type=int, default=1000)
+    ap.add_argument("--hash-mb", type=int, default=512)
+    args = ap.parse_args()
+    bench_hash(args.hash_mb)
+    bench_noop(args.recipes)
+
+
+if __name__ == "__main__":
+    main()
