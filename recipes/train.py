@@ -243,19 +243,23 @@ def _run(loaded: LoadedRecipe, workdir: Path, identity: dict[str, Any], *,
          progress: bool) -> TrainResult:
     from transformers import set_seed
 
+    from recipes.train_model import cpu_threads
+
     s = _setup(loaded, workdir)
     set_seed(loaded.recipe.spec.training.seed)
     final = workdir / FINAL_DIR
     model: Any = None
-    if not (final / SUMMARY_FILE).is_file():
-        from recipes.train_loop import run_training
+    with cpu_threads(s.settings, s.num_params) as threads:
+        if not (final / SUMMARY_FILE).is_file():
+            from recipes.train_loop import run_training
 
-        model, info = run_training(s.loaded, s.workdir, s.tokenizer, s.data, s.settings,
-                                   learning_rate=s.learning_rate, progress=progress)
-        _save_final(model, info, s, final)
-    summary = json.loads((final / SUMMARY_FILE).read_text(encoding="utf-8"))
-    model, base_model = _evaluation_models(s, final, model)
-    metrics = _evaluate(s, model, base_model)
+            model, info = run_training(s.loaded, s.workdir, s.tokenizer, s.data, s.settings,
+                                       learning_rate=s.learning_rate, progress=progress)
+            info["cpu_threads"] = threads if s.settings.device == "cpu" else None
+            _save_final(model, info, s, final)
+        summary = json.loads((final / SUMMARY_FILE).read_text(encoding="utf-8"))
+        model, base_model = _evaluation_models(s, final, model)
+        metrics = _evaluate(s, model, base_model)
     metrics["train"] = summary
     metrics["device"] = s.settings.to_json()
     artifact = _package(s, final, metrics, identity)

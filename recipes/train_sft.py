@@ -84,10 +84,10 @@ def packed_rows(ds: datasets.Dataset, max_len: int, *, split_long: bool) -> Toke
     """
     from trl import pack_dataset
 
-    label_col = _label_column(ds)
-    cols = ds.select_columns(["input_ids", label_col])
-    if label_col == "input_ids":
-        cols = cols.map(lambda r: {"labels": r["input_ids"]})
+    if _label_column(ds) == "labels":
+        cols = ds.select_columns(["input_ids", "labels"])
+    else:
+        cols = ds.select_columns(["input_ids"]).map(lambda r: {"labels": r["input_ids"]})
     packed = pack_dataset(
         cols.select_columns(["input_ids", "labels"]), max_len,
         strategy="bfd_split" if split_long else "bfd",
