@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -93,6 +94,43 @@ def fault_point(step: str, model: str) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(137)
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:")
+    except OSError:
+        return "-"
+
+
+def local_holder() -> str:
+    """``host:pid:pid-namespace``: who holds the lease, precise enough to tell it is dead."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_pid_namespace()}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True only when ``holder`` is a process of this host and pid namespace that has exited.
+
+    Then its lease can be reclaimed at once instead of after its expiry. Any
+    doubt (another host, another container, a reused pid) answers False, and
+    the lease simply expires.
+    """
+    parts = holder.split(":")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or parts[2] != _pid_namespace():
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def backoff_from_env(env: dict[str, str] | None = None) -> BackoffPolicy:
@@ -284,8 +322,6 @@ class Reconciler:
         lease_ttl_s: float = 60.0,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        from registry.lease import default_holder
-
         self.registry = registry
         self.paths = list(paths)
         self.trainer: Trainer = trainer or default_trainer
@@ -293,8 +329,8 @@ class Reconciler:
         self.observer: Observer = observer or QuietObserver()
         self.progress = progress
         self.actor = actor
-        self.holder = holder or default_holder()
-        self.lease_ttl_s = lease_ttl_s
+        self.holder = holder or local_holder()
+        self.lease_ttl_s = float(os.environ.get("REG_LEASE_TTL_S", lease_ttl_s))
         self.clock = clock or registry.clock
         self.home = registry.settings.home
         self._cache: DigestCache | None = None
@@ -329,8 +365,15 @@ class Reconciler:
         leases = self.registry.leases
         deadline = time.monotonic() + wait_s
         while leases.acquire(LEASE_NAME, self.holder, self.lease_ttl_s) is None:
+            held = leases.get(LEASE_NAME)
+            if held is not None and holder_is_dead(held.holder):
+                # Its process is gone (e.g. kill -9): reclaim now rather than at expiry.
+                # release() deletes only that holder's row, so two reclaimers cannot
+                # both win: the insert in acquire() admits one.
+                leases.release(LEASE_NAME, held.holder)
+                log.warning("reclaimed the lease of %s, which has exited", held.holder)
+                continue
             if time.monotonic() >= deadline:
-                held = leases.get(LEASE_NAME)
                 who = (f"{held.holder} since {held.acquired_at.isoformat(timespec='seconds')} "
                        f"(last heartbeat {held.heartbeat_at.isoformat(timespec='seconds')}, "
                        f"expires {held.expires_at.isoformat(timespec='seconds')})"

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from recipes.schema import STAGE_PATTERN
 from registry.errors import InvalidName, Refused
-from registry.versions import VersionStatus
+from registry.versions import STAGE_PATTERN, VersionStatus
 
 STANDARD_STAGES = ("production", "staging", "canary")
 

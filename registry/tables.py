@@ -300,3 +300,4 @@ metadata = SQLModel.metadata
 # Core Table objects, for the few statements written in SQLAlchemy Core (upserts, leases).
 models_table: sa.Table = Model.__table__  # type: ignore[attr-defined]
 leases_table: sa.Table = Lease.__table__  # type: ignore[attr-defined]
+versions_table: sa.Table = Version.__table__  # type: ignore[attr-defined]

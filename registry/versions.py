@@ -9,8 +9,12 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from recipes.schema import NAME_PATTERN
 from registry.errors import InvalidName, Refused
+
+# Equal to recipes.schema.NAME_PATTERN / STAGE_PATTERN (a test checks it). Copied, not
+# imported: building the recipe schema's pydantic models costs registry commands ~0.1 s.
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+STAGE_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 
 
 class VersionStatus(StrEnum):

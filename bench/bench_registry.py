@@ -1,0 +1,138 @@
+"""Registry benchmark (not a timed test): promote latency and CLI start-up, printed.
+
+    .venv/bin/python bench/bench_registry.py
+
+Measures, on a fresh SQLite registry in a temp directory:
+  * promote latency p50/p99 through the Python API (goal p99 <= 50 ms);
+  * `reg versions` as a whole process with 10,000 versions registered (goal <= 200 ms;
+    the versions are inserted in bulk through SQLAlchemy, the command reads them as usual);
+  * `reg --help`, `reg versions`, `reg promote` as whole processes (goal <= 0.5 s each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from recipes.artifact import write_manifest  # noqa: E402
+
+
+def make_artifact(root: Path, name: str, i: int) -> Path:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    root.mkdir(parents=True)
+    (root / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    save_file({"w": np.full((8, 128), i, dtype=np.float32)}, str(root / "adapter_model.safetensors"))
+    (root / "metrics.json").write_text(json.dumps({"gates_passed": True, "eval_loss": 1.0}))
+    (root / "recipe.yaml").write_text(f"metadata:\n  name: {name}\n# {i}\n")
+    write_manifest(root, {"name": name, "spec_hash": f"sha256:{i:064x}", "base_model": {},
+                          "base_model_path": "/models/base", "method": "lora",
+                          "adapter_rank": 8, "objective": "sft"})
+    return root
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def run_cli(env: dict[str, str], *args: str, repeat: int = 7) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        p = subprocess.run([str(REPO / ".venv/bin/reg"), *args], env=env, capture_output=True,
+                           text=True, cwd=REPO)
+        times.append(time.perf_counter() - t)
+        if p.returncode != 0:
+            raise SystemExit(f"reg {' '.join(args)} failed: {p.stderr}")
+    return times
+
+
+def main() -> None:
+    import sqlalchemy as sa
+
+    from registry.api import Registry
+    from registry.settings import Settings
+    from registry.tables import Version
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-registry-"))
+    settings = Settings.for_home(tmp / "home")
+    env = {**os.environ, "REG_HOME": str(settings.home), "COLUMNS": "160"}
+    env.pop("REG_DATABASE_URL", None)
+    env.pop("REG_ARTIFACT_STORE", None)
+    rows: list[tuple[str, str, str]] = []
+
+    with Registry(settings) as reg:
+        for i in (1, 2):
+            reg.register_artifact(make_artifact(tmp / f"a{i}", "support-bot", i))
+        lat = []
+        for k in range(300):
+            t = time.perf_counter()
+            reg.promote("support-bot", 1 + k % 2, "production", actor="bench")
+            lat.append((time.perf_counter() - t) * 1000)
+        rows.append(("promote (API, SQLite, 300 promotes)",
+                     f"p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms", "p99 <= 50 ms"))
+
+        big = reg.register_artifact(make_artifact(tmp / "big", "bulk-bot", 10_000_000))
+        now = datetime.now(UTC)
+        template = {
+            "status": "ready", "artifact_digest": big.artifact_digest, "recipe_text": "x: 1\n",
+            "recipe_path": None, "data_digests": {}, "base_model": {}, "base_model_path": "/m",
+            "method": "lora", "adapter_rank": 8, "objective": "sft",
+            "metrics": {"eval_loss": 1.0}, "gates_passed": True, "gate_results": [],
+            "run_id": None, "git_commit": None, "git_dirty": None, "creator": "bench",
+            "created_at": now, "updated_at": now,
+        }
+        model_id = reg.engine.connect().execute(
+            sa.text("SELECT model_id FROM versions WHERE id = :i"), {"i": big.id}).scalar()
+        with reg.engine.begin() as conn:
+            conn.execute(sa.insert(Version.__table__), [  # type: ignore[attr-defined]
+                {**template, "model_id": model_id, "number": n, "spec_hash": f"sha256:bulk{n}",
+                 "parent_number": n - 1} for n in range(2, 10_001)])
+        t = time.perf_counter()
+        all_versions = reg.list_versions("bulk-bot")
+        api_ms = (time.perf_counter() - t) * 1000
+        assert len(all_versions) == 10_000
+
+    rows.append(("list_versions (API), 10,000 versions", f"{api_ms:.0f} ms", ""))
+    for label, args in [
+        ("reg --help", ["--help"]),
+        ("reg versions bulk-bot (10,000 versions, newest 50)", ["versions", "bulk-bot"]),
+        ("reg versions bulk-bot --all --json (10,000)", ["versions", "bulk-bot", "--all",
+                                                         "--json"]),
+        ("reg versions support-bot", ["versions", "support-bot"]),
+        ("reg promote support-bot v1 staging", ["promote", "support-bot", "v1", "staging"]),
+    ]:
+        times = run_cli(env, *args)
+        rows.append((label, f"median {statistics.median(times) * 1000:.0f} ms, "
+                     f"min {min(times) * 1000:.0f} ms", "<= 500 ms (versions: <= 200 ms)"))
+    py = run_cli(env, "--version", repeat=1) if False else None  # noqa: SIM108
+    del py
+    base = []
+    for _ in range(7):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import sqlmodel"], check=True)
+        base.append(time.perf_counter() - t)
+    rows.append(("python -c 'import sqlmodel' (floor for any DB command)",
+                 f"median {statistics.median(base) * 1000:.0f} ms", ""))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  result  (goal)")
+    for name, value, goal in rows:
+        print(f"{name:<{width}}  {value}" + (f"  ({goal})" if goal else ""))
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} (2-core machine shared)")
+
+
+if __name__ == "__main__":
+    main()
