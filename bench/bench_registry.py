@@ -88,7 +88,7 @@ def main() -> None:
 
         big = reg.register_artifact(make_artifact(tmp / "big", "bulk-bot", 10_000_000))
         now = datetime.now(UTC)
-        template = {
+        template: dict[str, object] = {
             "status": "ready", "artifact_digest": big.artifact_digest, "recipe_text": "x: 1\n",
             "recipe_path": None, "data_digests": {}, "base_model": {}, "base_model_path": "/m",
             "method": "lora", "adapter_rank": 8, "objective": "sft",
