@@ -7,6 +7,8 @@ would); the success path trains for real in test_reconcile_e2e.py.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -143,3 +145,26 @@ def test_heartbeat_keeps_the_lease_through_a_long_step(
                      lease_ttl_s=0.5)
     rec.run_once()
     assert seen == [True]  # the intruder could not take a lease that was being renewed
+
+
+def test_lease_of_a_killed_local_process_is_reclaimed_at_once(
+    workspace: WorkspaceFactory, settings: Settings, open_registry: RegistryFactory,
+) -> None:
+    import subprocess
+
+    from registry.reconciler import holder_is_dead, local_holder
+
+    gone = subprocess.Popen(["sleep", "60"])
+    gone.kill()
+    gone.wait()
+    me = local_holder()
+    dead = me.replace(f":{os.getpid()}:", f":{gone.pid}:")
+    assert holder_is_dead(dead) and not holder_is_dead(me)
+    assert not holder_is_dead(dead.replace(socket.gethostname(), "elsewhere", 1))
+    ws = workspace(keep=("support-bot",))
+    reg = open_registry(settings)
+    assert reg.leases.acquire(LEASE_NAME, dead, ttl_s=3600) is not None
+    rec = Reconciler(reg, [ws / "recipes"], trainer=failing_trainer, policy=POLICY)
+    t = time.monotonic()
+    assert [o.model for o in rec.run_once().outcomes] == ["support-bot"]
+    assert time.monotonic() - t < 30  # not the hour the dead holder's lease had left
