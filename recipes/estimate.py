@@ -214,8 +214,9 @@ def read_shape(model_dir: Path, trust_remote_code: bool) -> ModelShape:
 
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code,
                                         local_files_only=True)
+    auto: Any = AutoModelForCausalLM
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        model = auto.from_config(config, trust_remote_code=trust_remote_code)
     linears = {n: (m.in_features, m.out_features) for n, m in model.named_modules()
                if isinstance(m, torch.nn.Linear)}
     text = getattr(config, "text_config", None) or config

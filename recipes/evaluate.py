@@ -44,7 +44,7 @@ class GenerationCase:
 
 @contextlib.contextmanager
 def base_of(model: Any, base_model: Any | None) -> Iterator[Any]:
-    """The base model: ``base_model`` when given (method full), else ``model`` with its adapter off."""
+    """The base: ``base_model`` when given (method full), else ``model`` with its adapter off."""
     if base_model is not None:
         yield base_model
         return
@@ -53,11 +53,13 @@ def base_of(model: Any, base_model: Any | None) -> Iterator[Any]:
 
 
 def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    device: torch.device = next(model.parameters()).device
+    return device
 
 
 @torch.no_grad()
-def token_loss(model: Any, rows: TokenRows, pad_id: int, batch_size: int) -> tuple[float | None, int]:
+def token_loss(model: Any, rows: TokenRows, pad_id: int,
+               batch_size: int) -> tuple[float | None, int]:
     """Mean next-token NLL over the labelled tokens of ``rows``, and how many tokens that was."""
     if len(rows) == 0:
         return None, 0
@@ -89,7 +91,8 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def prompt_completion_ids(
-    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]], completion: list[dict[str, str]]
+    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]],
+    completion: list[dict[str, str]],
 ) -> tuple[list[int], list[int]]:
     """Token ids of the prompt (with the generation prompt) and of the completion after it."""
     prefix_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
@@ -165,7 +168,8 @@ def generate(model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Gen
     latencies: list[float] = []
     new_tokens = 0
     for case in cases:
-        text = tokenizer.apply_chat_template(case.prompt, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(case.prompt, tokenize=False,
+                                             add_generation_prompt=True)
         ids = torch.tensor([_encode(tokenizer, str(text))], dtype=torch.long, device=device)
         start = time.perf_counter()
         out = model.generate(
@@ -176,7 +180,7 @@ def generate(model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Gen
         latencies.append(time.perf_counter() - start)
         gen = out[0, ids.shape[1]:]
         new_tokens += int(gen.numel())
-        outputs.append(tokenizer.decode(gen, skip_special_tokens=True).strip())
+        outputs.append(str(tokenizer.decode(gen, skip_special_tokens=True)).strip())
     if was_training:
         model.train()
     return outputs, latencies, new_tokens

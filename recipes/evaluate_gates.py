@@ -113,7 +113,6 @@ def check_gates(gates: GatesSpec, metrics: dict[str, Any]) -> list[GateResult]:
         passed = value <= threshold if is_max else value >= threshold
         op = "<=" if is_max else ">="
         verdict = "ok" if passed else "FAILED"
-        out.append(GateResult(
-            name, value, float(threshold), passed, f"{verdict}: {value:.4g} {op} {threshold:g} ({how})"
-        ))
+        reason = f"{verdict}: {value:.4g} {op} {threshold:g} ({how})"
+        out.append(GateResult(name, value, float(threshold), passed, reason))
     return out

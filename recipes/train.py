@@ -44,7 +44,6 @@ from recipes.train_checkpoint import (
     CHECKPOINT_PREFIX,
     clean_temporaries,
     list_checkpoints,
-    newest_checkpoint,
     publish_dir,
     remove_dir,
 )

@@ -44,8 +44,10 @@ def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, np.ndarray):
         return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
     if isinstance(obj, dict):
-        return {"__dict__": [[_encode(k, f"{path}.k{i}", tensors), _encode(v, f"{path}.{i}", tensors)]
-                             for i, (k, v) in enumerate(obj.items())]}
+        return {"__dict__": [
+            [_encode(k, f"{path}.k{i}", tensors), _encode(v, f"{path}.{i}", tensors)]
+            for i, (k, v) in enumerate(obj.items())
+        ]}
     if isinstance(obj, tuple):
         return {"__tuple__": [_encode(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]}
     if isinstance(obj, list):
@@ -221,7 +223,7 @@ class SafeCheckpointMixin:
         save_state(t.optimizer.state_dict(), tmp, "optimizer")
         save_state(t.lr_scheduler.state_dict(), tmp, "scheduler")
         save_state(rng_states(), tmp, "rng")
-        for cb in [c for c in t.callback_handler.callbacks + [t.control]
+        for cb in [c for c in [*t.callback_handler.callbacks, t.control]
                    if isinstance(c, ExportableState)]:
             t.state.stateful_callbacks[cb.__class__.__name__] = cb.state()
         t.state.save_to_json(str(tmp / TRAINER_STATE))

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from trl import DPOConfig, DPOTrainer
+from trl.trainer.dpo_config import DPOConfig
+from trl.trainer.dpo_trainer import DPOTrainer
 
 from recipes.train_checkpoint import SafeCheckpointMixin
 
@@ -24,12 +25,13 @@ if TYPE_CHECKING:
 PREFERENCE_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
-class RegDPOTrainer(SafeCheckpointMixin, DPOTrainer):  # type: ignore[misc]
+class RegDPOTrainer(SafeCheckpointMixin, DPOTrainer):
     ewc: EWCPenalty | None = None
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any],
                      return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        parent: Any = super()  # trl's compute_loss is untyped
+        result: Any = parent.compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.ewc is None:
             return result
         penalty = self.ewc(model)
@@ -48,7 +50,8 @@ def preference_rows(ds: datasets.Dataset) -> datasets.Dataset:
     return ds.select_columns(PREFERENCE_COLUMNS)
 
 
-def dpo_config(common: dict[str, Any], *, beta: float, loss_type: str, max_length: int) -> DPOConfig:
+def dpo_config(common: dict[str, Any], *, beta: float, loss_type: str,
+               max_length: int) -> DPOConfig:
     """trl's config from the shared TrainingArguments values plus the DPO settings."""
     return DPOConfig(
         **common,

@@ -82,7 +82,7 @@ def training_arguments(
 
 
 def _reference_texts(loaded: LoadedRecipe, tokenizer: Any) -> list[str]:
-    """The EWC reference set: training.ewc.reference, else the replay data, else evaluation.general."""
+    """EWC reference texts: training.ewc.reference, else data.replay, else evaluation.general."""
     from recipes.data_pipeline import load_eval_texts
 
     spec = loaded.recipe.spec
@@ -178,13 +178,14 @@ def _sft_trainer(model: Any, data: PreparedData, tokenizer: Any, args: dict[str,
 def _dpo_trainer(base: Any, loaded: LoadedRecipe, data: PreparedData, tokenizer: Any,
                  settings: DeviceSettings, args: dict[str, Any], callbacks: list[Any],
                  quantized: bool) -> Any:
-    from peft import prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training as _prepare
 
     from recipes.train_dpo import RegDPOTrainer, dpo_config, preference_rows
 
     spec = loaded.recipe.spec
     t = spec.training
     peft_config = build_peft_config(spec.adapter, loaded.base_model_path)
+    prepare_model_for_kbit_training: Any = _prepare  # untyped
     if quantized:
         base = prepare_model_for_kbit_training(
             base, use_gradient_checkpointing=settings.gradient_checkpointing)

@@ -94,13 +94,15 @@ def device_settings(
     checkpointing = training.gradient_checkpointing
     if checkpointing == "auto":
         checkpointing = device == "cuda" and num_params >= _CHECKPOINTING_PARAMS
-    dtype = base.dtype
-    if dtype == "auto":
-        # Master weights stay fp32 under mixed precision on CPU; on CUDA the
-        # frozen base may be stored in the compute dtype to halve memory.
-        dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
-        if device == "cpu":
-            dtype = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"]
+    if base.dtype != "auto":
+        dtype = base.dtype
+    elif device == "cpu" or precision == "fp32":
+        # Master weights stay fp32 under mixed precision on CPU.
+        dtype = "float32"
+    else:
+        # On CUDA the frozen base is stored in the compute dtype, halving memory.
+        dtype = "bfloat16" if precision == "bf16" else "float16"
     return DeviceSettings(device, precision, bool(checkpointing), dtype)
 
 
@@ -114,7 +116,8 @@ def load_tokenizer(base: BaseModelSpec, model_dir: Path) -> PreTrainedTokenizerB
     except (OSError, ValueError) as e:
         raise ModelError(
             f"cannot load the tokenizer from {model_dir}: {e}",
-            hint="the base model folder needs tokenizer files (tokenizer.json, tokenizer_config.json)",
+            hint="the base model folder needs tokenizer files "
+            "(tokenizer.json, tokenizer_config.json)",
         ) from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -122,8 +125,9 @@ def load_tokenizer(base: BaseModelSpec, model_dir: Path) -> PreTrainedTokenizerB
 
 
 def _quantization_config(base: BaseModelSpec) -> Any:
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig as _Bnb
 
+    bnb: Any = _Bnb  # untyped constructor
     q = base.quantization
     if q is None:
         return None
@@ -131,13 +135,13 @@ def _quantization_config(base: BaseModelSpec) -> Any:
 
     compute = getattr(torch, q.compute_dtype)
     if q.bits == 4:
-        return BitsAndBytesConfig(
+        return bnb(
             load_in_4bit=True,
             bnb_4bit_quant_type=q.quant_type,
             bnb_4bit_use_double_quant=q.double_quant,
             bnb_4bit_compute_dtype=compute,
         )
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return bnb(load_in_8bit=True)
 
 
 def load_base_model(
@@ -152,6 +156,7 @@ def load_base_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    auto: Any = AutoModelForCausalLM
     kwargs: dict[str, Any] = {
         "use_safetensors": True,
         "trust_remote_code": base.trust_remote_code,
@@ -163,7 +168,7 @@ def load_base_model(
         kwargs["quantization_config"] = qconfig
         kwargs["device_map"] = {"": 0} if settings.device == "cuda" else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+        model = auto.from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(
             f"cannot load the base model from {model_dir}: {e}",
@@ -171,7 +176,8 @@ def load_base_model(
         ) from e
     if qconfig is None and settings.device == "cuda":
         model = model.to("cuda")
-    return model
+    loaded_model: PreTrainedModel = model
+    return loaded_model
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -208,17 +214,18 @@ def build_peft_config(adapter: AdapterSpec, model_dir: Path) -> PeftConfig | Non
         else list(adapter.target_modules)
     )
     if m in (AdapterMethod.lora, AdapterMethod.qlora, AdapterMethod.dora):
-        return LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=adapter.r,
-            lora_alpha=adapter.alpha,
-            lora_dropout=adapter.dropout,
-            target_modules=targets,
-            bias=adapter.bias,
-            use_rslora=adapter.use_rslora,
-            use_dora=m is AdapterMethod.dora,
-            modules_to_save=adapter.modules_to_save,
-        )
+        lora: dict[str, Any] = {
+            "task_type": TaskType.CAUSAL_LM,
+            "r": adapter.r,
+            "lora_alpha": adapter.alpha,  # peft types it int; a float scale works and is kept
+            "lora_dropout": adapter.dropout,
+            "target_modules": targets,
+            "bias": adapter.bias,
+            "use_rslora": adapter.use_rslora,
+            "use_dora": m is AdapterMethod.dora,
+            "modules_to_save": adapter.modules_to_save,
+        }
+        return LoraConfig(**lora)
     if m is AdapterMethod.ia3:
         ff = adapter.feedforward_modules
         return IA3Config(
@@ -227,40 +234,42 @@ def build_peft_config(adapter: AdapterSpec, model_dir: Path) -> PeftConfig | Non
             feedforward_modules=list(ff) if ff is not None else [],
             modules_to_save=adapter.modules_to_save,
         )
+    virtual = adapter.num_virtual_tokens or 0
+    if not virtual and m in (AdapterMethod.prefix_tuning, AdapterMethod.prompt_tuning):
+        raise TrainingConfigError(f"{m.value} needs adapter.num_virtual_tokens",
+                                  hint="set adapter.num_virtual_tokens, e.g. 16")
     if m is AdapterMethod.prefix_tuning:
-        return PrefixTuningConfig(
-            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=adapter.num_virtual_tokens
-        )
+        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=virtual)
     if m is AdapterMethod.prompt_tuning:
         if adapter.prompt_init_text:
             return PromptTuningConfig(
                 task_type=TaskType.CAUSAL_LM,
-                num_virtual_tokens=adapter.num_virtual_tokens,
+                num_virtual_tokens=virtual,
                 prompt_tuning_init=PromptTuningInit.TEXT,
                 prompt_tuning_init_text=adapter.prompt_init_text,
                 tokenizer_name_or_path=str(model_dir),
             )
-        return PromptTuningConfig(
-            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=adapter.num_virtual_tokens
-        )
+        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=virtual)
     return None
 
 
 def attach_adapter(
-    model: PreTrainedModel,
+    model: Any,
     adapter: AdapterSpec,
     model_dir: Path,
     settings: DeviceSettings,
     *,
     quantized: bool,
-) -> PreTrainedModel:
+) -> Any:
     """Wrap the base in its PEFT adapter (or unfreeze it for ``full``).
 
     For k-bit bases, ``prepare_model_for_kbit_training`` casts norms to fp32
     and enables input gradients, as the QLoRA paper's recipe does.
     """
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
+    from peft import prepare_model_for_kbit_training as _prepare
 
+    prepare_model_for_kbit_training: Any = _prepare  # untyped
     if quantized:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=settings.gradient_checkpointing
@@ -286,7 +295,7 @@ def attach_adapter(
             hint="check adapter.target_modules against the model's module names "
             "(e.g. q_proj, v_proj, or all-linear)",
         ) from e
-    return peft_model  # type: ignore[no-any-return]
+    return peft_model
 
 
 def config_param_count(base: BaseModelSpec, model_dir: Path) -> int:
@@ -304,8 +313,9 @@ def config_param_count(base: BaseModelSpec, model_dir: Path) -> int:
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read the model config in {model_dir}: {e}",
                          hint="point base_model.path at a folder with config.json") from e
+    auto: Any = AutoModelForCausalLM
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=base.trust_remote_code)
+        model = auto.from_config(config, trust_remote_code=base.trust_remote_code)
     return sum(p.numel() for p in model.parameters())
 
 

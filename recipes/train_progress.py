@@ -52,7 +52,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-class StepLogger(TrainerCallback):  # type: ignore[misc]
+class StepLogger(TrainerCallback):
     """Appends every Trainer log (loss, lr, grad norm, eval loss) plus tokens/s to the JSONL log."""
 
     def __init__(self, path: Path, progress: bool) -> None:
@@ -139,8 +139,9 @@ class EarlyStopVerdict:
     evaluations_since_best: int
 
 
-def early_stop_verdict(eval_losses: Sequence[float], patience: int, threshold: float) -> EarlyStopVerdict:
-    """Stop when ``patience`` evaluations in a row failed to beat the best by ``threshold``. Pure."""
+def early_stop_verdict(eval_losses: Sequence[float], patience: int,
+                       threshold: float) -> EarlyStopVerdict:
+    """Stop after ``patience`` evaluations in a row fail to beat the best by ``threshold``."""
     best: float | None = None
     since = 0
     for loss in eval_losses:
@@ -152,7 +153,7 @@ def early_stop_verdict(eval_losses: Sequence[float], patience: int, threshold: f
     return EarlyStopVerdict(since >= patience, best, since)
 
 
-class EarlyStopping(TrainerCallback):  # type: ignore[misc]
+class EarlyStopping(TrainerCallback):
     """Early stopping on ``eval_loss``, rebuilt from ``state.log_history``.
 
     transformers' EarlyStoppingCallback needs ``load_best_model_at_end`` and
@@ -165,8 +166,8 @@ class EarlyStopping(TrainerCallback):  # type: ignore[misc]
         self.patience = patience
         self.threshold = threshold
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
-                    **kwargs: Any) -> None:
+    def on_evaluate(self, args: Any, state: Any, control: Any,
+                    metrics: dict[str, Any] | None = None, **kwargs: Any) -> None:
         losses = [float(r["eval_loss"]) for r in state.log_history if "eval_loss" in r]
         if metrics and "eval_loss" in metrics and (
             not state.log_history or state.log_history[-1].get("eval_loss") != metrics["eval_loss"]

@@ -82,7 +82,7 @@ def packed_rows(ds: datasets.Dataset, max_len: int, *, split_long: bool) -> Toke
     ``split_long`` (CPT) cuts over-long texts into pieces; otherwise (SFT)
     over-long examples are truncated, keeping conversations whole.
     """
-    from trl import pack_dataset
+    from trl.data_utils import pack_dataset
 
     if _label_column(ds) == "labels":
         cols = ds.select_columns(["input_ids", "labels"])
@@ -153,17 +153,18 @@ class PackedCollator:
                 REAL_TOKENS: torch.tensor(real)}
 
 
-class RegTrainer(SafeCheckpointMixin, Trainer):  # type: ignore[misc]
+class RegTrainer(SafeCheckpointMixin, Trainer):
     """Trainer with atomic pickle-free checkpoints, real-token counting and an optional EWC term."""
 
     ewc: EWCPenalty | None = None
+    reg_packed: bool = False
 
     def compute_loss(
         self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
         inputs = {k: v for k, v in inputs.items() if k != REAL_TOKENS}
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        result: Any = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.ewc is None:
             return result
         penalty = self.ewc(model)

@@ -96,7 +96,8 @@ def estimate(
     json_mode: JsonOpt = False,
 ) -> None:
     """Parameters, training memory for full / LoRA / QLoRA, time and fit on common GPUs."""
-    from recipes.estimate import FORMULAS, estimate as run, human_bytes, human_hours
+    from recipes.estimate import FORMULAS, human_bytes, human_hours
+    from recipes.estimate import estimate as run
     from recipes.loader import load_recipe
 
     output = Output(json_mode)

@@ -30,7 +30,7 @@ train(load_recipe(Path(sys.argv[1])), Path(sys.argv[2]), progress=False)
 
 
 def _run_until(recipe: Path, workdir: Path, ready: Callable[[], bool], timeout: float) -> bool:
-    """Start training in a subprocess and SIGKILL it once ``ready()``; False if it finished first."""
+    """Train in a subprocess, SIGKILL it once ``ready()``; False if it finished first."""
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(recipe), str(workdir)], cwd=repo,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
