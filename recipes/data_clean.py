@@ -62,6 +62,8 @@ _PHONE = re.compile(
     r"|(?<![\w+])\+\d{1,3}(?:[ .-]?\d{2,4}){2,5}(?!\w)"
 )
 
+_DIGIT = re.compile(r"\d")
+
 PII_LABELS = {
     "email": "[EMAIL]", "credit_card": "[CREDIT_CARD]", "ssn": "[SSN]",
     "ip_address": "[IP_ADDRESS]", "phone": "[PHONE]",
@@ -116,6 +118,9 @@ _DETECTORS: tuple[tuple[str, re.Pattern[str], Callable[[str], bool] | None], ...
 def redact_pii(text: str) -> tuple[str, Counter[str]]:
     """``text`` with emails, cards, SSNs, IPs and phones replaced by labels, and their counts."""
     counts: Counter[str] = Counter()
+    # Every pattern needs '@', ':' or a digit; most text has none, and this check is cheap.
+    if "@" not in text and ":" not in text and not _DIGIT.search(text):
+        return text, counts
     for kind, pattern, check in _DETECTORS:
         def sub(m: re.Match[str], kind: str = kind,
                 check: Callable[[str], bool] | None = check) -> str:
@@ -216,28 +221,31 @@ def _map_strings(ex: Example, fn: Callable[[str], str]) -> Example:
 
 def clean_text(ex: Example, spec: CleanSpec, report: CleanReport) -> Example:
     """Normalise and redact every string of an example, counting what changed."""
-    if spec.strip_control_chars:
-        new = _map_strings(ex, strip_control_chars)
-        if new != ex:
-            report.modified["control_chars"] += 1
-        ex = new
-    if spec.normalize_whitespace:
-        new = _map_strings(ex, normalize_whitespace)
-        if new != ex:
-            report.modified["whitespace"] += 1
-        ex = new
-    if spec.redact_pii:
-        found: Counter[str] = Counter()
+    changed: set[str] = set()
+    found: Counter[str] = Counter()
 
-        def redact(text: str) -> str:
-            out, counts = redact_pii(text)
+    def fix(text: str) -> str:
+        if spec.strip_control_chars:
+            new = strip_control_chars(text)
+            if new != text:
+                changed.add("control_chars")
+            text = new
+        if spec.normalize_whitespace:
+            new = normalize_whitespace(text)
+            if new != text:
+                changed.add("whitespace")
+            text = new
+        if spec.redact_pii:
+            text, counts = redact_pii(text)
             found.update(counts)
-            return out
+        return text
 
-        ex = _map_strings(ex, redact)
-        if found:
-            report.modified["pii_redacted"] += 1
-            report.pii.update(found)
+    ex = _map_strings(ex, fix)
+    for what in changed:
+        report.modified[what] += 1
+    if found:
+        report.modified["pii_redacted"] += 1
+        report.pii.update(found)
     return ex
 
 

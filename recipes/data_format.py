@@ -15,6 +15,7 @@ found by rendering the conversation prefix by prefix.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +142,30 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, ex: Example, ex_id: str) -> Tok
     if ex.kind == "preference":
         return tokenize_preference(tokenizer, ex, ex_id)
     return tokenize_text(tokenizer, ex, ex_id)
+
+
+BATCH = 256
+
+
+def tokenize_many(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
+                  ids: Sequence[str]) -> list[Tokenized]:
+    """:func:`tokenize` over many examples; chats go through the template in batches,
+    which lets the fast tokenizer encode them together (several times faster)."""
+    if not examples or examples[0].kind != "chat" or not has_generation_marks(tokenizer):
+        return [tokenize(tokenizer, ex, i) for ex, i in zip(examples, ids, strict=True)]
+    out: list[Tokenized] = []
+    for start in range(0, len(examples), BATCH):
+        chunk = examples[start:start + BATCH]
+        enc: Any = tokenizer.apply_chat_template(
+            [ex.messages for ex in chunk], tokenize=True, return_dict=True,
+            return_assistant_tokens_mask=True)
+        for j, ex in enumerate(chunk):
+            tok_ids = [int(t) for t in enc["input_ids"][j]]
+            mask = [int(m) for m in enc["assistant_masks"][j]]
+            labels = [t if m else IGNORE_INDEX for t, m in zip(tok_ids, mask, strict=True)]
+            first = next((k for k, m in enumerate(mask) if m), len(tok_ids))
+            out.append(Tokenized(ex, ids[start + j], tok_ids, labels, first))
+    return out
 
 
 def to_row(tok: Tokenized, max_seq_length: int, *, truncate_text: bool = True) -> dict[str, Any]:

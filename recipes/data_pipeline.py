@@ -25,7 +25,7 @@ from recipes.data_format import (
     render,
     row_length,
     to_row,
-    tokenize,
+    tokenize_many,
 )
 from recipes.data_load import Example, Kind, kind_of, load_examples
 from recipes.data_report import DataReport, SourceReport, TokenStats
@@ -96,10 +96,9 @@ def _source_name(path: str, name: str | None) -> str:
 def _tokenize_all(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
                   max_tokens: int | None, report: CleanReport) -> list[Tokenized]:
     out: list[Tokenized] = []
-    for ex in examples:
-        tok = tokenize(tokenizer, ex, content_id(ex))
+    for tok in tokenize_many(tokenizer, examples, [content_id(ex) for ex in examples]):
         if max_tokens is not None and tok.length > max_tokens:
-            report.drop(ex, "too_long")
+            report.drop(tok.example, "too_long")
             continue
         out.append(tok)
     return out

@@ -124,7 +124,7 @@ def test_data_on_an_invalid_recipe(write_recipe: RecipeFactory) -> None:
 
 
 def test_schema_matches_the_workspace_copy_and_validates_examples(workspace: Path) -> None:
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]
 
     done = reg("schema")
     assert done.returncode == 0, done.stderr

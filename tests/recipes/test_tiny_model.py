@@ -19,7 +19,7 @@ def test_loads_and_generates(tiny_model_dir: Path, tokenizer: Any) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     params = sum(p.numel() for p in model.parameters())
     assert 500_000 <= params <= 2_000_000
     assert model.config.head_dim in (32, 64)
