@@ -231,12 +231,19 @@ class PruneDecision:
 
 @dataclass(frozen=True)
 class StaleRun:
-    """An unfinished run whose spec hash is no longer wanted: the reconciler closes it."""
+    """An unfinished run the reconciler closes before anything else.
+
+    ``version`` set: its version was registered but the run was not marked
+    finished (a kill in between): finish it with that version. Otherwise its
+    spec hash is no longer wanted: cancel it.
+    """
 
     run_id: str
     model: str
     spec_hash: str
     reason: str
+    version: int | None = None
+    version_status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,8 +277,8 @@ class Plan:
             "prune": [{"model": p.model, "version": p.version, "reason": p.reason}
                       for p in self.prune],
             "prune_withheld": self.prune_withheld,
-            "stale_runs": [{"run_id": r.run_id, "model": r.model, "reason": r.reason}
-                           for r in self.stale_runs],
+            "stale_runs": [{"run_id": r.run_id, "model": r.model, "reason": r.reason,
+                            "version": r.version} for r in self.stale_runs],
         }
 
 
@@ -497,12 +504,23 @@ def make_plan(
                         decisions.append(PruneDecision(name, v.label, "orphaned, in no stage"))
     wanted = {d.name: d.spec_hash for d in desired}
     blocked_names = {b.name for b in blocked if b.name is not None}
+    settled = {(v.model, v.spec_hash): v for v in sorted(
+        (v for vs in by_model_v.values() for v in vs if v.status in VERSION_SETTLED),
+        key=lambda v: v.version)}
     stale: list[StaleRun] = []
     for model, rs in sorted(by_model_r.items()):
-        if model in blocked_names:
-            continue  # its recipe may come back unchanged once fixed: keep the run resumable
         for r in sorted(rs, key=lambda r: (r.created_at, r.run_id)):
-            if r.status in RUN_ACTIVE and wanted.get(model) != r.spec_hash:
+            if r.status not in RUN_ACTIVE:
+                continue
+            done = settled.get((model, r.spec_hash))
+            if done is not None:
+                stale.append(StaleRun(r.run_id, model, r.spec_hash,
+                                      f"{done.label} is registered; the run was not marked done",
+                                      version=done.version, version_status=done.status))
+                continue
+            if model in blocked_names:
+                continue  # its recipe may come back unchanged once fixed: keep it resumable
+            if wanted.get(model) != r.spec_hash:
                 why = ("its recipe is gone" if model not in wanted
                        else "the recipe changed since it started")
                 stale.append(StaleRun(r.run_id, model, r.spec_hash, why))

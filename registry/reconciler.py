@@ -402,7 +402,11 @@ class Reconciler:
             self.observer.planned(plan)
             report = PassReport(plan)
             for stale in plan.stale_runs:
-                self._cancel(int(stale.run_id), stale.reason)
+                if stale.version is not None:
+                    self._finish(int(stale.run_id), stale.model, stale.version,
+                                 stale.version_status == "ready")
+                else:
+                    self._cancel(int(stale.run_id), stale.reason)
             for m in plan.models:
                 if hb.lost:
                     break  # another reconciler owns the registry now; it will carry on
@@ -446,6 +450,25 @@ class Reconciler:
                                        finished_at=self.clock(), actor=self.actor)
         self._event("reconcile.run_cancelled", run.model, f"run {run_id} cancelled: {reason}",
                     run_id=run_id)
+
+    def _finish(self, run_id: int, model: str, number: int, ready: bool,
+                runlog: RunLog | None = None) -> None:
+        """Mark a run done with the version it registered (repeatable)."""
+        if runlog is None:
+            run = self.registry.get_run(run_id)
+            runlog = RunLog(Path(run.workdir) / LOG_NAME) if run.workdir else None
+        self.registry.update_run(run_id, status="succeeded" if ready else "rejected",
+                                 phase="done", version_number=number,
+                                 finished_at=self.clock(),
+                                 log_tail=runlog.tail() if runlog else "", error="",
+                                 actor=self.actor)
+        version = self.registry.get_version(model, number)
+        self._event(f"reconcile.{'registered' if ready else 'rejected'}", model,
+                    f"{version.ref} {version.status}"
+                    + ("" if ready else f": gates failed {_failed_gates(version)}"),
+                    run_id=run_id, version=number,
+                    data={"spec_hash": version.spec_hash, "gates_passed": version.gates_passed})
+        fault_point("run_finished", model)
 
     def _start_run(self, m: ModelPlan, loaded: LoadedRecipe, workdir: Path) -> RunPublic:
         git = m.git
@@ -508,16 +531,7 @@ class Reconciler:
             return self._fail(m, run_id, runlog, phase, e)
 
         ready = VersionStatus(version.status) is VersionStatus.ready
-        status = "succeeded" if ready else "rejected"
-        self.registry.update_run(run_id, status=status, phase="done",
-                                 version_number=version.number, finished_at=self.clock(),
-                                 log_tail=runlog.tail(), error="", actor=self.actor)
-        self._event(f"reconcile.{'registered' if ready else 'rejected'}", m.model,
-                    f"{version.ref} {version.status}"
-                    + ("" if ready else f": gates failed {_failed_gates(version)}"),
-                    run_id=run_id, version=version.number,
-                    data={"spec_hash": m.spec_hash, "gates_passed": version.gates_passed})
-        fault_point("run_finished", m.model)
+        self._finish(run_id, m.model, version.number, ready, runlog)
         outcome = Outcome(m.model, m.action, "registered" if ready else "rejected",
                           version=version.number, run_id=run_id, trained=True)
         if ready and loaded.recipe.spec.deploy.promote_to:

@@ -270,3 +270,13 @@ def test_unfinished_run_of_an_old_hash_is_closed_as_stale(
         ("1", "the recipe changed since it started")]
     kept = make_plan([], [BlockedRecipe("/ws/r.yaml", "bot", [])], [], runs, now=NOW)
     assert kept.stale_runs == ()
+
+
+def test_unfinished_run_whose_version_exists_is_finished(
+    desired: MakeDesired, version: MakeVersion, run: MakeRun
+) -> None:
+    plan = make_plan([desired()], [], [version()], [run(status="training", error=None)],
+                     now=NOW)
+    assert plan.models[0].action is Action.in_sync
+    assert [(r.run_id, r.version, r.version_status) for r in plan.stale_runs] == [
+        ("1", 1, "ready")]

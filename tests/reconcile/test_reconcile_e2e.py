@@ -147,9 +147,14 @@ def test_kill_after_every_step_converges_to_one_version(
         cp = run_reg(sqlite_settings, "reconcile", str(ws / "recipes"), "--once",
                      REG_FAULT=f"after:{step}")
         assert cp.returncode == 137, f"{step}: {cp.returncode}\n{cp.stdout}\n{cp.stderr}"
+    # Killed after promoting, before recording it: this pass records it (never promotes twice).
     final = run_reg(sqlite_settings, "reconcile", str(ws / "recipes"), "--once", "--json")
     assert final.returncode == 0, final.stderr
-    assert json.loads(final.stdout)["outcomes"] == []  # the killed passes did all the work
+    assert [(o["action"], o["result"]) for o in json.loads(final.stdout)["outcomes"]] == [
+        ("deploy", "deployed")]
+    again = run_reg(sqlite_settings, "reconcile", str(ws / "recipes"), "--once", "--json")
+    assert json.loads(again.stdout)["outcomes"] == []
+    assert run_reg(sqlite_settings, "plan", str(ws / "recipes")).returncode == 0
 
     reg = open_registry(sqlite_settings)
     (v,) = reg.list_versions("support-bot")
