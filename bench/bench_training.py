@@ -26,8 +26,9 @@ from typing import Any
 
 ROUNDS = 3
 EPOCHS = 2
-WORDS = ("what is the color of water city model data train deploy version stage canary "
-         "production staging rollout traffic user support bot help order refund account").split()
+WORDS = ["what", "is", "the", "color", "of", "water", "city", "model", "data", "train",
+         "deploy", "version", "stage", "canary", "production", "staging", "rollout", "traffic",
+         "user", "support", "bot", "help", "order", "refund", "account"]
 
 
 def _write_mixed(ws: Path, seed: int = 0) -> Path:
