@@ -53,6 +53,7 @@ def test_reg_train_on_a_broken_recipe_names_the_problem_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_reg_estimate_and_advise_print_their_tables(workspace: Path) -> None:
     recipe = str(workspace / "recipes" / "support-bot.yaml")
     est = _reg("estimate", recipe)
