@@ -245,7 +245,11 @@ def prepare_data(loaded: LoadedRecipe, tokenizer: PreTrainedTokenizerBase,
     report.split = {"seed": seed, "validation": data.split.validation, "test": data.split.test,
                     "max_examples": data.max_examples}
 
-    truncate_text = not training.packing
+    # Continued pre-training packs unless the recipe turns packing off explicitly (as
+    # training does), and packed text is split there, not truncated here.
+    packs = training.packing or (training.objective is Objective.cpt
+                                 and "packing" not in training.model_fields_set)
+    truncate_text = not packs
     rows = {name: [to_row(t, max_len, truncate_text=truncate_text) for t in items]
             for name, items in by_split.items()}
     report.splits = {name: _stats(kind, by_split[name], rows[name], max_len) for name in SPLITS}

@@ -92,7 +92,8 @@ def data(
     output.data({**report, "out_dir": str(prepared.out_dir)})
     _render_report(output, report)
     output.message(f"[green]Prepared {loaded.name}[/green] ({prepared.kind}) -> {out_dir}")
-    output.hint(f"inspect {out_dir / 'train.jsonl'}; train with the recipe once it looks right")
+    output.hint(f"inspect {out_dir / 'train.jsonl'}, then "
+                f"`reg train {recipe} --out DIR` trains on it")
 
 
 def _render_report(out: Output, report: dict[str, Any]) -> None:

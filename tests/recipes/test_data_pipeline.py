@@ -424,3 +424,27 @@ def test_load_eval_texts_renders_chats(write_recipe: RecipeFactory, workspace: P
 def test_load_base_tokenizer(workspace: Path) -> None:
     tok = load_base_tokenizer(_load(workspace, "support-bot"))
     assert tok.eos_token == "<|end|>" and len(tok) == 1024
+
+
+@pytest.mark.parametrize(("packing", "truncated"), [
+    pytest.param(None, False, id="cpt-packs-by-default"),
+    pytest.param(False, True, id="packing-off-truncates"),
+])
+def test_cpt_text_is_truncated_only_without_packing(
+        write_recipe: RecipeFactory, write_rows: RowsWriter, workspace: Path, tokenizer: Any,
+        delete: object, packing: bool | None, truncated: bool) -> None:
+    from recipes.tiny_model import sample_sentences
+
+    write_rows("long.jsonl", [{"text": " ".join(sample_sentences(d, 30))} for d in range(10)])
+    changes: dict[str, Any] = {
+        "spec.training.objective": "cpt", "spec.data.format": "text",
+        "spec.data.sources.0.path": "../data/long.jsonl", "spec.data.system_prompt": delete,
+        "spec.data.split.validation": 0.0, "spec.data.split.test": 0.0,
+        "spec.data.clean.max_tokens": None, "spec.training.max_seq_length": 64}
+    if packing is not None:
+        changes["spec.training.packing"] = packing
+    write_recipe("long", **changes)
+    lengths = [len(ids) for ids in _prepare(workspace, "long", tokenizer).splits["train"]
+               ["input_ids"]]
+    assert (max(lengths) == 64) is truncated
+    assert min(lengths) > 64 or truncated
