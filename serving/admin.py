@@ -57,19 +57,25 @@ class UnloadAdapterBody(BaseModel):
     engine: str | None = None
 
 
-def admin_router(gw: Gateway) -> APIRouter:
-    def require_admin(request: Request) -> str:
-        token = gw.config.admin_token
-        if not token:
-            raise AdminDenied(403, "Admin routes are disabled: start the gateway with "
-                              "REG_ADMIN_TOKEN set.")
-        auth = request.headers.get("authorization", "")
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
-            raise AdminDenied(401, "Admin routes need `Authorization: Bearer $REG_ADMIN_TOKEN`.")
-        return "admin"
+def require_admin(request: Request) -> str:
+    """The admin token check (a dependency of every admin route); returns the actor."""
+    token = request.app.state.gateway.config.admin_token
+    if not token:
+        raise AdminDenied(403, "Admin routes are disabled: start the gateway with "
+                          "REG_ADMIN_TOKEN set.")
+    auth = request.headers.get("authorization", "")
+    scheme, _, given = auth.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        raise AdminDenied(401, "Admin routes need `Authorization: Bearer $REG_ADMIN_TOKEN`.")
+    return "admin-api"
 
-    Admin = Annotated[str, Depends(require_admin)]
+
+# Module level: FastAPI resolves these annotations by name (``from __future__ import
+# annotations``), so a dependency alias defined inside a function would not be found.
+Admin = Annotated[str, Depends(require_admin)]
+
+
+def admin_router(gw: Gateway) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
 
     @router.get("/status")

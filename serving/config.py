@@ -69,6 +69,17 @@ class ServeConfig:
                 except ValueError as exc:
                     raise ConfigError(f"{var}={e[var]!r} is not a whole number",
                                       hint=f"set {var} to a positive integer") from exc
+        if e.get("REG_EXTERNAL_ENGINES"):
+            # BASE_MODEL_PATH=URL,...: engines someone else runs (not started or restarted).
+            engines: dict[str, str] = {}
+            for item in e["REG_EXTERNAL_ENGINES"].split(","):
+                base, sep, url = item.strip().rpartition("=")
+                if not sep or not base or not url.startswith("http://"):
+                    raise ConfigError(
+                        f"REG_EXTERNAL_ENGINES item {item!r} is not BASE_MODEL_PATH=http://HOST:PORT",
+                        hint="e.g. REG_EXTERNAL_ENGINES=/models/tiny=http://127.0.0.1:8100")
+                engines[base] = url.rstrip("/")
+            values["external_engines"] = engines
         values.update(overrides)
         cfg = cls(**values)  # type: ignore[arg-type]
         if cfg.max_concurrency < 1 or cfg.max_loras < 1:

@@ -1,0 +1,87 @@
+"""A minimal OpenAI-compatible echo backend, for measuring a proxy's own cost.
+
+Answers every POST to /v1/chat/completions or /v1/completions with one fixed,
+schema-valid completion (no generation), plus the few routes the gateway's
+supervisor calls (/health, /v1/models, /v1/load_lora_adapter). Written on
+asyncio + httptools (both already installed with uvicorn) with uvloop, so the
+backend is as cheap as Python allows and the proxy's cost dominates.
+
+Run: python bench/echo_backend.py PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import httptools
+
+CHAT = json.dumps({
+    "id": "chatcmpl-echo", "object": "chat.completion", "created": 1700000000, "model": "echo",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo", "refusal": None},
+                 "logprobs": None, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+}).encode()
+MODELS = json.dumps({"object": "list", "data": [
+    {"id": "echo", "object": "model", "created": 0, "owned_by": "echo", "parent": None}]}).encode()
+
+
+def _response(body: bytes, status: bytes = b"200 OK") -> bytes:
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+RESPONSES = {
+    b"/v1/chat/completions": _response(CHAT),
+    b"/v1/completions": _response(CHAT),
+    b"/health": _response(b"{}"),
+    b"/v1/models": _response(MODELS),
+    b"/v1/load_lora_adapter": _response(b'"ok"'),
+    b"/v1/unload_lora_adapter": _response(b'"ok"'),
+}
+NOT_FOUND = _response(b'{"error":{"message":"not found","type":"x","param":null,"code":null}}',
+                      b"404 Not Found")
+
+
+class Echo(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            assert self.transport is not None
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_message_complete(self) -> None:
+        assert self.transport is not None
+        self.transport.write(RESPONSES.get(self.url.split(b"?")[0], NOT_FOUND))
+        self.url = b""
+
+
+async def main(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main(int(sys.argv[1])))

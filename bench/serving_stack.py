@@ -1,0 +1,109 @@
+"""Shared setup for the serving benchmarks: a registry with real adapters, `reg serve`.
+
+Not a benchmark itself. Builds the tiny Llama, trains two keyword adapters
+(real training, seconds), registers them in a fresh SQLite registry, promotes
+v1 to production and v2 to canary, and starts `reg serve` as its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PY = str(ROOT / ".venv" / "bin" / "python")
+MODEL = "support-bot"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 5.0, token: str | None = None) -> Any:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def wait_ready(url: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            get_json(url + "/ready")
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def build_registry(home: Path, *, base_model_path: str | None = None) -> None:
+    """Tiny model + two trained adapters, registered and promoted (v1 prod, v2 canary)."""
+    from recipes.artifact import read_manifest, write_manifest
+    from recipes.tiny_model import build_tiny_llama
+    from registry.api import Registry
+    from registry.settings import Settings
+    from tests.serving.adapters_for_tests import train_keyword_adapter
+
+    model_dir = home / "tiny-llama"
+    if not model_dir.exists():
+        build_tiny_llama(model_dir)
+    reg = Registry(Settings.for_home(home))
+    try:
+        for v, kw in ((1, "alpha"), (2, "bravo")):
+            out = home / "trained" / kw
+            if not (out / "manifest.json").exists():
+                train_keyword_adapter(model_dir, out, model=MODEL, keyword=kw, seed=v)
+            if base_model_path is not None:  # serve it on another engine (the echo backend)
+                ident = read_manifest(out)["identity"]
+                (out / "manifest.json").unlink()
+                write_manifest(out, {**ident, "base_model_path": base_model_path})
+            reg.register(out)
+        reg.promote(MODEL, 1, "production")
+        reg.promote(MODEL, 2, "canary")
+        reg.set_traffic(MODEL, {"production": 80, "canary": 20})
+    finally:
+        reg.close()
+
+
+@contextlib.contextmanager
+def reg_serve(home: Path, env: dict[str, str] | None = None,
+              timeout: float = 300.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`reg serve` on a free port, as its own process; stopped with SIGTERM at the end."""
+    port = free_port()
+    full_env = {**os.environ, "REG_HOME": str(home), "REG_ADMIN_TOKEN": "bench",
+                **(env or {})}
+    log = (home / f"serve-{port}.log").open("wb")
+    proc = subprocess.Popen([PY, "-m", "reg_cli.main", "serve", "--port", str(port),
+                             "--log-level", "warning", "--max-concurrency", "512"],
+                            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
