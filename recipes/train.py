@@ -111,16 +111,22 @@ def train(
     A failed gate is reported in the result, not raised.
     """
     workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     ident = dict(identity) if identity is not None else default_identity(loaded)
     spec_hash = str(ident["spec_hash"])
+    done = finished_result(workdir, spec_hash)
+    if done is not None:
+        return done
+    # Data, tokenizer and model config are checked before anything is
+    # written, so bad input leaves no workdir behind.
+    setup = _setup(loaded, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     with _workdir_lock(workdir):
-        done = finished_result(workdir, spec_hash)
+        done = finished_result(workdir, spec_hash)  # another process may have finished it
         if done is not None:
             return done
         clean_temporaries(workdir)
         _claim_workdir(workdir, loaded.name, spec_hash, resume)
-        return _run(loaded, workdir, ident, progress=progress)
+        return _run(setup, ident, progress=progress)
 
 
 def finished_result(workdir: Path, spec_hash: str) -> TrainResult | None:
@@ -238,15 +244,13 @@ def _setup(loaded: LoadedRecipe, workdir: Path) -> _Setup:
                   lr.reason)
 
 
-def _run(loaded: LoadedRecipe, workdir: Path, identity: dict[str, Any], *,
-         progress: bool) -> TrainResult:
+def _run(s: _Setup, identity: dict[str, Any], *, progress: bool) -> TrainResult:
     from transformers import set_seed
 
     from recipes.train_model import cpu_threads
 
-    s = _setup(loaded, workdir)
-    set_seed(loaded.recipe.spec.training.seed)
-    final = workdir / FINAL_DIR
+    set_seed(s.loaded.recipe.spec.training.seed)
+    final = s.workdir / FINAL_DIR
     model: Any = None
     with cpu_threads(s.settings, s.num_params) as threads:
         if not (final / SUMMARY_FILE).is_file():

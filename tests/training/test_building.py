@@ -136,3 +136,16 @@ def test_git_change_rate_counts_commits_touching_the_data(tmp_path: Path) -> Non
     assert commits == 3
     assert rate == pytest.approx(1.0)
     assert git_change_rate([Path("/") / "nonexistent-dir" / "x"]) == (None, None)
+
+
+def test_bad_data_fails_before_anything_is_written(workspace: Path, tmp_path: Path) -> None:
+    from recipes.errors import DataError
+    from recipes.loader import load_recipe
+    from recipes.train import train
+
+    (workspace / "data" / "support.jsonl").write_text('{"messages": "not a list"}\n')
+    loaded = load_recipe(workspace / "recipes" / "support-bot.yaml")
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="support.jsonl"):
+        train(loaded, out, progress=False)
+    assert not out.exists()
