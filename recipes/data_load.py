@@ -108,6 +108,8 @@ def read_rows(path: Path, shown: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"data file not found: {shown}",
                         hint="check the path; it is relative to the recipe file")
+    if _blank(path):  # datasets fails on these with unhelpful messages; no rows is the truth
+        return []
     import datasets
 
     bars = datasets.is_progress_bar_enabled()
@@ -131,6 +133,15 @@ def read_rows(path: Path, shown: str) -> list[dict[str, Any]]:
         if bars:
             datasets.enable_progress_bars()
     return rows
+
+
+def _blank(path: Path) -> bool:
+    """True when the file holds nothing but whitespace (read until the first other byte)."""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
 
 
 def _first_line(e: BaseException) -> str:

@@ -448,3 +448,14 @@ def test_cpt_text_is_truncated_only_without_packing(
                ["input_ids"]]
     assert (max(lengths) == 64) is truncated
     assert min(lengths) > 64 or truncated
+
+
+@pytest.mark.parametrize("content", [pytest.param("", id="empty"),
+                                     pytest.param("\n  \n", id="blank-lines")])
+def test_empty_data_file(write_recipe: RecipeFactory, workspace: Path, tokenizer: Any,
+                         content: str) -> None:
+    (workspace / "data" / "void.jsonl").write_text(content)
+    write_recipe("void", **{"spec.data.sources.0.path": "../data/void.jsonl"})
+    with pytest.raises(DataError, match=r"no examples left in .*void\.jsonl after cleaning "
+                                        r"\(the files have no rows\)"):
+        _prepare(workspace, "void", tokenizer)
