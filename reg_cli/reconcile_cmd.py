@@ -69,7 +69,7 @@ def render_plan(out: Output, plan: Plan) -> None:
         style = _STYLE.get(m.action.value, "")
         version = m.current_version or m.newest_version or "-"
         rows.append((m.model, f"[{style}]{m.action.value.replace('_', ' ')}[/{style}]",
-                     version, _git_label(m) if m.recipe_path else "-", escape(m.reason)))
+                     version, _git_label(m) if m.spec_hash else "-", escape(m.reason)))
     out.table("Plan", ["model", "action", "version", "git", "why"], rows)
     for m in plan.models:
         lines = _detail_lines(m)
