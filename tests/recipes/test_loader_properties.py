@@ -59,9 +59,21 @@ def mutated(draw: st.DrawFn, text: str) -> str:
             break
         path = draw(st.sampled_from(paths))
         parent = _parent(doc, path)
-        op = draw(st.sampled_from(["delete", "rename", "set", "add"]))
+        op = draw(st.sampled_from(["delete", "misspell", "rename", "set", "add"]))
         if op == "delete":
             del parent[path[-1]]
+        elif op == "misspell" and isinstance(parent, dict) and isinstance(path[-1], str):
+            key = path[-1]
+            at = draw(st.integers(0, len(key)))
+            edit = draw(st.sampled_from(["drop", "insert", "swap"]))
+            if edit == "drop" and len(key) > 1:
+                typo = key[:at] + key[at + 1:]
+            elif edit == "swap" and 0 < at < len(key):
+                typo = key[:at - 1] + key[at] + key[at - 1] + key[at + 1:]
+            else:
+                typo = key[:at] + draw(st.sampled_from("aeiouxz_")) + key[at:]
+            if typo != key and typo not in parent:
+                parent[typo] = parent.pop(key)
         elif op == "rename" and isinstance(parent, dict):
             parent[draw(keys)] = parent.pop(path[-1])
         elif op == "add" and isinstance(parent, dict):
@@ -127,3 +139,30 @@ def test_garbled_text_is_located(example_template: Path, data: st.DataObject) ->
 @given(text=st.text(max_size=300))
 def test_random_text_never_raises(example_template: Path, text: str) -> None:
     _check(example_template, text)
+
+
+@settings(SETTINGS, max_examples=60)
+@given(data=st.data())
+def test_a_dropped_letter_gets_did_you_mean(example_template: Path, data: st.DataObject) -> None:
+    yaml = YAML(typ="rt")
+    doc = yaml.load(_support_text(example_template))
+    candidates = [p for p in _paths(doc) if isinstance(p[-1], str) and len(p[-1]) >= 4
+                  and p[:2] != ("metadata", "labels")]
+    path = data.draw(st.sampled_from(candidates))
+    key = str(path[-1])
+    at = data.draw(st.integers(0, len(key) - 1))
+    typo = key[:at] + key[at + 1:]
+    parent = _parent(doc, path)
+    if typo in parent:
+        return
+    parent[typo] = parent.pop(key)
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    target = example_template / "recipes" / "mutant.yaml"
+    _, problems = validate_document(target, buf.getvalue(), example_template)
+    dotted = ".".join(str(k) for k in (*path[:-1], typo))
+    unknown = [p for p in problems if p.field == dotted]
+    assert len(unknown) == 1, [p.render() for p in problems]
+    assert unknown[0].message == "unknown key"
+    assert unknown[0].hint == f"did you mean '{key}'?"
+    assert unknown[0].line is not None
