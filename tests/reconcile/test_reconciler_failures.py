@@ -168,3 +168,31 @@ def test_lease_of_a_killed_local_process_is_reclaimed_at_once(
     t = time.monotonic()
     assert [o.model for o in rec.run_once().outcomes] == ["support-bot"]
     assert time.monotonic() - t < 30  # not the hour the dead holder's lease had left
+
+
+def test_watch_runs_passes_until_stopped_and_stands_by_without_the_lease(
+    workspace: WorkspaceFactory, sqlite_settings: Settings, open_registry: RegistryFactory,
+) -> None:
+    from registry.reconciler import PassReport
+
+    ws = workspace(keep=("support-bot",))
+    reg = open_registry(sqlite_settings)
+    rec = Reconciler(reg, [ws / "recipes"], trainer=failing_trainer,
+                     policy=BackoffPolicy(base_s=0.01, max_attempts=100))
+    stop = threading.Event()
+    seen: list[PassReport | BaseException] = []
+
+    def on_pass(report: PassReport | None, err: BaseException | None) -> None:
+        seen.append(report if report is not None else err)  # type: ignore[arg-type]
+        if len(seen) == 2:
+            reg.leases.acquire(LEASE_NAME, "standby-test:1", ttl_s=60)
+        if len(seen) >= 4:
+            stop.set()
+
+    worker = threading.Thread(target=rec.watch, args=(0.05, stop), kwargs={"on_pass": on_pass})
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert [type(x).__name__ for x in seen] == ["PassReport", "PassReport", "LeaseHeld",
+                                                "LeaseHeld"]
+    assert len(reg.list_runs(model="support-bot")) == 2  # one attempt per active pass
