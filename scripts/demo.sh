@@ -12,7 +12,7 @@ for recipe in "$DEMO"/recipes/*.yaml; do
 done
 
 # --- GitOps (the Reconciler): the recipes live in git; reg trains what they say. ---
-export REG_HOME=${REG_HOME:-$PWD/$DEMO/.reg}   # the registry lives in the workspace (git-ignored)
+export REG_HOME=${REG_HOME:-$(cd "$DEMO" && pwd)/.reg}   # the registry lives in the workspace (git-ignored)
 (
   cd "$DEMO"
   git init -q -b main
