@@ -179,7 +179,8 @@ class Registry:
         with Session(self._writer, expire_on_commit=False) as s, s.begin():
             yield s
 
-    def _lock_model(self, s: Session, name: str, *, create: bool = False) -> Model:
+    def _lock_model(self, s: Session, name: str, *, create: bool = False,
+                    actor: str | None = None) -> Model:
         """The model's row, locked for this transaction (PostgreSQL FOR UPDATE)."""
         stmt = select(Model).where(col(Model.name) == name)
         if not is_sqlite(self.engine):
@@ -196,12 +197,14 @@ class Registry:
         else:
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            s.execute(pg_insert(models_table).values(
+            inserted = s.execute(pg_insert(models_table).values(
                 name=name, description="", created_at=self.clock()
-            ).on_conflict_do_nothing())
+            ).on_conflict_do_nothing().returning(models_table.c.id)).first() is not None
             row = s.exec(select(Model).where(col(Model.name) == name).with_for_update()).one()
-        audit.record(s, kind=EventKind.model_created, at=self.clock(), actor=default_actor(),
-                     model=name, message=f"model {name} created")
+            if not inserted:  # a concurrent registration created it first
+                return row
+        audit.record(s, kind=EventKind.model_created, at=self.clock(),
+                     actor=actor or default_actor(), model=name, message=f"model {name} created")
         return row
 
     def _unknown_model(self, s: Session, name: str) -> NotFound:
@@ -405,7 +408,7 @@ class Registry:
         creator = creator or default_actor()
         ident = facts.identity
         with self._write() as s:
-            m = self._lock_model(s, facts.name, create=True)
+            m = self._lock_model(s, facts.name, create=True, actor=creator)
             assert m.id is not None
             again = s.exec(select(Version).where(col(Version.model_id) == m.id,
                                                  col(Version.spec_hash) == facts.spec_hash)).first()
