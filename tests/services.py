@@ -19,12 +19,15 @@ failure, not a skip: call :func:`service_missing` to get that behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -87,17 +90,20 @@ def start_postgres(tmpdir: Path, *, timeout_s: float = 30.0) -> tuple[str, Calla
     if bindir is None:
         raise FileNotFoundError("initdb (PostgreSQL server) not found")
     prefix, uid, gid = _as_postgres_user()
-    root = Path(tmpdir) / f"pg-{uuid.uuid4().hex[:8]}"
+    if uid is not None and gid is not None:
+        # As root the server runs as `postgres`, which must reach its directory for the
+        # whole session. pytest re-privatises its own tmp tree (chmod 700) whenever another
+        # session starts, so the server lives in its own directory under the system tmp.
+        root = Path(tempfile.mkdtemp(prefix="reg-pg-"))
+        os.chown(root, uid, gid)
+    else:
+        root = Path(tmpdir) / f"pg-{uuid.uuid4().hex[:8]}"
+        root.mkdir(parents=True)
     data = root / "data"
     sock = root / "sock"
-    sock.mkdir(parents=True)
+    sock.mkdir()
     if uid is not None and gid is not None:
-        # The postgres user must be able to reach the directory it runs in.
-        for p in [root, sock, *Path(tmpdir).parents, Path(tmpdir)]:
-            if p in (root, sock):
-                os.chown(p, uid, gid)
-            else:
-                os.chmod(p, os.stat(p).st_mode | 0o011)  # traverse for others
+        os.chown(sock, uid, gid)
     subprocess.run(
         [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
          "--no-sync", "-E", "UTF8", "--locale", "C"],
@@ -112,11 +118,24 @@ def start_postgres(tmpdir: Path, *, timeout_s: float = 30.0) -> tuple[str, Calla
         check=True, capture_output=True, timeout=timeout_s + 10,
     )
 
+    # The postmaster's pid, so stop() can end the server even if pg_ctl cannot.
+    postmaster_pid = int((data / "postmaster.pid").read_text().split()[0])
+
     def stop() -> None:
-        subprocess.run(
+        done = subprocess.run(
             [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
             capture_output=True, timeout=60, check=False,
         )
+        if done.returncode != 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(postmaster_pid, signal.SIGQUIT)  # immediate shutdown
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(postmaster_pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
         shutil.rmtree(root, ignore_errors=True)
 
     url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
