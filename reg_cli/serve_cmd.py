@@ -67,6 +67,7 @@ def serve(
         pass
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                    proxy_headers=False,
                     timeout_graceful_shutdown=10, **kw)
     finally:
         reg.close()

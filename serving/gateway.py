@@ -34,7 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rollout.traffic import route_key
 from serving import openapi
@@ -393,6 +393,26 @@ def _parse(raw: bytes, kind: Kind) -> dict[str, Any]:
 
 # -- the app -------------------------------------------------------------------------------
 
+_FAST_ROUTES: dict[str, Kind] = {v: k for k, v in _PATHS.items()}
+
+
+class _FastPath:
+    """ASGI middleware: POSTs to the completion routes go straight to the gateway."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            kind = _FAST_ROUTES.get(scope["path"])
+            if kind is not None:
+                response = await self.gateway.handle(Request(scope, receive), kind)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 
 def create_app(
     source: DeploymentSource,
@@ -460,6 +480,10 @@ def create_app(
     @app.get("/metrics", openapi_extra=openapi.metrics())
     async def metrics_route() -> Response:
         return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
+
+    # The two hot routes skip Starlette's routing and exception layers (about a third of the
+    # gateway's CPU per request, measured with py-spy); the routes above stay for OpenAPI.
+    app.add_middleware(_FastPath, gateway=gw)
 
     from serving.admin import AdminDenied, admin_denied_handler, admin_router
 
