@@ -604,14 +604,12 @@ class Reconciler:
 
 
 def _failed_gates(version: VersionPublic) -> str:
-    results = version.gate_results
-    if isinstance(results, list):
-        bad = [r for r in results if isinstance(r, dict) and not r.get("passed", True)]
-        return ", ".join(f"{r.get('name')}={r.get('value')} (threshold {r.get('threshold')})"
-                         for r in bad) or "(see `reg show`)"
-    if isinstance(results, dict):
-        bad_items = [(k, v) for k, v in results.items()
-                     if isinstance(v, dict) and not v.get("passed", True)]
-        return ", ".join(f"{k}={v.get('value')} (threshold {v.get('threshold')})"
-                         for k, v in bad_items) or "(see `reg show`)"
-    return "(see `reg show`)"
+    """``max_perplexity=41.2 (threshold 20.0)`` for each failed gate."""
+    results = version.gate_results or version.metrics.get("gates")
+    if isinstance(results, dict):  # {gate: {value, threshold, passed}}
+        results = [{"gate": k, **v} for k, v in results.items() if isinstance(v, dict)]
+    if not isinstance(results, list):
+        return "(see `reg show`)"
+    bad = [r for r in results if isinstance(r, dict) and r.get("passed") is False]
+    return ", ".join(f"{r.get('gate') or r.get('name')}={r.get('value')} "
+                     f"(threshold {r.get('threshold')})" for r in bad) or "(see `reg show`)"

@@ -251,3 +251,26 @@ def test_reg_logs_shows_a_failed_run(
     human = run_reg(sqlite_settings, "logs", str(run.id))
     assert "error:" in human.stdout and "FAILED in train" in human.stdout
 
+
+
+def test_failed_gate_registers_rejected_and_is_not_retrained(
+    workspace: WorkspaceFactory, sqlite_settings: Settings, open_registry: RegistryFactory
+) -> None:
+    def impossible_gate(text: str) -> str:
+        return with_promote(text).replace(
+            "  evaluation:\n", "  evaluation:\n    gates:\n      max_perplexity: 1.0001\n", 1)
+
+    ws = workspace(keep=("faq-bot",), edit={"faq-bot": impossible_gate})
+    reg = open_registry(sqlite_settings)
+    rec = Reconciler(reg, [ws / "recipes"])
+    (outcome,) = rec.run_once().outcomes
+    assert (outcome.result, outcome.version) == ("rejected", 1)
+    (v,) = reg.list_versions("faq-bot")
+    assert (v.status, v.gates_passed, v.stages) == ("rejected", False, [])  # not promoted
+    (run,) = reg.list_runs(model="faq-bot")
+    assert run.status == "rejected"
+    (event,) = [e for e in reg.events(model="faq-bot") if e.kind == "reconcile.rejected"]
+    assert "max_perplexity=" in event.message and "threshold 1.0001" in event.message
+    plan, _ = rec.plan()
+    assert plan.models[0].action.value == "in_sync" and plan.exit_code == 0
+    assert rec.run_once().outcomes == []
