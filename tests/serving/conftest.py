@@ -50,11 +50,21 @@ def validate_openai(openai_schemas: dict[str, Any]) -> Callable[[str, Any], None
     chunk_defs["CreateCompletionResponse"]["properties"]["choices"]["items"]["properties"][
         "finish_reason"] = {"anyOf": [finish, {"type": "null"}]}
 
+    validators: dict[str, Any] = {}
+
     def check(name: str, body: Any) -> None:
-        use = chunk_defs if name == "CompletionStreamChunk" else defs
-        ref = "CreateCompletionResponse" if name == "CompletionStreamChunk" else name
-        jsonschema.validate(body, {"$defs": use, "$ref": f"#/$defs/{ref}"},
-                            cls=jsonschema.Draft202012Validator)
+        # One validator per schema, built once: jsonschema.validate() would re-check the whole
+        # (large) schema document against the metaschema on every call.
+        v = validators.get(name)
+        if v is None:
+            use = chunk_defs if name == "CompletionStreamChunk" else defs
+            ref = "CreateCompletionResponse" if name == "CompletionStreamChunk" else name
+            schema = {"$defs": use, "$ref": f"#/$defs/{ref}"}
+            jsonschema.Draft202012Validator.check_schema(schema)
+            v = validators[name] = jsonschema.Draft202012Validator(schema)
+        error = jsonschema.exceptions.best_match(v.iter_errors(body))
+        if error is not None:
+            raise error
 
     return check
 

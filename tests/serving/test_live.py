@@ -301,11 +301,18 @@ def test_failover_to_production_when_the_canary_adapter_is_missing(
     users = [f"fo-{i}" for i in range(60)]
     canary_users = [u for u, _, h in many_chats(stack.url, users) if h["x-reg-version"] == "v2"]
     assert canary_users
-    r = httpx.post(engine_url + "/v1/unload_lora_adapter", json={"lora_name": f"{MODEL}@v2"},
-                   timeout=10)
-    assert r.status_code == 200, r.text
-    raw = client(stack.url).chat.completions.with_raw_response.create(
-        model=MODEL, messages=MESSAGES, user=canary_users[0], max_tokens=3, temperature=0)  # type: ignore[arg-type]
+    # The supervisor is held (its lock taken) so it cannot repair the fault mid-test.
+    sup = stack.gateway.supervisor
+    loop = sup._task.get_loop()
+    asyncio.run_coroutine_threadsafe(sup._lock.acquire(), loop).result(timeout=30)
+    try:
+        r = httpx.post(engine_url + "/v1/unload_lora_adapter",
+                       json={"lora_name": f"{MODEL}@v2"}, timeout=10)
+        assert r.status_code == 200, r.text
+        raw = client(stack.url).chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES, user=canary_users[0], max_tokens=3, temperature=0)  # type: ignore[arg-type]
+    finally:
+        loop.call_soon_threadsafe(sup._lock.release)
     assert raw.headers["x-reg-version"] == "v1"
     assert raw.headers["x-reg-failover"] == "http_404"
     assert keyword_of(raw.parse().choices[0].message.content or "") == "alpha"
