@@ -424,7 +424,7 @@ def test_api_keys_and_bounded_concurrency(stack: Server, reg_home: Path) -> None
 
 def chat_with_key(url: str, key: str) -> str:
     out = client(url, api_key=key).chat.completions.create(
-        model=MODEL, messages=MESSAGES, max_tokens=3, user="k")  # type: ignore[arg-type]
+        model=MODEL, messages=MESSAGES, max_tokens=3, user="k", temperature=0)  # type: ignore[arg-type]
     return keyword_of(out.choices[0].message.content or "")
 
 
