@@ -45,8 +45,14 @@ class RepoState:
 
     def is_dirty(self, path: Path) -> bool:
         """``path`` must be absolute and resolved (GitLineage.info sees to it)."""
-        p = path
-        return p in self.dirty or any(p.is_relative_to(d) for d in self.dirty_dirs)
+        if path in self.dirty:
+            return True
+        text = str(path)
+        return any(text.startswith(f"{d}{os.sep}") for d in self.dirty_dirs)
+
+    def contains(self, path: Path) -> bool:
+        # A string prefix test: pathlib's is_relative_to costs an exception per miss.
+        return str(path).startswith(f"{self.root}{os.sep}")
 
 
 def repo_root(path: Path) -> Path | None:
@@ -106,14 +112,14 @@ class GitLineage:
 
         None when the recipe is not in a git repository (or git is not installed).
         """
-        recipe = recipe.resolve()
+        recipe = recipe if recipe.is_absolute() else recipe.resolve()
         repo = self._repo_for(recipe)
         if repo is None:
             return None
         # Data paths from LoadedRecipe are already resolved; resolving 1,000s again is
         # the slowest part of a no-op pass (one lstat per path component).
         files = [recipe, *(f if f.is_absolute() else f.resolve() for f in data_files)]
-        dirty = any(repo.is_dirty(f) for f in files if f.is_relative_to(repo.root))
+        dirty = any(repo.is_dirty(f) for f in files if repo.contains(f))
         return GitInfo(commit=repo.commit, dirty=dirty, repo_root=str(repo.root))
 
 

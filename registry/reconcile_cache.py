@@ -187,6 +187,45 @@ class RecipeFiles:
     model_dir: Path
 
 
+def _relative_data_paths(loaded: LoadedRecipe) -> list[str]:
+    """The relative paths :meth:`LoadedRecipe.data_paths` resolves, in its order."""
+    spec = loaded.recipe.spec
+    rels = [s.path for s in spec.data.sources]
+    if spec.data.replay is not None:
+        rels.append(spec.data.replay.path)
+    if spec.evaluation.general is not None:
+        rels.append(spec.evaluation.general.path)
+    if spec.training.ewc is not None and spec.training.ewc.reference is not None:
+        rels.append(spec.training.ewc.reference)
+    return rels
+
+
+class Resolver:
+    """``LoadedRecipe.resolve`` memoised for one pass.
+
+    1,000 recipes share one base model and often one general data set; each
+    resolve costs an lstat per path component. The memo lives for one pass
+    only (a symlink may change between passes) and holds only successes, so
+    a path that escapes the workspace raises every time.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[Path, str, Path], Path] = {}
+
+    def __call__(self, loaded: LoadedRecipe, rel: str) -> Path:
+        key = (loaded.path.parent, rel, loaded.workspace)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = loaded.resolve(rel)
+        return hit
+
+    def files(self, loaded: LoadedRecipe, *, verify: bool = False) -> RecipeFiles:
+        data = [self(loaded, rel) for rel in _relative_data_paths(loaded)]
+        if verify and data != loaded.data_paths():  # the loader grew a new kind of data path
+            data = loaded.data_paths()
+        return RecipeFiles(data, self(loaded, loaded.recipe.spec.base_model.path))
+
+
 def recipe_files(loaded: LoadedRecipe) -> RecipeFiles:
     return RecipeFiles(loaded.data_paths(), loaded.base_model_path)
 
@@ -212,14 +251,24 @@ def check_recipes_cached(
     result = LoadResult()
     seen: dict[str, LoadedRecipe] = {}
     fresh: dict[str, str] = {}
+    resolver = Resolver()
+    workspaces: dict[Path, Path] = {}
+    folders: dict[Path, Path] = {}
     for f in recipe_paths:
         try:
             text = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             result.problems.update(check_recipes([f]).problems)
             continue
-        rpath = f.resolve()
-        ws = find_workspace(f).resolve()
+        # A recipe that is not a symlink resolves to its resolved folder + its name:
+        # one lstat instead of one per path component.
+        parent = folders.get(f.parent)
+        if parent is None:
+            parent = folders[f.parent] = f.parent.resolve()
+        rpath = f.resolve() if f.is_symlink() else parent / f.name
+        ws = workspaces.get(rpath.parent)
+        if ws is None:
+            ws = workspaces[rpath.parent] = find_workspace(rpath).resolve()
         key = _key(rpath, ws, text)
         loaded: LoadedRecipe | None = None
         files: RecipeFiles | None = None
@@ -231,7 +280,7 @@ def check_recipes_cached(
                 candidate = None
             if candidate is not None:
                 try:
-                    files = recipe_files(candidate)
+                    files = resolver.files(candidate)
                 except ValueError:  # a path now escapes the workspace: let the validator say so
                     files = None
                 if files is not None and _files_still_there(files):
@@ -242,7 +291,7 @@ def check_recipes_cached(
                 result.problems.setdefault(str(f), []).extend(problems)
                 continue
             fresh[key] = loaded.recipe.model_dump_json()
-            files = recipe_files(loaded)
+            files = resolver.files(loaded, verify=True)
         if resolved is not None and files is not None:
             resolved[loaded.path] = files
         first = seen.get(loaded.name)

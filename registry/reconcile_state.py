@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from recipes.errors import Problem
 from recipes.loader import LoadedRecipe, check_recipes, parse_yaml
@@ -31,7 +31,6 @@ from registry.reconcile_plan import (
     DesiredModel,
     ProblemInfo,
     RunSnapshot,
-    VersionSnapshot,
 )
 
 DEPLOY_PENDING = "pending"
@@ -138,95 +137,6 @@ def normalized_from_text(recipe_text: str) -> dict[str, Any] | None:
         return None
     return {"name": recipe.metadata.name,
             "spec": recipe.spec.model_dump(mode="json", exclude={"deploy"})}
-
-
-class VersionLike(Protocol):
-    """The fields of the registry's VersionPublic that the planner reads."""
-
-    @property
-    def model(self) -> str: ...
-    @property
-    def number(self) -> int: ...
-    @property
-    def spec_hash(self) -> str: ...
-    @property
-    def status(self) -> Any: ...
-    @property
-    def created_at(self) -> Any: ...
-    @property
-    def stages(self) -> list[str]: ...
-    @property
-    def data_digests(self) -> dict[str, str]: ...
-    @property
-    def base_model(self) -> dict[str, str]: ...
-    @property
-    def git_commit(self) -> str | None: ...
-    @property
-    def recipe_text(self) -> str: ...
-
-
-class RunLike(Protocol):
-    """The fields of the registry's RunPublic that the planner reads."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def model(self) -> str: ...
-    @property
-    def spec_hash(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def created_at(self) -> Any: ...
-    @property
-    def finished_at(self) -> Any: ...
-    @property
-    def error(self) -> str: ...
-    @property
-    def details(self) -> dict[str, Any]: ...
-
-
-def run_snapshot(r: RunLike) -> RunSnapshot:
-    return RunSnapshot(run_id=str(r.id), model=r.model, spec_hash=r.spec_hash, status=r.status,
-                       attempt=max(r.attempts, 1), created_at=r.created_at,
-                       finished_at=r.finished_at, error=r.error or None)
-
-
-def actual_state(
-    versions: Iterable[VersionLike], runs: Iterable[RunLike], desired: Sequence[DesiredModel]
-) -> tuple[list[VersionSnapshot], list[RunSnapshot]]:
-    """Snapshots of the registry's versions and runs, shaped for the planner.
-
-    The stored recipe of a model's newest version is parsed only when the
-    desired spec hash is new (a diff will be shown), so a no-op pass over
-    1,000 models parses nothing.
-    """
-    runs = list(runs)
-    pending_deploy = {(r.model, r.spec_hash) for r in runs
-                      if r.details.get("deploy") == DEPLOY_PENDING and r.status != "failed"}
-    versions = list(versions)
-    wanted = {d.name: d.spec_hash for d in desired}
-    newest: dict[str, VersionLike] = {}
-    known: set[tuple[str, str]] = set()
-    for v in versions:
-        known.add((v.model, v.spec_hash))
-        if v.model not in newest or v.number > newest[v.model].number:
-            newest[v.model] = v
-    needs_diff = {m for m, h in wanted.items() if m in newest and (m, h) not in known}
-    snaps = [
-        VersionSnapshot(
-            model=v.model, version=v.number, spec_hash=v.spec_hash, status=str(v.status),
-            created_at=v.created_at, stages=tuple(v.stages),
-            normalized_spec=(normalized_from_text(v.recipe_text)
-                             if v.model in needs_diff and newest[v.model] is v else None),
-            data_digests=dict(v.data_digests), base_model=dict(v.base_model),
-            git_commit=v.git_commit,
-            deploy_done=(v.model, v.spec_hash) not in pending_deploy)
-        for v in versions
-    ]
-    return snaps, [run_snapshot(r) for r in runs]
 
 
 def active(runs: Iterable[RunSnapshot]) -> list[RunSnapshot]:

@@ -50,13 +50,13 @@ from registry.reconcile_state import (
     DEPLOY_NONE,
     DEPLOY_PENDING,
     DesiredState,
-    actual_state,
     desired_state,
     digest_cache,
     identity_cache,
     recipe_cache,
     workdir_for,
 )
+from registry.reconcile_store import snapshot
 from registry.versions import VersionStatus
 
 if TYPE_CHECKING:
@@ -351,8 +351,7 @@ class Reconciler:
             self._recipes, self._identities = recipe_cache(self.home), identity_cache(self.home)
         state = desired_state(self.paths, self.cache, GitLineage(), self._recipes,
                               self._identities)
-        versions, runs = actual_state(self.registry.list_versions(), self.registry.list_runs(),
-                                      state.desired)
+        versions, runs = snapshot(self.registry, state.desired)
         plan = make_plan(state.desired, state.blocked, versions, runs, now=self.clock(),
                          policy=self.policy, prune=prune)
         return plan, state

@@ -145,3 +145,23 @@ def test_unreadable_yaml_blocks_with_unknown_name(workspace: WorkspaceFactory,
     (blocked,) = s.blocked
     assert blocked.name is None and "YAML" in blocked.problems[0].message
     assert len(s.desired) == 3
+
+
+def test_resolver_reads_the_same_files_as_the_loader(workspace: WorkspaceFactory) -> None:
+    from recipes.loader import load_recipe
+    from registry.reconcile_cache import Resolver
+
+    def every_kind_of_path(text: str) -> str:
+        return text.replace(
+            "    system_prompt:",
+            "    replay:\n      path: ../data/support.jsonl\n      format: openai_chat\n"
+            "      ratio: 0.1\n    system_prompt:", 1).replace(
+            "    seed: 42\n",
+            "    seed: 42\n    ewc:\n      reference: ../data/faq.jsonl\n", 1)
+
+    ws = workspace(keep=("support-bot",), edit={"support-bot": every_kind_of_path})
+    loaded = load_recipe(ws / "recipes" / "support-bot.yaml")
+    assert loaded.recipe.spec.data.replay is not None and loaded.recipe.spec.training.ewc
+    files = Resolver().files(loaded)
+    assert files.data == loaded.data_paths() and len(files.data) == 4
+    assert files.model_dir == loaded.base_model_path

@@ -1,0 +1,79 @@
+"""The registry state the planner reads, in two lean queries.
+
+``Registry.list_versions`` / ``list_runs`` build full public models (recipe
+text, metrics, manifests) for every row; a no-op pass over 1,000 models
+needs only a few columns of each. This module selects those columns from the
+registry's own tables (read-only, one transaction) and fetches full versions
+only for the models whose diff `reg plan` will show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from registry.reconcile_plan import DesiredModel, RunSnapshot, VersionSnapshot
+from registry.reconcile_state import DEPLOY_PENDING, normalized_from_text
+from registry.tables import metadata
+
+if TYPE_CHECKING:
+    from registry.api import Registry
+
+
+def snapshot(
+    registry: Registry, desired: Iterable[DesiredModel]
+) -> tuple[list[VersionSnapshot], list[RunSnapshot]]:
+    """Versions and runs shaped for :func:`make_plan`, reading only what it needs."""
+    tables = metadata.tables
+    v, m, s, r = tables["versions"], tables["models"], tables["stages"], tables["runs"]
+    with registry.engine.connect() as conn:
+        vrows = conn.execute(
+            sa.select(v.c.id, m.c.name, v.c.number, v.c.spec_hash, v.c.status, v.c.created_at,
+                      v.c.git_commit).join(m, v.c.model_id == m.c.id)
+        ).all()
+        stage_rows = conn.execute(
+            sa.select(s.c.version_id, s.c.name).where(s.c.version_id.is_not(None))
+            .order_by(s.c.name)
+        ).all()
+        rrows = conn.execute(
+            sa.select(r.c.id, r.c.model, r.c.spec_hash, r.c.status, r.c.attempts, r.c.created_at,
+                      r.c.finished_at, r.c.error, r.c.details)
+        ).all()
+        conn.rollback()
+    stages: dict[int, list[str]] = {}
+    for vid, name in stage_rows:
+        stages.setdefault(vid, []).append(name)
+    pending = {(row.model, row.spec_hash) for row in rrows
+               if isinstance(row.details, dict) and row.details.get("deploy") == DEPLOY_PENDING
+               and row.status != "failed"}
+
+    wanted = {d.name: d.spec_hash for d in desired}
+    newest: dict[str, Any] = {}
+    known: set[tuple[str, str]] = set()
+    for row in vrows:
+        known.add((row.name, row.spec_hash))
+        if row.name not in newest or row.number > newest[row.name].number:
+            newest[row.name] = row
+    # Only a model whose desired hash is new gets its diff: fetch that one version in full.
+    full = {name: registry.get_version(name, newest[name].number)
+            for name, h in wanted.items() if name in newest and (name, h) not in known}
+
+    versions = []
+    for row in vrows:
+        detail = full.get(row.name) if newest[row.name] is row else None
+        versions.append(VersionSnapshot(
+            model=row.name, version=row.number, spec_hash=row.spec_hash, status=str(row.status),
+            created_at=row.created_at, stages=tuple(stages.get(row.id, [])),
+            normalized_spec=normalized_from_text(detail.recipe_text) if detail else None,
+            data_digests=dict(detail.data_digests) if detail else {},
+            base_model=dict(detail.base_model) if detail else {},
+            git_commit=row.git_commit,
+            deploy_done=(row.name, row.spec_hash) not in pending))
+    runs = [RunSnapshot(run_id=str(row.id), model=row.model, spec_hash=row.spec_hash,
+                        status=row.status, attempt=max(int(row.attempts or 0), 1),
+                        created_at=row.created_at,
+                        finished_at=row.finished_at, error=row.error or None)
+            for row in rrows]
+    return versions, runs
