@@ -163,7 +163,7 @@ def bench_hash(mb: int) -> None:
 
         raw()  # warm the page cache
         best: dict[str, float] = {}
-        for name, fn in (("raw read", raw), ("xxh3 digest", digest)) * 3:
+        for name, fn in (("raw read", raw), ("xxh3 digest", digest)) * 5:
             t = time.perf_counter()
             fn()
             best[name] = min(best.get(name, 1e9), time.perf_counter() - t)
@@ -178,8 +178,10 @@ def main() -> None:
     ap.add_argument("--recipes", type=int, default=1000)
     ap.add_argument("--hash-mb", type=int, default=512)
     args = ap.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     bench_hash(args.hash_mb)
     bench_noop(args.recipes)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
