@@ -301,7 +301,7 @@ class Supervisor:
         slot.next_start_at = now + delay
         slot.reason = (
             f"engine for {slot.spec.served_name} is down: it {why}; "
-            f"restarting in {delay:.0f} s (attempt {slot.attempts})"
+            f"restarting in {delay:g} s (attempt {slot.attempts})"
         )
         if slot.proc is not None:
             tail = slot.proc.log_tail(5)

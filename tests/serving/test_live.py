@@ -475,8 +475,16 @@ def test_engine_kill_gives_503_with_reason_then_recovers_with_adapters(
     assert time.monotonic() - t0 < 5, "a dead engine must not make requests hang"
     assert info.value.status_code == 503
     assert "engine" in info.value.message
-    ready = httpx.get(stack.url + "/ready", timeout=10)
-    assert ready.status_code == 503
+    # The supervisor notices within a poll interval; /ready then says why.
+    deadline = time.monotonic() + 3
+    while (ready := httpx.get(stack.url + "/ready", timeout=10)).status_code != 503:
+        assert time.monotonic() < deadline, "the dead engine was not noticed"
+        time.sleep(0.05)
+    reason = next(iter(ready.json()["engines"].values()))["reason"]
+    assert "exited with code -9" in reason, reason
+    with pytest.raises(openai.APIStatusError, match=r"exited with code -9; restarting") as info:
+        c.chat.completions.create(model=MODEL, messages=MESSAGES, user="k", max_tokens=2)  # type: ignore[arg-type]
+    assert info.value.status_code == 503
     wait_ready(stack.url, timeout=240)
     assert slot.proc.pid != old_pid
     assert chat(stack.url, "r", f"{MODEL}:canary")[:2] == ("bravo", "v2")
