@@ -43,6 +43,7 @@ from recipes.loader import (
     check_recipes,
     find_workspace,
     iter_recipe_files,
+    resolve_inside,
     validate_document,
 )
 from recipes.schema import Recipe
@@ -211,13 +212,28 @@ class Resolver:
 
     def __init__(self) -> None:
         self._memo: dict[tuple[Path, str, Path], Path] = {}
+        self._dirs: dict[tuple[Path, str, Path], Path] = {}
 
     def __call__(self, loaded: LoadedRecipe, rel: str) -> Path:
         key = (loaded.path.parent, rel, loaded.workspace)
         hit = self._memo.get(key)
         if hit is None:
-            hit = self._memo[key] = loaded.resolve(rel)
+            hit = self._memo[key] = self._resolve(loaded, rel)
         return hit
+
+    def _resolve(self, loaded: LoadedRecipe, rel: str) -> Path:
+        # 1,000 data files in one folder: resolve (and check against the workspace)
+        # the folder once, then each file that is not a symlink is folder / name.
+        # Anything unusual goes through the loader's own check, unchanged.
+        head, name = os.path.split(rel)
+        base = loaded.path.parent
+        if name in ("", ".", "..") or (base / rel).is_symlink():
+            return loaded.resolve(rel)
+        dkey = (base, head, loaded.workspace)
+        folder = self._dirs.get(dkey)
+        if folder is None:
+            folder = self._dirs[dkey] = resolve_inside(base, head or ".", loaded.workspace)
+        return folder / name
 
     def files(self, loaded: LoadedRecipe, *, verify: bool = False) -> RecipeFiles:
         data = [self(loaded, rel) for rel in _relative_data_paths(loaded)]

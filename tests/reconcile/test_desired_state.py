@@ -165,3 +165,18 @@ def test_resolver_reads_the_same_files_as_the_loader(workspace: WorkspaceFactory
     files = Resolver().files(loaded)
     assert files.data == loaded.data_paths() and len(files.data) == 4
     assert files.model_dir == loaded.base_model_path
+
+
+def test_data_file_swapped_for_a_symlink_out_of_the_workspace_is_blocked(
+    workspace: WorkspaceFactory, state: State, tmp_path: Path
+) -> None:
+    ws = workspace()
+    state(ws)
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_bytes((ws / "data" / "faq.jsonl").read_bytes())
+    (ws / "data" / "faq.jsonl").unlink()
+    (ws / "data" / "faq.jsonl").symlink_to(outside)
+    s = state(ws)
+    (blocked,) = s.blocked
+    assert blocked.name == "faq-bot"
+    assert any("outside the workspace" in p.message for p in blocked.problems)
