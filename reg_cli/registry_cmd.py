@@ -93,8 +93,9 @@ def promote(
     args: Annotated[list[str], typer.Argument(metavar="[MODEL] VERSION STAGE",
                                               help="e.g. `v2 production` or `bot@v2 production`.")],
     reason: ReasonOpt = "",
-    force: Annotated[bool, typer.Option(help="Promote a version that failed its gates "
-                                        "(recorded).")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Promote a version that failed its gates, or beyond the engine's adapter "
+        "slots (recorded).")] = False,
     model: ModelOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
@@ -102,6 +103,14 @@ def promote(
     out = Output(json_mode)
     name, (version, stage) = split_args(args, ["VERSION", "STAGE"], model)
     with open_registry() as reg:
+        # Refuse a promotion that would deploy more versions on one engine than it
+        # has adapter slots (REG_MAX_LORAS); --force proceeds and says what it costs.
+        from serving.capacity import check_promote
+        from serving.config import ServeConfig
+
+        slots = ServeConfig.from_env().max_loras
+        for warning in check_promote(reg, name, version, stage, max_loras=slots, force=force):
+            out.message(f"[yellow]Warning:[/yellow] {warning}")
         r = reg.promote(name, version, stage, reason=reason, force=force)
     _stage_message(out, r)
     if r.changed:

@@ -131,3 +131,28 @@ def test_registry_commands_never_import_the_ml_stack(
     assert p.returncode == 0, p.stderr
     loaded = json.loads(p.stderr.strip().splitlines()[-1].removeprefix("LOADED="))
     assert loaded == []
+
+
+def test_promote_refuses_beyond_adapter_slots(
+    settings: Settings, make_artifact: ArtifactFactory
+) -> None:
+    """With one adapter slot, a second deployed version is refused unless --force."""
+    reg(settings, "register", str(make_artifact()))
+    reg(settings, "register", str(make_artifact()))
+    slots = {**_env(settings), "REG_MAX_LORAS": "1"}
+
+    def promote(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "reg_cli.main", "promote", *args],
+                              cwd=REPO, env=slots, capture_output=True, text=True, timeout=120)
+
+    assert promote("v1", "production").returncode == 0
+    refused = promote("v2", "canary")
+    assert refused.returncode == 1
+    assert "1 adapter slots" in refused.stderr and "--force" in refused.stderr
+    stages = json.loads(reg(settings, "models", "--json").stdout)[0]["stages"]
+    assert stages == {"production": 1}
+    # Moving production itself keeps one adapter deployed: allowed.
+    assert promote("v2", "production").returncode == 0
+    forced = promote("v1", "canary", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "forced: expect lower throughput" in forced.stdout
