@@ -604,7 +604,7 @@ class Reconciler:
 
 def _failed_gates(version: VersionPublic) -> str:
     """``max_perplexity=41.2 (threshold 20.0)`` for each failed gate."""
-    results = version.gate_results or version.metrics.get("gates")
+    results = version.gate_results
     if isinstance(results, dict):  # {gate: {value, threshold, passed}}
         results = [{"gate": k, **v} for k, v in results.items() if isinstance(v, dict)]
     if not isinstance(results, list):

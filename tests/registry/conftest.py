@@ -140,7 +140,7 @@ def make_artifact(tmp_path: Path) -> ArtifactFactory:
         (root / "metrics.json").write_text(json.dumps(metrics or {
             "eval_loss": 2.0 - i / 10, "perplexity": 7.0 - i / 10,
             "gates_passed": gates_passed,
-            "gate_results": [{"gate": "max_eval_loss", "threshold": 3.0,
+            "gates": [{"gate": "max_eval_loss", "threshold": 3.0,
                               "value": 2.0 - i / 10, "passed": gates_passed}],
         }))
         (root / "train_log.jsonl").write_text('{"step": 1, "loss": 2.5}\n')

@@ -34,7 +34,7 @@ def make_lora_artifact(base_dir: Path, out: Path) -> Path:
                                             init_lora_weights=False, task_type="CAUSAL_LM"))
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "recipe.yaml").write_text("apiVersion: reg/v1\nkind: Recipe\n")
-    (out / "metrics.json").write_text(json.dumps({"gates_passed": True, "gate_results": []}))
+    (out / "metrics.json").write_text(json.dumps({"gates_passed": True, "gates": []}))
     write_manifest(out, {
         "name": "support-bot", "spec_hash": "sha256:" + "e" * 64,
         "base_model": model_identity(base_dir), "base_model_path": str(base_dir),
