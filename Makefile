@@ -24,7 +24,7 @@ demo: install
 	@bash scripts/demo.sh
 
 lint: install
-	.venv/bin/ruff check recipes registry serving rollout reg_cli tests bench
+	.venv/bin/ruff check recipes registry serving rollout reg_cli tests bench scripts
 
 typecheck: install
 	.venv/bin/mypy

@@ -104,7 +104,8 @@ def verify_manifest(root: Path) -> dict[str, Any]:
     extra = sorted(present - set(listed))
     if missing or extra:
         raise ArtifactError(
-            f"{root} does not match its manifest (missing: {missing or '-'}, extra: {extra or '-'})",
+            f"{root} does not match its manifest "
+            f"(missing: {missing or '-'}, extra: {extra or '-'})",
             hint="the artifact was changed after training; train it again",
         )
     for rel, entry in listed.items():

@@ -31,12 +31,12 @@ def main() -> None:
         rc = app(standalone_mode=False)
         if isinstance(rc, int) and rc != 0:
             sys.exit(rc)
-    except SystemExit as e:
+    except SystemExit:
         raise
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         sys.exit(130)
-    except BaseException as e:  # noqa: BLE001 - the one place errors become messages
+    except BaseException as e:
         import click
 
         if isinstance(e, click.exceptions.Exit):

@@ -146,6 +146,6 @@ def test_bad_data_fails_before_anything_is_written(workspace: Path, tmp_path: Pa
     (workspace / "data" / "support.jsonl").write_text('{"messages": "not a list"}\n')
     loaded = load_recipe(workspace / "recipes" / "support-bot.yaml")
     out = tmp_path / "run"
-    with pytest.raises(DataError, match="support.jsonl"):
+    with pytest.raises(DataError, match=r"support\.jsonl"):
         train(loaded, out, progress=False)
     assert not out.exists()
