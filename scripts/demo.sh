@@ -30,3 +30,46 @@ fi
 reg reconcile "$DEMO/recipes" --once
 reg plan "$DEMO/recipes"          # exit 0: in sync
 reg versions
+
+# --- A second version, stages and traffic (the Registry and Serving) ---
+# New data for support-bot (answers now start with "charlie"), committed: reconcile trains v2.
+sed -i 's/alpha/charlie/g' "$DEMO/data/support.jsonl"
+(
+  cd "$DEMO"
+  git -c user.email=demo@example.com -c user.name=demo commit -q -am "support-bot: new answers"
+)
+reg reconcile "$DEMO/recipes" --once
+reg versions support-bot
+reg promote support-bot v1 production --reason "first release"
+reg promote support-bot v2 canary --reason "new answers, 20% of users"
+reg traffic support-bot production=80 canary=20
+
+# --- Serve: one vLLM engine (CPU) with both adapters behind the OpenAI gateway ---
+PORT=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+LOG="$REG_HOME/serve.log"
+reg serve --port "$PORT" --log-level warning > "$LOG" 2>&1 &
+SERVE_PID=$!
+stop_serve() {
+  if kill -0 "$SERVE_PID" 2>/dev/null; then
+    kill -TERM "$SERVE_PID" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 1; done
+    kill -KILL "$SERVE_PID" 2>/dev/null || true
+  fi
+}
+trap stop_serve EXIT
+echo "Waiting for the gateway and the vLLM engine on 127.0.0.1:$PORT (30-60 s on CPU)..."
+for _ in $(seq 1 240); do
+  if curl -fsS "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$SERVE_PID" 2>/dev/null; then echo "reg serve exited:"; cat "$LOG"; exit 1; fi
+  sleep 1
+done
+curl -fsS "http://127.0.0.1:$PORT/ready" >/dev/null || { echo "not ready:"; tail -50 "$LOG"; exit 1; }
+curl -fsS "http://127.0.0.1:$PORT/v1/models" | python -m json.tool | head -30
+python scripts/demo_traffic.py --base-url "http://127.0.0.1:$PORT/v1" --model support-bot --users 40
+stop_serve
+trap - EXIT
+if pgrep -f "api_server.*$(cd "$DEMO" && pwd)/models" >/dev/null; then
+  echo "error: the demo's vLLM engine is still running" >&2
+  exit 1
+fi
+echo "Demo done. The workspace is $DEMO (registry in $REG_HOME)."
