@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
 	# torch first: the CPU wheel lies on disk; any other resolution pulls a CUDA build.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,cpu]'
 	# pip picks CUDA builds of these; they break `import peft` beside the CPU torch.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton || true
 	@rm -f .venv/.installed-*
