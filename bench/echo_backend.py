@@ -2,11 +2,17 @@
 
 Answers every POST to /v1/chat/completions or /v1/completions with one fixed,
 schema-valid completion (no generation), plus the few routes the gateway's
-supervisor calls (/health, /v1/models, /v1/load_lora_adapter). Written on
-asyncio + httptools (both already installed with uvicorn) with uvloop, so the
-backend is as cheap as Python allows and the proxy's cost dominates.
+supervisor calls (/health, /v1/models, /v1/load_lora_adapter).
 
-Run: python bench/echo_backend.py PORT
+Two kinds, the same answers:
+
+- ``python bench/echo_backend.py PORT``: asyncio + httptools (both already installed with
+  uvicorn) on uvloop, no framework: as cheap as Python allows (~30k req/s here), so the
+  proxy's own cost dominates; a harsh reference.
+- ``python bench/echo_backend.py PORT uvicorn``: a plain ASGI function served by uvicorn
+  (uvloop + httptools), with no framework either. This is the kind of minimal OpenAI
+  server the issue's peer figures were measured against (shared/PLATFORM.md: "echo
+  backend ~6.9k req/s direct"), and what a real Python OpenAI server's transport costs.
 """
 
 from __future__ import annotations
@@ -77,7 +83,31 @@ async def main(port: int) -> None:
         await server.serve_forever()
 
 
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def asgi_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The same answers as a plain ASGI app (served by uvicorn, like most Python servers)."""
+    if scope["type"] != "http":
+        return
+    msg = await receive()
+    while msg.get("more_body"):
+        msg = await receive()
+    raw = RESPONSES.get(scope["path"].encode(), NOT_FOUND)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 if __name__ == "__main__":
+    if sys.argv[2:3] == ["uvicorn"]:
+        import uvicorn
+
+        uvicorn.run(asgi_echo, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop",
+                    http="httptools", log_level="warning", access_log=False)
+        sys.exit(0)
     try:
         import uvloop
 

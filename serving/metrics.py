@@ -10,6 +10,7 @@ and pass ``promtool check metrics``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -19,10 +20,36 @@ VERSION_LABELS = ("model", "version", "stage")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class VersionMetrics:
+    """The labelled children for one (model, version, stage), looked up once and kept:
+    ``.labels()`` costs a lock and a dict lookup per call, on every request otherwise."""
+
+    __slots__ = ("_codes", "_labels", "_requests", "duration", "in_flight", "output_tokens",
+                 "prompt_tokens", "ttft")
+
+    def __init__(self, m: Metrics, labels: tuple[str, str, str]) -> None:
+        self._requests = m.requests
+        self._codes: dict[int, Any] = {}
+        self.duration = m.duration.labels(*labels)
+        self.ttft = m.ttft.labels(*labels)
+        self.prompt_tokens = m.prompt_tokens.labels(*labels)
+        self.output_tokens = m.output_tokens.labels(*labels)
+        self.in_flight = m.in_flight.labels(*labels)
+        self._labels = labels
+
+    def requests(self, code: int) -> Any:
+        """The request counter child for one status code."""
+        c = self._codes.get(code)
+        if c is None:
+            c = self._codes[code] = self._requests.labels(*self._labels, str(code))
+        return c
+
+
 class Metrics:
     """Every metric the gateway exports. Label values for versions are ``v3``, never ``3``."""
 
     def __init__(self) -> None:
+        self._versions: dict[tuple[str, str, str], VersionMetrics] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "reg_gateway_requests", "Requests answered, by served version and HTTP status code.",
@@ -99,6 +126,14 @@ class Metrics:
             "The registry change marker the gateway's routing snapshot was built from.",
             registry=r,
         )
+
+    def for_version(self, model: str, version: str, stage: str) -> VersionMetrics:
+        """Cached children per (model, version, stage); the hot path calls this."""
+        key = (model, version, stage)
+        v = self._versions.get(key)
+        if v is None:
+            v = self._versions[key] = VersionMetrics(self, key)
+        return v
 
     def set_traffic(
         self,

@@ -1,22 +1,22 @@
-"""Upstream HTTP to the engines: one aiohttp session, byte-level rewriting, SSE framing.
+"""Upstream calls to the engines on the hot path: failures that allow failover, SSE framing,
+byte-level rewriting.
 
-aiohttp rather than httpx on the request path: on this machine httpx's pool costs
-~1.4 ms of CPU per request against ~0.45 ms for aiohttp (shared/PLATFORM.md).
-Streams are passed through as vLLM's own SSE bytes, split into events only to
-rewrite the ``model`` field and to read usage: re-encoding every event through
-an SSE library would cost CPU and could change framing clients depend on.
+Requests go through :class:`serving.upstream.UpstreamPool` (a small keep-alive pool on
+asyncio + httptools; why it is hand-written is said there). Streams are passed through as
+vLLM's own SSE bytes, split into events only to rewrite the ``model`` field and to read
+usage: re-encoding every event through an SSE library would cost CPU and could change
+framing clients depend on.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-import aiohttp
+from serving.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 
-JSON_HEADERS = {"content-type": "application/json"}
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens":\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens":\s*(\d+)')
 # A generated token in a chunk: a non-empty "content" or "text" string.
@@ -39,19 +39,8 @@ class UpstreamFailure(Exception):
         self.body = body
 
 
-def new_session(connect_timeout: float, total_timeout: float) -> aiohttp.ClientSession:
-    """The gateway's one client session: keep-alive pool, no per-host limit (the gateway's
-    own concurrency bound is the limit), short connect timeout so a dead engine fails fast."""
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60,
-                                     ttl_dns_cache=None)
-    timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 skip_auto_headers=("User-Agent",))
-
-
-async def open_upstream(
-    session: aiohttp.ClientSession, url: str, body: bytes
-) -> aiohttp.ClientResponse:
+async def open_upstream(pool: UpstreamPool, origin: str, path: str, body: bytes
+                        ) -> UpstreamResponse:
     """POST and return the response with its headers read; 5xx and 404 raise UpstreamFailure.
 
     vLLM answers 404 on a completion route only when the adapter is not loaded, which
@@ -59,15 +48,13 @@ async def open_upstream(
     The caller releases the response.
     """
     try:
-        resp = await session.post(url, data=body, headers=JSON_HEADERS)
-    except (aiohttp.ClientError, TimeoutError, OSError) as e:
-        raise UpstreamFailure(
-            f"cannot reach the engine at {url}: {type(e).__name__}: {e}".rstrip(": ")
-        ) from e
+        resp = await pool.request(origin, path, body)
+    except UpstreamError as e:
+        raise UpstreamFailure(f"cannot reach the engine at {origin}: {e}") from e
     if resp.status >= 500 or resp.status == 404:
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except UpstreamError:
             data = b""
         finally:
             resp.release()
@@ -77,28 +64,51 @@ async def open_upstream(
     return resp
 
 
-async def read_body(resp: aiohttp.ClientResponse) -> bytes:
+async def read_body(resp: UpstreamResponse) -> bytes:
     try:
         return await resp.read()
-    except (aiohttp.ClientError, TimeoutError, OSError) as e:
-        raise UpstreamFailure(f"the engine dropped the connection: {type(e).__name__}") from e
+    except UpstreamError as e:
+        raise UpstreamFailure(f"the engine dropped the connection: {e}") from e
     finally:
         resp.release()
 
 
-async def iter_events(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """SSE events (each ending with a blank line) as vLLM sent them, whole."""
-    buf = b""
-    async for chunk in resp.content.iter_any():
-        buf += chunk
+class SSESplitter:
+    """Cuts a byte stream into whole SSE events (each ending with a blank line)."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        buf = self.buf + chunk if self.buf else chunk
+        start = 0
         while True:
-            i = buf.find(b"\n\n")
+            i = buf.find(b"\n\n", start)
             if i < 0:
                 break
-            yield buf[: i + 2]
-            buf = buf[i + 2 :]
-    if buf.strip():
-        yield buf if buf.endswith(b"\n\n") else buf + b"\n\n"
+            yield buf[start : i + 2]
+            start = i + 2
+        self.buf = buf[start:]
+
+    def rest(self) -> bytes | None:
+        """What is left at the end of the stream, as a whole event, or None."""
+        buf, self.buf = self.buf, b""
+        if not buf.strip():
+            return None
+        return buf if buf.endswith(b"\n\n") else buf + b"\n\n"
+
+
+async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """SSE events (each ending with a blank line) as the engine sent them, whole."""
+    split = SSESplitter()
+    async for chunk in chunks:
+        for event in split.feed(chunk):
+            yield event
+    last = split.rest()
+    if last is not None:
+        yield last
 
 
 @dataclass(frozen=True)
