@@ -14,15 +14,14 @@ recipe or data file behind.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from recipes.errors import RegError
+from recipes.fsutil import fsync_tree, replace_path, staging_dir
 
 _T = TypeVar("_T")
 
@@ -334,33 +333,6 @@ def _fill_example(root: Path, seed: int, model_from: Path | None) -> None:
         build_tiny_llama(root / MODEL_DIR, TinyModelConfig(seed=seed))
 
 
-def _fsync_tree(root: Path) -> None:
-    for f in root.rglob("*"):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def _move_into(src: Path, dest: Path) -> None:
-    """Move each top-level entry of ``src`` into ``dest``, replacing what is there."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(src.iterdir()):
-        target = dest / entry.name
-        old: Path | None = None
-        if target.exists() or target.is_symlink():
-            old = dest / f".{entry.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(entry, target)
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
-
-
 def init_workspace(
     dest: Path,
     *,
@@ -385,17 +357,16 @@ def init_workspace(
             f"{dest} is not empty",
             hint=f"pick an empty folder, or pass --force to overwrite reg's files in {dest}",
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.resolve().parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; entries moved out keep their own modes
-    try:
+    # Built aside, then each top-level entry is renamed into ``dest``, replacing
+    # reg's own files only: the folder may hold the user's other files.
+    with staging_dir(dest.resolve()) as tmp:
         _write_skeleton(tmp)
         if example:
             _fill_example(tmp, seed, model_from)
-        _fsync_tree(tmp)
-        _move_into(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fsync_tree(tmp)
+        dest.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(tmp.iterdir()):
+            replace_path(entry, dest / entry.name)
     return dest
 
 

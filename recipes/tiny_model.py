@@ -11,12 +11,11 @@ head size of 32, 64, 80, ...; 32 is the smallest.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from recipes.fsutil import atomic_dir
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
@@ -124,16 +123,8 @@ def build_tiny_llama(out_dir: Path, cfg: TinyModelConfig | None = None) -> Path:
     """
     cfg = cfg or TinyModelConfig()
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared
-    try:
+    with atomic_dir(out_dir) as tmp:
         _build_into(tmp, cfg)
-        _fsync_tree(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -178,24 +169,3 @@ def _build_into(out_dir: Path, cfg: TinyModelConfig) -> None:
         json.dumps({"builder": "recipes.tiny_model", "config": asdict(cfg)}, indent=2) + "\n"
     )
 
-
-def _fsync_tree(root: Path) -> None:
-    for f in root.rglob("*"):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def _replace_dir(src: Path, dest: Path) -> None:
-    """Rename ``src`` to ``dest``; an existing ``dest`` is moved aside first, then removed."""
-    old: Path | None = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-    os.replace(src, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

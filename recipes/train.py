@@ -31,21 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recipes.artifact import (
-    ArtifactError,
-    atomic_write_text,
-    verify_manifest,
-    write_manifest,
-)
+from recipes.artifact import ArtifactError, verify_manifest, write_manifest
 from recipes.errors import RegError
+from recipes.fsutil import atomic_write_text, publish_dir, remove_dir
 from recipes.loader import LoadedRecipe
 from recipes.schema import AdapterMethod
 from recipes.train_checkpoint import (
     CHECKPOINT_PREFIX,
     clean_temporaries,
     list_checkpoints,
-    publish_dir,
-    remove_dir,
 )
 
 if TYPE_CHECKING:

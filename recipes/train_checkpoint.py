@@ -23,6 +23,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recipes.fsutil import publish_dir, remove_dir
+
 if TYPE_CHECKING:
     import torch
 
@@ -120,44 +122,6 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 
 # ---- directories ------------------------------------------------------------------------
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every file under ``root`` and every directory, so a rename publishes whole files."""
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for fn in filenames:
-            fd = os.open(os.path.join(dirpath, fn), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Atomically move a fully written ``tmp`` to ``final`` (replacing an old ``final``)."""
-    fsync_tree(tmp)
-    if final.exists():
-        remove_dir(final)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-
-
-def remove_dir(path: Path) -> None:
-    """Rename away, then delete: a half-deleted folder never keeps a published name."""
-    if not path.exists():
-        return
-    doomed = path.with_name(f".tmp-delete-{path.name}-{os.getpid()}")
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def clean_temporaries(workdir: Path) -> None:

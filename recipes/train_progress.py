@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from recipes.artifact import atomic_write_text
+from recipes.fsutil import atomic_write_text
 
 LOG_NAME = "train_log.jsonl"
 

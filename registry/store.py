@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
 from recipes.artifact import FORBIDDEN_SUFFIXES, MANIFEST_NAME, verify_manifest
+from recipes.fsutil import fsync_dir
 from registry.errors import ArtifactCorrupt, ArtifactRefused, NotFound
 
 _CHUNK = 1 << 20
@@ -62,14 +63,6 @@ def _copy_hashing(src: IO[bytes], dst: IO[bytes]) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Backend(Protocol):
     def exists(self, key: str) -> bool: ...
     def put(self, src: Path, key: str) -> None: ...
@@ -96,7 +89,7 @@ class _LocalBackend:
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
 
     def open(self, key: str) -> IO[bytes]:
         return (self.root / key).open("rb")
@@ -267,7 +260,7 @@ class ArtifactStore:
             except OSError:
                 if not target.is_dir():
                     raise
-            _fsync_dir(dest_root)
+            fsync_dir(dest_root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
