@@ -54,8 +54,12 @@ class LoadedRecipe:
     def base_model_path(self) -> Path:
         return self.resolve(self.recipe.spec.base_model.path)
 
-    def data_paths(self) -> list[Path]:
-        """Every data file the recipe reads, in a stable order."""
+    def data_refs(self) -> list[str]:
+        """Every data file the recipe reads, as written in it, in a stable order.
+
+        The one list of a recipe's data: the spec hash digests these files and
+        the reconciler watches them, so a new kind of data path is added here.
+        """
         spec = self.recipe.spec
         rels = [s.path for s in spec.data.sources]
         if spec.data.replay is not None:
@@ -64,7 +68,11 @@ class LoadedRecipe:
             rels.append(spec.evaluation.general.path)
         if spec.training.ewc is not None and spec.training.ewc.reference is not None:
             rels.append(spec.training.ewc.reference)
-        return [self.resolve(r) for r in rels]
+        return rels
+
+    def data_paths(self) -> list[Path]:
+        """:meth:`data_refs`, resolved against the recipe's folder."""
+        return [self.resolve(r) for r in self.data_refs()]
 
 
 def allowed_roots(workspace: Path) -> list[Path]:

@@ -145,15 +145,7 @@ def normalized_spec(loaded: LoadedRecipe) -> dict[str, Any]:
 
 def spec_identity(loaded: LoadedRecipe, cache: DigestCache | None = None) -> SpecIdentity:
     norm = normalized_spec(loaded)
-    spec = loaded.recipe.spec
-    rels = [s.path for s in spec.data.sources]
-    if spec.data.replay is not None:
-        rels.append(spec.data.replay.path)
-    if spec.evaluation.general is not None:
-        rels.append(spec.evaluation.general.path)
-    if spec.training.ewc is not None and spec.training.ewc.reference is not None:
-        rels.append(spec.training.ewc.reference)
-    data = {rel: file_digest(loaded.resolve(rel), cache) for rel in rels}
+    data = {rel: file_digest(loaded.resolve(rel), cache) for rel in loaded.data_refs()}
     base = model_identity(loaded.base_model_path, cache)
     payload = {
         "format": TRAINING_FORMAT_VERSION,

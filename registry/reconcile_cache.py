@@ -188,19 +188,6 @@ class RecipeFiles:
     model_dir: Path
 
 
-def _relative_data_paths(loaded: LoadedRecipe) -> list[str]:
-    """The relative paths :meth:`LoadedRecipe.data_paths` resolves, in its order."""
-    spec = loaded.recipe.spec
-    rels = [s.path for s in spec.data.sources]
-    if spec.data.replay is not None:
-        rels.append(spec.data.replay.path)
-    if spec.evaluation.general is not None:
-        rels.append(spec.evaluation.general.path)
-    if spec.training.ewc is not None and spec.training.ewc.reference is not None:
-        rels.append(spec.training.ewc.reference)
-    return rels
-
-
 class Resolver:
     """``LoadedRecipe.resolve`` memoised for one pass.
 
@@ -236,8 +223,8 @@ class Resolver:
         return folder / name
 
     def files(self, loaded: LoadedRecipe, *, verify: bool = False) -> RecipeFiles:
-        data = [self(loaded, rel) for rel in _relative_data_paths(loaded)]
-        if verify and data != loaded.data_paths():  # the loader grew a new kind of data path
+        data = [self(loaded, rel) for rel in loaded.data_refs()]
+        if verify and data != loaded.data_paths():  # the folder shortcut and the loader disagree
             data = loaded.data_paths()
         return RecipeFiles(data, self(loaded, loaded.recipe.spec.base_model.path))
 

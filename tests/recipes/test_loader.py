@@ -193,3 +193,20 @@ def test_odd_documents_are_problems(tmp_path: Path, text: str, message: str) -> 
 def test_no_recipe_files(tmp_path: Path) -> None:
     p = _only(check_recipes([tmp_path]).all_problems)
     assert "no recipe files" in p.message and "reg init" in (p.hint or "")
+
+
+def test_data_refs_lists_every_data_file_once_in_order(
+    workspace: Path, write_recipe: RecipeFactory
+) -> None:
+    from recipes.spec_hash import spec_identity
+
+    path = write_recipe("every-kind", **{
+        "spec.data.replay": {"path": "../data/faq.jsonl"},
+        "spec.training.ewc": {"reference": "../data/faq-billing.jsonl"},
+    })
+    loaded = load_recipe(path)
+    refs = ["../data/support.jsonl", "../data/faq.jsonl", "../data/general.jsonl",
+            "../data/faq-billing.jsonl"]
+    assert loaded.data_refs() == refs
+    assert loaded.data_paths() == [(workspace / "data" / Path(r).name).resolve() for r in refs]
+    assert list(spec_identity(loaded).data_digests) == refs
