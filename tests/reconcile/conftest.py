@@ -13,35 +13,21 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from registry.api import Registry
 from registry.settings import Settings
-from tests.services import create_database, service_missing, start_postgres
+from tests.factories import FakeClock, running_postgres
+from tests.services import create_database
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ("support-bot", "faq-bot", "polite-dpo")
 
 WorkspaceFactory = Callable[..., Path]
 RegistryFactory = Callable[..., Registry]
-
-
-class FakeClock:
-    """A clock the test moves; each reading advances 1 ms so events stay ordered."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
 
 
 def git(repo: Path, *args: str) -> str:
@@ -84,15 +70,7 @@ def workspace(tmp_path: Path, example_template: Path) -> WorkspaceFactory:
 
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    try:
-        url, stop = start_postgres(tmp_path_factory.mktemp("pg"))
-    except FileNotFoundError:
-        service_missing("PostgreSQL")
-        raise
-    try:
-        yield url
-    finally:
-        stop()
+    yield from running_postgres(tmp_path_factory)
 
 
 @pytest.fixture(params=[
@@ -115,7 +93,7 @@ def sqlite_settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(datetime.now(UTC))  # starts at real time, as these tests always have
 
 
 @pytest.fixture

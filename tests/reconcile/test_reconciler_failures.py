@@ -21,7 +21,8 @@ from registry.errors import LeaseHeld
 from registry.reconcile_plan import Action, BackoffPolicy
 from registry.reconciler import LEASE_NAME, Reconciler
 from registry.settings import Settings
-from tests.reconcile.conftest import FakeClock, RegistryFactory, WorkspaceFactory
+from tests.factories import FakeClock
+from tests.reconcile.conftest import RegistryFactory, WorkspaceFactory
 
 
 class InjectedFault(RuntimeError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,39 +19,17 @@ import pytest
 from recipes.artifact import write_manifest
 from registry.api import Registry
 from registry.settings import Settings
-from tests.services import create_database, service_missing, start_postgres
+from tests.factories import FakeClock, running_postgres
+from tests.services import create_database
 
 ArtifactFactory = Callable[..., Path]
 RegistryFactory = Callable[..., Registry]
 
 
-class FakeClock:
-    """A clock the test moves; each reading advances 1 ms so events stay ordered."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
-
-
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL server for the whole session (its `postgres` database's URL)."""
-    try:
-        url, stop = start_postgres(tmp_path_factory.mktemp("pg"))
-    except FileNotFoundError:
-        service_missing("PostgreSQL")
-        raise  # unreachable: service_missing skips or fails
-    try:
-        yield url
-    finally:
-        stop()
+    yield from running_postgres(tmp_path_factory)
 
 
 @pytest.fixture(params=[

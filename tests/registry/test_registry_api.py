@@ -15,7 +15,8 @@ from registry.runs import RunStatus
 from registry.stages import StageAction
 from registry.tables import RunUpdate
 from registry.versions import VersionStatus
-from tests.registry.conftest import ArtifactFactory, FakeClock, RegistryFactory
+from tests.factories import FakeClock
+from tests.registry.conftest import ArtifactFactory, RegistryFactory
 
 
 def test_register_records_identity_metrics_and_lineage(
