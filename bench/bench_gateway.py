@@ -3,6 +3,16 @@
 1. Proxy cost: wrk (32 connections, non-streaming chat) against a minimal OpenAI
    echo backend directly, through nginx (if installed), and through `reg serve`.
    Goal: reg >= 0.5x of direct, <= 0.3 ms of gateway CPU per request.
+   Run against two echo backends (bench/echo_backend.py), each row beside its own
+   direct figure:
+   - "uvicorn echo": a plain ASGI function on uvicorn (uvloop + httptools), no
+     framework. This is the kind of minimal OpenAI server the issue's peer figures
+     were measured against (shared/PLATFORM.md: ~6.9k req/s direct; ~7-8k here).
+   - "raw echo": asyncio + httptools with no server framework at all (~30k req/s),
+     cheaper than any real OpenAI server; a harsher reference, kept so the earlier
+     figures (which used only this one) stay comparable.
+   The gateway's CPU per request is measured from its process's CPU time, so it does
+   not depend on which backend is used.
 2. Real engine: the same chat requests (8 concurrent) to vLLM directly and through
    the gateway (version pin, so both hit the same adapter). Goal: throughput ratio
    >= 0.95, p50 ratio <= 1.05.
@@ -81,24 +91,35 @@ http {{
     return proc, f"http://127.0.0.1:{port}"
 
 
+ECHO_KINDS = {"uvicorn echo": ["uvicorn"], "raw echo": []}
+
+
 def proxy_cost(tmp: Path) -> list[tuple[str, float, float, str]]:
     home = tmp / "echo-home"
     home.mkdir()
     build_registry(home, base_model_path="/echo")
+    rows: list[tuple[str, float, float, str]] = []
+    for name, args in ECHO_KINDS.items():
+        rows += _proxy_cost(tmp, home, name, args)
+    return rows
+
+
+def _proxy_cost(tmp: Path, home: Path, name: str, args: list[str]
+                ) -> list[tuple[str, float, float, str]]:
     port = free_port()
-    echo = subprocess.Popen([PY, str(ROOT / "bench" / "echo_backend.py"), str(port)])
+    echo = subprocess.Popen([PY, str(ROOT / "bench" / "echo_backend.py"), str(port), *args])
     echo_url = f"http://127.0.0.1:{port}"
     rows: list[tuple[str, float, float, str]] = []
     try:
-        time.sleep(1)
+        time.sleep(1.5)
         direct, _ = wrk(echo_url, BODY, tmp)
-        rows.append(("echo backend, direct", direct, 1.0, "-"))
+        rows.append((f"{name}, direct", direct, 1.0, "-"))
         ng = start_nginx(tmp, echo_url)
         if ng is not None:
             proc, url = ng
             try:
                 rps, _ = wrk(url, BODY, tmp)
-                rows.append(("nginx 1 worker -> echo", rps, rps / direct, "-"))
+                rows.append((f"nginx 1 worker -> {name}", rps, rps / direct, "-"))
             finally:
                 proc.terminate()
                 proc.wait()
@@ -107,7 +128,7 @@ def proxy_cost(tmp: Path) -> list[tuple[str, float, float, str]]:
             c0 = cpu_seconds(serve.pid)
             rps, total = wrk(url, BODY, tmp)
             ms = (cpu_seconds(serve.pid) - c0) / total * 1000
-            rows.append(("reg gateway -> echo", rps, rps / direct, f"{ms:.3f} ms"))
+            rows.append((f"reg gateway -> {name}", rps, rps / direct, f"{ms:.3f} ms"))
     finally:
         echo.terminate()
         echo.wait()
@@ -172,9 +193,9 @@ def print_proxy(rows: list[tuple[str, float, float, str]]) -> None:
     if rows:
         print(f"\nProxy cost: wrk -t2 -c32 -d{WRK_SECONDS}s, non-streaming chat, loopback, "
               "client/proxy/backend on the same cores")
-        print(f"{'path':<28}{'req/s':>10}{'x direct':>10}{'gateway CPU/req':>18}")
+        print(f"{'path':<34}{'req/s':>10}{'x direct':>10}{'gateway CPU/req':>18}")
         for name, rps, ratio, cpu in rows:
-            print(f"{name:<28}{rps:>10.0f}{ratio:>10.2f}{cpu:>18}")
+            print(f"{name:<34}{rps:>10.0f}{ratio:>10.2f}{cpu:>18}")
         print("goal: reg >= 0.50x direct and <= 0.3 ms CPU/request")
 
 
