@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +48,18 @@ class EWCPenalty:
             "parameters": sum(int(f.numel()) for f in self.fisher.values()),
             "fisher_sum": sum(values),
         }
+
+
+def with_penalty(ewc: EWCPenalty | None, model: torch.nn.Module, result: Any,
+                 return_outputs: bool) -> Any:
+    """A trainer's ``compute_loss`` result (``loss`` or ``(loss, outputs)``) plus the penalty."""
+    if ewc is None:
+        return result
+    penalty = ewc(model)
+    if return_outputs:
+        loss, outputs = result
+        return loss + penalty, outputs
+    return result + penalty
 
 
 def estimate_fisher(

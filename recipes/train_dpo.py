@@ -15,6 +15,7 @@ import torch
 from trl.trainer.dpo_config import DPOConfig
 from trl.trainer.dpo_trainer import DPOTrainer
 
+from recipes.ewc import with_penalty
 from recipes.train_checkpoint import SafeCheckpointMixin
 
 if TYPE_CHECKING:
@@ -32,13 +33,7 @@ class RegDPOTrainer(SafeCheckpointMixin, DPOTrainer):
                      return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         parent: Any = super()  # trl's compute_loss is untyped
         result: Any = parent.compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self.ewc is None:
-            return result
-        penalty = self.ewc(model)
-        if return_outputs:
-            loss, outputs = result
-            return loss + penalty, outputs
-        return result + penalty
+        return with_penalty(self.ewc, model, result, return_outputs)
 
     def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
         mask = inputs.get("attention_mask")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import Trainer
 
+from recipes.ewc import with_penalty
 from recipes.train_checkpoint import SafeCheckpointMixin
 
 if TYPE_CHECKING:
@@ -165,13 +166,7 @@ class RegTrainer(SafeCheckpointMixin, Trainer):
     ) -> Any:
         inputs = {k: v for k, v in inputs.items() if k != REAL_TOKENS}
         result: Any = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self.ewc is None:
-            return result
-        penalty = self.ewc(model)
-        if return_outputs:
-            loss, outputs = result
-            return loss + penalty, outputs
-        return result + penalty
+        return with_penalty(self.ewc, model, result, return_outputs)
 
     def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                         prediction_loss_only: bool, ignore_keys: list[str] | None = None) -> Any:
