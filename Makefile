@@ -33,7 +33,7 @@ unit: install
 	.venv/bin/python -m pytest -q -x -m "not slow" tests
 
 test: install services lint typecheck
-	REG_REQUIRE_SERVICES=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests
+	REG_REQUIRE_SERVICES=1 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests
 
 bench: install services
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
