@@ -10,13 +10,13 @@ here, inside the functions, never by the CLI's registry commands.
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recipes.artifact import MANIFEST_NAME
+from recipes.fsutil import publish_dir
 from registry.errors import Refused
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def export_version(reg: Registry, version: VersionPublic, out: Path, *, merged: 
             shutil.copy2(src / MANIFEST_NAME, tmp / MANIFEST_NAME)
         if out.exists():
             out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
+        publish_dir(tmp, out)  # fsync every file, then rename: never a torn export
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
