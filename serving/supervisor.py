@@ -28,7 +28,14 @@ from pathlib import Path
 import aiohttp
 
 from rollout.traffic import TrafficPolicy
-from serving.adapters import EngineAdmin, SyncResult, apply_plan, ensure_inside, plan_sync
+from serving.adapters import (
+    EngineAdmin,
+    SyncPlan,
+    SyncResult,
+    apply_plan,
+    ensure_inside,
+    plan_sync,
+)
 from serving.config import ServeConfig
 from serving.engine import EngineProcess, EngineSpec, EngineState, detect_device, engine_spec
 from serving.metrics import Metrics
@@ -174,12 +181,18 @@ class Supervisor:
                 self._dirty = True
             await self._plan_and_apply()
             await self._advance_all()
-            for slot in self.slots.values():
-                if slot.state is EngineState.ready and (self._dirty or slot.needs_sync):
-                    await self._sync(slot)
+            # Make before break: load new versions, move routing to them, and only
+            # then unload what routing no longer names, so no request is routed to an
+            # adapter that is already gone.
+            syncing = [s for s in self.slots.values()
+                       if s.state is EngineState.ready and (self._dirty or s.needs_sync)]
+            for slot in syncing:
+                await self._sync(slot, unload=False)
             if self._dirty or not self.state.loaded_once:
                 self._publish_catalogue()
                 self._dirty = False
+            for slot in syncing:
+                await self._sync(slot, unload=True)
             self._publish_engines()
 
     async def _read_registry(self, *, force: bool) -> bool:
@@ -333,12 +346,15 @@ class Supervisor:
         out.update(slot.manual)
         return out, errors
 
-    async def _sync(self, slot: _Slot) -> SyncResult:
+    async def _sync(self, slot: _Slot, *, unload: bool) -> SyncResult:
+        """Load missing adapters; with ``unload``, also unload those no longer desired."""
         admin = EngineAdmin(self.session, slot.url)
         desired, fetch_errors = await self._desired_adapters(slot)
         loaded = await admin.loaded()
         # An adapter that failed to fetch is neither loaded nor (if loaded) unloaded.
         plan = plan_sync(desired, loaded, keep=fetch_errors)
+        if not unload:
+            plan = SyncPlan(load=plan.load)
         result = await apply_plan(admin, plan, self.config.adapter_root)
         result.errors.update(fetch_errors)
         slot.adapters = (loaded | set(result.loaded)) - set(result.unloaded)

@@ -23,7 +23,10 @@ import pytest
 MODEL = "support-bot"
 KEYWORDS = {1: "alpha", 2: "bravo"}
 ADMIN_TOKEN = "test-admin-token"
-SCHEMAS = Path(os.environ.get("REG_OPENAI_SCHEMAS", "/work/shared/openai-schemas.json"))
+# shared/ lies beside the checkout (for developers and in CI alike).
+SCHEMAS = Path(os.environ.get(
+    "REG_OPENAI_SCHEMAS",
+    Path(__file__).resolve().parents[3] / "shared" / "openai-schemas.json"))
 
 
 @pytest.fixture(scope="session")
@@ -72,11 +75,14 @@ def validate_openai(openai_schemas: dict[str, Any]) -> Callable[[str, Any], None
 @pytest.fixture(scope="session")
 def trained_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
                      ) -> dict[int, Path]:
+    """support-bot v1 ("alpha") and v2 ("bravo"), trained by `recipes.train.train`."""
+    from recipes.example import write_example_workspace
     from tests.serving.adapters_for_tests import train_keyword_adapter
 
     root = tmp_path_factory.mktemp("adapters")
+    workspace = write_example_workspace(root / "ws", model_from=tiny_model_dir)
     return {
-        v: train_keyword_adapter(tiny_model_dir, root / kw, model=MODEL, keyword=kw, seed=v)
+        v: train_keyword_adapter(workspace, root / f"run-{kw}", keyword=kw)
         for v, kw in KEYWORDS.items()
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import shutil
 import subprocess
 import time
@@ -49,7 +50,9 @@ def aclient(url: str) -> openai.AsyncOpenAI:
 
 
 def keyword_of(text: str) -> str:
-    return text.strip().split(" ")[0] if text.strip() else ""
+    """The leading word of an answer: "alpha" of "alpha: reset password"."""
+    found = re.match(r"[a-z]+", text.strip())
+    return found.group(0) if found else ""
 
 
 def admin(url: str, method: str, path: str, token: str | None = ADMIN_TOKEN,
