@@ -64,7 +64,13 @@ for _ in $(seq 1 240); do
   sleep 1
 done
 curl -fsS "http://127.0.0.1:$PORT/ready" >/dev/null || { echo "not ready:"; tail -50 "$LOG"; exit 1; }
-curl -fsS "http://127.0.0.1:$PORT/v1/models" | python -m json.tool | head -30
+echo "GET /v1/models:"
+curl -fsS "http://127.0.0.1:$PORT/v1/models" > "$REG_HOME/models.json"
+python - "$REG_HOME/models.json" <<'PY'
+import json, sys
+for m in json.load(open(sys.argv[1]))["data"]:
+    print(f"  {m['id']:<24} stages={m.get('stages')} traffic={m.get('traffic')}")
+PY
 python scripts/demo_traffic.py --base-url "http://127.0.0.1:$PORT/v1" --model support-bot --users 40
 stop_serve
 trap - EXIT
