@@ -23,10 +23,11 @@ import pytest
 MODEL = "support-bot"
 KEYWORDS = {1: "alpha", 2: "bravo"}
 ADMIN_TOKEN = "test-admin-token"
-# shared/ lies beside the checkout (for developers and in CI alike).
+# The official OpenAI schemas (a copy of shared/openai-schemas.json: JSON Schema
+# extracted from OpenAI's published OpenAPI spec), kept with the tests so they run
+# from any checkout.
 SCHEMAS = Path(os.environ.get(
-    "REG_OPENAI_SCHEMAS",
-    Path(__file__).resolve().parents[3] / "shared" / "openai-schemas.json"))
+    "REG_OPENAI_SCHEMAS", Path(__file__).resolve().parent / "openai-schemas.json"))
 
 
 @pytest.fixture(scope="session")
