@@ -12,14 +12,22 @@
    against a raw read of the same file with the same buffer, both from the
    page cache. Goal: >= 0.8x.
 
-Usage: .venv/bin/python bench/bench_reconcile.py [--recipes N] [--hash-mb MB]
+Usage: .venv/bin/python bench/bench_reconcile.py [--recipes N] [--hash-mb MB] [--keep DIR]
+       [--reuse DIR] [--skip-hash]
+
+``--keep DIR`` builds the workspace in DIR and leaves it there (``DIR/ws``,
+``DIR/home``) for profiling, e.g. ``cd DIR/ws && REG_HOME=../home python -X
+importtime -m reg_cli.main reconcile recipes --once``; ``--reuse DIR`` measures
+a kept workspace again without rebuilding it (the first run is then not cold).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -102,44 +110,69 @@ def register_all(ws: Path, home: Path) -> int:
         return len(state.desired)
 
 
-def reconcile_once(ws: Path, home: Path) -> tuple[float, float, int]:
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def reconcile_once(ws: Path, home: Path) -> tuple[float, float, float, int]:
+    """Whole-process wall time, the pass's own seconds (from --json), the process's CPU time."""
     env = {**os.environ, "REG_HOME": str(home)}
     env.pop("REG_DATABASE_URL", None)
     env.pop("REG_ARTIFACT_STORE", None)
+    cpu0 = _children_cpu()
     t = time.perf_counter()
     cp = subprocess.run([str(REPO / ".venv/bin/reg"), "reconcile", "recipes", "--once", "--json"],
                         cwd=ws, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
+    cpu = _children_cpu() - cpu0
     if cp.returncode != 0:
         sys.exit(f"reg reconcile failed ({cp.returncode}):\n{cp.stdout[-2000:]}\n{cp.stderr}")
     out = json.loads(cp.stdout)
     trained = sum(1 for o in out["outcomes"] if o["trained"])
-    return wall, float(out["seconds"]), trained
+    return wall, float(out["seconds"]), cpu, trained
 
 
-def bench_noop(n: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-reconcile-") as tmp:
-        root = Path(tmp)
+def measure_noop(ws: Path, home: Path, count: int, *, cold: bool) -> None:
+    wall, inner, cpu, trained = reconcile_once(ws, home)
+    print(f"first  `reg reconcile --once` ({count} recipes{'' if cold else ', caches kept'}): "
+          f"{wall:.2f}s wall, {cpu:.2f}s CPU (pass {inner:.2f}s), trained {trained}")
+    walls, inners, cpus = [], [], []
+    for _ in range(5):
+        wall, inner, cpu, trained = reconcile_once(ws, home)
+        assert trained == 0
+        walls.append(wall)
+        inners.append(inner)
+        cpus.append(cpu)
+    w, i, c = statistics.median(walls), statistics.median(inners), statistics.median(cpus)
+    print(f"no-op  `reg reconcile --once` ({count} recipes), median of 5: {w:.2f}s "
+          f"whole process ({c:.2f}s CPU, min {min(walls):.2f}s wall), {i:.2f}s the pass "
+          f"itself  (goal <= 1 s: {'met' if w <= 1.0 else 'NOT met'} whole process, "
+          f"{'met' if i <= 1.0 else 'NOT met'} pass)")
+
+
+def bench_noop(n: int, keep: Path | None, reuse: Path | None) -> None:
+    if reuse is not None:
+        ws, home = reuse / "ws", reuse / "home"
+        count = len(list((ws / "recipes").glob("*.yaml")))
+        measure_noop(ws, home, count, cold=False)
+        return
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            root = Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="bench-reconcile-")))
+        else:
+            root = keep
+            root.mkdir(parents=True, exist_ok=False)
         t = time.perf_counter()
         ws = build_workspace(root, n)
         print(f"workspace with {n} recipes and data files in {time.perf_counter() - t:.1f}s")
         home = root / "home"
         count = register_all(ws, home)
         shutil.rmtree(home / "cache")  # the measured first run starts cold
-        wall, inner, trained = reconcile_once(ws, home)
-        print(f"first  `reg reconcile --once` ({count} recipes): {wall:.2f}s "
-              f"(pass {inner:.2f}s), trained {trained}")
-        walls, inners = [], []
-        for _ in range(5):
-            wall, inner, trained = reconcile_once(ws, home)
-            assert trained == 0
-            walls.append(wall)
-            inners.append(inner)
-        w, i = statistics.median(walls), statistics.median(inners)
-        print(f"no-op  `reg reconcile --once` ({count} recipes), median of 5: {w:.2f}s "
-              f"whole process, {i:.2f}s the pass itself  (goal <= 1 s: "
-              f"{'met' if w <= 1.0 else 'NOT met'} whole process, "
-              f"{'met' if i <= 1.0 else 'NOT met'} pass)")
+        measure_noop(ws, home, count, cold=True)
+        if keep is not None:
+            print(f"kept the workspace: {ws} (REG_HOME={home})")
 
 
 def bench_hash(mb: int) -> None:
@@ -177,10 +210,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", type=int, default=1000)
     ap.add_argument("--hash-mb", type=int, default=512)
+    ap.add_argument("--keep", type=Path, help="build the workspace here and keep it")
+    ap.add_argument("--reuse", type=Path, help="measure a workspace kept by --keep again")
+    ap.add_argument("--skip-hash", action="store_true", help="skip the hashing benchmark")
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    bench_hash(args.hash_mb)
-    bench_noop(args.recipes)
+    if not args.skip_hash:
+        bench_hash(args.hash_mb)
+    bench_noop(args.recipes, args.keep, args.reuse)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

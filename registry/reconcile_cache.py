@@ -6,47 +6,55 @@ SQLite query per file digest. Both are cached here, keyed so a stale entry
 can never be used:
 
 - :class:`RecipeCache` maps (recipe path, workspace, allowed roots, xxh3 of
-  the file's text) to the validated recipe as JSON. A hit re-validates that
-  JSON with pydantic (strict, ~0.1 ms) and re-checks that the files the recipe
-  names still exist; any doubt falls back to the full validator
-  (:func:`recipes.loader.validate_document`), which is also what produces
-  every problem message. Nothing invalid is ever cached.
+  the file's text, fingerprint of the validating code) to what the pass needs
+  of the validated recipe (name, data files, base model, deploy stage) and the
+  recipe as JSON. A hit builds no pydantic model: the :class:`CachedRecipe`
+  validates that JSON only when something asks for the full recipe (training).
+  The files it names are still checked on every pass (one ``lstat`` each); any
+  doubt falls back to the full validator (:func:`recipes.loader.validate_document`),
+  which is also what produces every problem message. Nothing invalid is ever
+  cached.
 - :class:`MemoDigestCache` is a :class:`~recipes.spec_hash.DigestCache` that
   reads the whole digest table once per pass into memory (the key still
   includes size, mtime and inode, so an edited file misses).
 - :class:`IdentityCache` maps everything :func:`recipes.spec_hash.spec_identity`
-  reads (the recipe's text and location, the (size, mtime, inode) of each data
-  file and of each base-model file, the training-format version) to the
-  identity it returned. The base model folder is listed once per pass, not
-  once per recipe. The stat key is the same trust DigestCache already places
-  in file metadata.
+  reads (the recipe's key above, the (size, mtime, inode) of each data file and
+  of each base-model file, the training-format version) to the identity it
+  returned. The base model folder is listed once per pass, not once per
+  recipe. The stat key is the same trust DigestCache already places in file
+  metadata.
+
+The code fingerprint (xxh3 of the schema, loader and spec-hash sources and the
+pydantic version) makes both caches miss after any change to how recipes are
+validated, normalised or hashed, without anyone remembering to bump a version.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
-from collections.abc import Iterable
+import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
-from pydantic import ValidationError
 
-from recipes.errors import Problem
+from recipes import loader as _loader
+from recipes.errors import Problem, ValidationFailed
 from recipes.loader import (
     ALLOWED_ROOTS_ENV,
+    RECIPE_SUFFIXES,
     LoadedRecipe,
     LoadResult,
     check_recipes,
     find_workspace,
-    iter_recipe_files,
     resolve_inside,
     validate_document,
 )
-from recipes.schema import Recipe
 
 # The suffixes model_identity reads: imported, not copied, so the fingerprint
 # always covers exactly the files the spec hash covers.
@@ -58,8 +66,26 @@ from recipes.spec_hash import (
     spec_identity,
 )
 
-# Bump when the recipe schema's meaning changes in a way old JSON would hide.
-_RECIPE_CACHE_VERSION = "1"
+if TYPE_CHECKING:
+    from recipes.schema import Recipe
+
+# Bump when the meaning of a cached entry changes in a way the code fingerprint misses.
+_RECIPE_CACHE_VERSION = "2"
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """xxh3 of the code that decides what a recipe means (read once per process, ~0.1 ms)."""
+    import pydantic
+
+    h = xxhash.xxh3_128(pydantic.VERSION.encode())
+    here = Path(_loader.__file__).parent
+    for name in ("schema.py", "loader.py", "spec_hash.py"):
+        try:
+            h.update((here / name).read_bytes())
+        except OSError:  # e.g. run from a zip: the version above still guards the cache
+            h.update(name.encode())
+    return h.hexdigest()
 
 
 class _KeyValueFile:
@@ -127,37 +153,36 @@ class IdentityCache(_KeyValueFile):
 
     def __init__(self, path: Path | None) -> None:
         super().__init__(path)
-        self._model_dirs: dict[Path, list[Any]] = {}
+        self._model_dirs: dict[Path, str] = {}
         self._pending: dict[str, str] = {}
 
     def new_pass(self) -> None:
         """Forget the model folder listings: files may have changed since the last pass."""
         self._model_dirs = {}
 
-    def _model_fingerprint(self, model_dir: Path) -> list[Any]:
-        """(name, size, mtime, inode) of the files model_identity reads; once per pass."""
+    def _model_fingerprint(self, model_dir: Path) -> str:
+        """(name, size, mtime, inode) of the files model_identity reads, as JSON; once per pass."""
         fp = self._model_dirs.get(model_dir)
         if fp is None:
-            fp = []
+            rows = []
             for f in sorted(model_dir.rglob("*")):
                 if f.suffix in _MODEL_FILE_SUFFIXES and f.is_file():
                     st = f.stat()
-                    fp.append([f.relative_to(model_dir).as_posix(), st.st_size,
-                               st.st_mtime_ns, st.st_ino])
-            self._model_dirs[model_dir] = fp
+                    rows.append([f.relative_to(model_dir).as_posix(), st.st_size,
+                                 st.st_mtime_ns, st.st_ino])
+            fp = self._model_dirs[model_dir] = json.dumps([str(model_dir), rows])
         return fp
 
     def identity(self, loaded: LoadedRecipe, digests: DigestCache | None,
                  files: RecipeFiles | None = None) -> SpecIdentity:
         files = files or recipe_files(loaded)
-        data = []
-        for p in files.data:
-            st = p.stat()
-            data.append([str(p), st.st_size, st.st_mtime_ns, st.st_ino])
-        model_dir = files.model_dir
-        parts = [TRAINING_FORMAT_VERSION, _key(loaded.path, loaded.workspace, loaded.text),
-                 data, str(model_dir), self._model_fingerprint(model_dir)]
-        key = xxhash.xxh3_128(json.dumps(parts).encode()).hexdigest()
+        stats = files.stats if files.stats is not None else [p.stat() for p in files.data]
+        data = [[str(p), st.st_size, st.st_mtime_ns, st.st_ino]
+                for p, st in zip(files.data, stats, strict=True)]
+        recipe_key = files.key or _key(loaded.path, loaded.workspace, loaded.text)
+        source = "\0".join((str(TRAINING_FORMAT_VERSION), recipe_key, json.dumps(data),
+                            self._model_fingerprint(files.model_dir)))
+        key = xxhash.xxh3_128(source.encode()).hexdigest()
         hit = self.get(key)
         if hit is not None:
             d = json.loads(hit)
@@ -176,16 +201,88 @@ class IdentityCache(_KeyValueFile):
 def _key(path: Path, workspace: Path, text: str) -> str:
     h = xxhash.xxh3_128(text.encode("utf-8")).hexdigest()
     roots = os.environ.get(ALLOWED_ROOTS_ENV, "")
-    return f"{_RECIPE_CACHE_VERSION}\0{path}\0{workspace}\0{roots}\0{h}"
+    return (f"{_RECIPE_CACHE_VERSION}\0{code_fingerprint()}\0{path}\0{workspace}\0{roots}"
+            f"\0{h}")
+
+
+class CachedRecipe(LoadedRecipe):
+    """A valid recipe served from :class:`RecipeCache` without building its pydantic model.
+
+    A pass needs only the name, the files and the deploy stage, which were
+    taken from the validated recipe when it was cached; validating the cached
+    JSON costs ~0.1 ms a recipe, so it waits until something asks for
+    :attr:`recipe` (training one model, not planning 1,000).
+    """
+
+    _entry: dict[str, Any]
+    _recipe: Recipe | None
+
+    def __init__(self, path: Path, text: str, workspace: Path, entry: dict[str, Any]) -> None:
+        # The dataclass is frozen: set the fields the way its own __init__ would.
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "workspace", workspace)
+        object.__setattr__(self, "_entry", entry)
+        object.__setattr__(self, "_recipe", None)
+
+    @staticmethod
+    def entry_for(loaded: LoadedRecipe) -> str:
+        """The cache entry of a recipe the validator has just accepted."""
+        return json.dumps({"name": loaded.name, "data": loaded.data_refs(),
+                           "base_model": loaded.base_model_ref, "promote_to": loaded.promote_to,
+                           "recipe": loaded.recipe.model_dump_json()})
+
+    @property
+    def recipe(self) -> Recipe:
+        cached = self._recipe
+        if cached is None:
+            cached = self._validate()
+            object.__setattr__(self, "_recipe", cached)
+        return cached
+
+    def _validate(self) -> Recipe:
+        from pydantic import ValidationError
+
+        from recipes.schema import Recipe
+
+        try:
+            return Recipe.model_validate_json(self._entry["recipe"])
+        except ValidationError:  # a damaged entry: the text itself is the authority
+            loaded, problems = validate_document(self.path, self.text, self.workspace)
+            if loaded is None:
+                raise ValidationFailed(problems) from None
+            return loaded.recipe
+
+    @property
+    def name(self) -> str:
+        return str(self._entry["name"])
+
+    @property
+    def base_model_ref(self) -> str:
+        return str(self._entry["base_model"])
+
+    @property
+    def promote_to(self) -> str | None:
+        stage = self._entry["promote_to"]
+        return None if stage is None else str(stage)
+
+    def data_refs(self) -> list[str]:
+        return [str(r) for r in self._entry["data"]]
 
 
 @dataclass(frozen=True)
 class RecipeFiles:
     """The resolved files a recipe reads: resolved once per pass (each resolve is an lstat
-    per path component, the slowest part of a no-op pass)."""
+    per path component, the slowest part of a no-op pass).
+
+    ``stats`` (of ``data``, when the pass already took them) and ``key`` (the
+    recipe's cache key) spare the identity cache a second stat and hash.
+    """
 
     data: list[Path]
     model_dir: Path
+    stats: list[os.stat_result] | None = None
+    key: str | None = None
 
 
 class Resolver:
@@ -200,6 +297,8 @@ class Resolver:
     def __init__(self) -> None:
         self._memo: dict[tuple[Path, str, Path], Path] = {}
         self._dirs: dict[tuple[Path, str, Path], Path] = {}
+        self._files: dict[tuple[Path, str, Path], tuple[Path, os.stat_result] | None] = {}
+        self._models: dict[Path, bool] = {}
 
     def __call__(self, loaded: LoadedRecipe, rel: str) -> Path:
         key = (loaded.path.parent, rel, loaded.workspace)
@@ -208,36 +307,121 @@ class Resolver:
             hit = self._memo[key] = self._resolve(loaded, rel)
         return hit
 
+    def _folder(self, loaded: LoadedRecipe, head: str) -> Path:
+        base = loaded.path.parent
+        dkey = (base, head, loaded.workspace)
+        folder = self._dirs.get(dkey)
+        if folder is None:
+            folder = self._dirs[dkey] = resolve_inside(base, head or ".", loaded.workspace)
+        return folder
+
     def _resolve(self, loaded: LoadedRecipe, rel: str) -> Path:
         # 1,000 data files in one folder: resolve (and check against the workspace)
         # the folder once, then each file that is not a symlink is folder / name.
         # Anything unusual goes through the loader's own check, unchanged.
         head, name = os.path.split(rel)
-        base = loaded.path.parent
-        if name in ("", ".", "..") or (base / rel).is_symlink():
+        if name in ("", ".", "..") or (loaded.path.parent / rel).is_symlink():
             return loaded.resolve(rel)
-        dkey = (base, head, loaded.workspace)
-        folder = self._dirs.get(dkey)
-        if folder is None:
-            folder = self._dirs[dkey] = resolve_inside(base, head or ".", loaded.workspace)
-        return folder / name
+        return self._folder(loaded, head) / name
+
+    def _data_file(self, loaded: LoadedRecipe, rel: str) -> tuple[Path, os.stat_result] | None:
+        """A data file's resolved path and stat from one ``lstat``; None unless a regular file.
+
+        The same rules as :meth:`_resolve`: a symlink, or a name the folder
+        shortcut does not cover, is resolved (and checked) by the loader.
+        """
+        key = (loaded.path.parent, rel, loaded.workspace)
+        if key in self._files:
+            return self._files[key]
+        head, name = os.path.split(rel)
+        found: tuple[Path, os.stat_result] | None = None
+        try:
+            st = (None if name in ("", ".", "..")
+                  else os.lstat(os.path.join(loaded.path.parent, rel)))
+            if st is None or stat.S_ISLNK(st.st_mode):
+                path = loaded.resolve(rel)
+                st = os.stat(path)
+            else:
+                path = self._folder(loaded, head) / name
+            if stat.S_ISREG(st.st_mode):
+                found = (path, st)
+        except FileNotFoundError:
+            found = None
+        self._files[key] = found
+        return found
+
+    def _model_ok(self, model_dir: Path) -> bool:
+        """The loader's model-folder check (config.json, *.safetensors), once per folder."""
+        ok = self._models.get(model_dir)
+        if ok is None:
+            ok = self._models[model_dir] = ((model_dir / "config.json").is_file()
+                                            and any(model_dir.glob("*.safetensors")))
+        return ok
 
     def files(self, loaded: LoadedRecipe, *, verify: bool = False) -> RecipeFiles:
         data = [self(loaded, rel) for rel in loaded.data_refs()]
         if verify and data != loaded.data_paths():  # the folder shortcut and the loader disagree
             data = loaded.data_paths()
-        return RecipeFiles(data, self(loaded, loaded.recipe.spec.base_model.path))
+        return RecipeFiles(data, self(loaded, loaded.base_model_ref))
+
+    def checked_files(self, loaded: LoadedRecipe, key: str) -> RecipeFiles | None:
+        """A cached recipe's files with their stats, or None when one is missing or is not
+        what the recipe says (then the validator runs and says which).
+
+        Raises ValueError when a path now escapes the workspace.
+        """
+        data: list[Path] = []
+        stats: list[os.stat_result] = []
+        for rel in loaded.data_refs():
+            found = self._data_file(loaded, rel)
+            if found is None:
+                return None
+            data.append(found[0])
+            stats.append(found[1])
+        model_dir = self(loaded, loaded.base_model_ref)
+        if not self._model_ok(model_dir):
+            return None
+        return RecipeFiles(data, model_dir, stats, key)
 
 
 def recipe_files(loaded: LoadedRecipe) -> RecipeFiles:
     return RecipeFiles(loaded.data_paths(), loaded.base_model_path)
 
 
-def _files_still_there(files: RecipeFiles) -> bool:
-    """The cheap half of the loader's path checks; a False sends the file to the validator."""
-    model = files.model_dir
-    return (all(p.is_file() for p in files.data) and (model / "config.json").is_file()
-            and any(model.glob("*.safetensors")))
+def _walk(folder: Path) -> Iterator[tuple[Path, bool]]:
+    """Recipe files below ``folder`` as (path, is a symlink), in no particular order.
+
+    :func:`recipes.loader.iter_recipe_files` without a stat per file: it
+    skips hidden names, enters no symlinked folder (as ``rglob`` does) and
+    keeps what is a file after following symlinks.
+    """
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except PermissionError:  # rglob skips what it cannot list
+        return
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if e.is_dir(follow_symlinks=False):
+            yield from _walk(folder / e.name)
+        elif e.name.endswith(RECIPE_SUFFIXES) and e.is_file():
+            yield folder / e.name, e.is_symlink()
+
+
+def list_recipe_files(paths: Iterable[Path]) -> list[tuple[Path, bool]] | None:
+    """The files :func:`recipes.loader.iter_recipe_files` yields, in its order, each with
+    whether it is a symlink; None when a named path is missing or names no recipe (the
+    validator words that)."""
+    out: list[tuple[Path, bool]] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(_walk(p))
+        elif p.is_file():
+            out.append((p, p.is_symlink()))
+        else:
+            return None
+    return out or None
 
 
 def check_recipes_cached(
@@ -248,8 +432,8 @@ def check_recipes_cached(
     ``resolved`` (optional) is filled with each valid recipe's files, by recipe path.
     """
     paths = list(paths)
-    recipe_paths = list(iter_recipe_files(paths))
-    if not recipe_paths or any(not f.is_file() for f in recipe_paths):
+    listed = list_recipe_files(paths)
+    if listed is None:
         return check_recipes(paths)  # the validator words "no recipes" / "no such file"
     result = LoadResult()
     seen: dict[str, LoadedRecipe] = {}
@@ -257,7 +441,7 @@ def check_recipes_cached(
     resolver = Resolver()
     workspaces: dict[Path, Path] = {}
     folders: dict[Path, Path] = {}
-    for f in recipe_paths:
+    for f, is_link in listed:
         try:
             text = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
@@ -268,7 +452,7 @@ def check_recipes_cached(
         parent = folders.get(f.parent)
         if parent is None:
             parent = folders[f.parent] = f.parent.resolve()
-        rpath = f.resolve() if f.is_symlink() else parent / f.name
+        rpath = f.resolve() if is_link else parent / f.name
         ws = workspaces.get(rpath.parent)
         if ws is None:
             ws = workspaces[rpath.parent] = find_workspace(rpath).resolve()
@@ -277,23 +461,19 @@ def check_recipes_cached(
         files: RecipeFiles | None = None
         cached = cache.get(key)
         if cached is not None:
+            candidate = CachedRecipe(rpath, text, ws, json.loads(cached))
             try:
-                candidate = LoadedRecipe(Recipe.model_validate_json(cached), rpath, text, ws)
-            except ValidationError:
-                candidate = None
-            if candidate is not None:
-                try:
-                    files = resolver.files(candidate)
-                except ValueError:  # a path now escapes the workspace: let the validator say so
-                    files = None
-                if files is not None and _files_still_there(files):
-                    loaded = candidate
+                files = resolver.checked_files(candidate, key)
+            except ValueError:  # a path now escapes the workspace: let the validator say so
+                files = None
+            if files is not None:
+                loaded = candidate
         if loaded is None:
             loaded, problems = validate_document(f, text)
             if problems or loaded is None:
                 result.problems.setdefault(str(f), []).extend(problems)
                 continue
-            fresh[key] = loaded.recipe.model_dump_json()
+            fresh[key] = CachedRecipe.entry_for(loaded)
             files = resolver.files(loaded, verify=True)
         if resolved is not None and files is not None:
             resolved[loaded.path] = files

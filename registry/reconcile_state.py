@@ -15,7 +15,6 @@ from typing import Any
 
 from recipes.errors import Problem
 from recipes.loader import LoadedRecipe, check_recipes, parse_yaml
-from recipes.schema import Recipe
 from recipes.spec_hash import DigestCache, SpecIdentity, spec_identity
 from registry.gitinfo import GitLineage
 from registry.reconcile_cache import (
@@ -119,7 +118,7 @@ def desired_state(
         state.desired.append(DesiredModel(
             name=loaded.name, recipe_path=str(loaded.path), spec_hash=ident.spec_hash,
             normalized_spec=ident.normalized_spec, data_digests=ident.data_digests,
-            base_model=ident.base_model, promote_to=loaded.recipe.spec.deploy.promote_to,
+            base_model=ident.base_model, promote_to=loaded.promote_to,
             git=git))
     if identities is not None:
         identities.flush()
@@ -128,6 +127,8 @@ def desired_state(
 
 def normalized_from_text(recipe_text: str) -> dict[str, Any] | None:
     """The normalised spec of a stored recipe text (for "what changed since vN"), if it parses."""
+    from recipes.schema import Recipe  # only when a diff is shown: keeps it off a no-op pass
+
     doc, problems = parse_yaml(Path("<stored recipe>"), recipe_text)
     if problems:
         return None

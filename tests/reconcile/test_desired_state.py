@@ -180,3 +180,84 @@ def test_data_file_swapped_for_a_symlink_out_of_the_workspace_is_blocked(
     (blocked,) = s.blocked
     assert blocked.name == "faq-bot"
     assert any("outside the workspace" in p.message for p in blocked.problems)
+
+
+def test_listing_finds_the_files_the_loader_finds(tmp_path: Path) -> None:
+    from recipes.loader import iter_recipe_files
+    from registry.reconcile_cache import list_recipe_files
+
+    root = tmp_path / "recipes"
+    for rel in ("b.yaml", "a.yml", "nested/deeper/c.yaml", ".hidden.yaml", ".git/d.yaml",
+                "nested/.cache/e.yaml", "notes.txt", "dir.yaml/f.yaml"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "g.yaml").write_text("x")
+    (root / "linked.yaml").symlink_to(root / "b.yaml")
+    (root / "linked-dir").symlink_to(outside)  # rglob does not enter symlinked folders
+    (root / "dangling.yaml").symlink_to(tmp_path / "missing.yaml")
+    single = root / "a.yml"
+
+    listed = list_recipe_files([root, single])
+    assert listed is not None
+    assert [p for p, _ in listed] == list(iter_recipe_files([root, single]))
+    assert [p.name for p, link in listed if link] == ["linked.yaml"]
+    assert list_recipe_files([root / "nope.yaml"]) is None
+
+
+def test_a_cache_hit_validates_the_recipe_only_when_asked(
+    workspace: WorkspaceFactory, state: State
+) -> None:
+    from recipes.loader import load_recipe
+    from registry.reconcile_cache import CachedRecipe
+
+    ws = workspace()
+    state(ws)
+    loaded = state(ws).loaded["support-bot"]
+    assert isinstance(loaded, CachedRecipe)
+    assert loaded.__dict__["_recipe"] is None  # planning did not need the pydantic model
+    fresh = load_recipe(ws / "recipes" / "support-bot.yaml")
+    assert (loaded.name, loaded.data_refs(), loaded.base_model_ref, loaded.promote_to) == (
+        fresh.name, fresh.data_refs(), fresh.base_model_ref, fresh.promote_to)
+    assert loaded.recipe == fresh.recipe
+    assert loaded.data_paths() == fresh.data_paths()
+
+
+def test_a_damaged_cache_entry_falls_back_to_the_recipe_text(
+    workspace: WorkspaceFactory, state: State, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from recipes.loader import load_recipe
+
+    ws = workspace()
+    state(ws)
+    db = sqlite3.connect(tmp_path / "home" / "cache" / "recipes.sqlite")
+    damaged = 0
+    with db:
+        for key, value in db.execute("SELECT key, json FROM recipes").fetchall():
+            bad = value.replace('"max_steps\\":50', '"max_steps\\":\\"many\\"')
+            damaged += bad != value
+            db.execute("UPDATE recipes SET json=? WHERE key=?", (bad, key))
+    db.close()
+    assert damaged == 2  # support-bot and faq-bot train 50 steps
+    home = tmp_path / "home"
+    again = desired_state([ws / "recipes"], digest_cache(home), GitLineage(),
+                          recipe_cache(home), identity_cache(home))
+    fresh = load_recipe(ws / "recipes" / "support-bot.yaml")
+    assert again.loaded["support-bot"].recipe == fresh.recipe
+
+
+def test_a_data_file_turned_into_a_folder_blocks_its_recipe(
+    workspace: WorkspaceFactory, state: State
+) -> None:
+    ws = workspace()
+    state(ws)
+    data = ws / "data" / "faq-billing.jsonl"
+    data.unlink()
+    data.mkdir()
+    s = state(ws)
+    (blocked,) = s.blocked
+    assert blocked.name == "faq-bot"
+    assert any("data file not found" in p.message for p in blocked.problems)
