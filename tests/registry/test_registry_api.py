@@ -282,3 +282,47 @@ def test_a_second_registry_on_the_same_database_sees_the_same_state(
     assert b.stage_map(None)["production"].number == 1
     assert [m.name for m in b.list_models()] == ["support-bot"]
     assert b.list_models()[0].stages == {"production": 1}
+
+
+def test_list_versions_equals_get_version_field_for_field(
+    registry: Registry, make_artifact: ArtifactFactory
+) -> None:
+    """The listing builds its objects from plain rows; each must equal the single-version read."""
+    registry.register_artifact(make_artifact())
+    registry.register_artifact(make_artifact(gates_passed=False, metrics={
+        "eval_loss": 2.5, "gates_passed": False, "nested": {"a": [1, {"b": None}]}}))
+    registry.register_artifact(make_artifact())
+    registry.register_artifact(make_artifact("faq-bot"))
+    registry.promote("support-bot", "v1", "production")
+    registry.promote("support-bot", "v1", "staging")
+    registry.promote("support-bot", "v3", "canary")
+    listed = registry.list_versions("support-bot")
+    expected = [registry.get_version("support-bot", n) for n in (1, 2, 3)]
+    assert listed == expected
+    assert [(v.ref, v.stages, type(v.status), v.created_at.tzname()) for v in listed] == [
+        ("support-bot@v1", ["production", "staging"], VersionStatus, "UTC"),
+        ("support-bot@v2", [], VersionStatus, "UTC"),
+        ("support-bot@v3", ["canary"], VersionStatus, "UTC"),
+    ]
+    assert listed[0].metrics is not listed[2].metrics  # no state shared between rows
+    assert [v.ref for v in registry.list_versions()] == [
+        "support-bot@v1", "support-bot@v2", "support-bot@v3", "faq-bot@v1"]
+    assert [v.number for v in registry.list_versions("support-bot", limit=2)] == [2, 3]
+    assert [v.number for v in registry.list_versions(
+        "support-bot", status=VersionStatus.rejected)] == [2]
+
+
+def test_json_columns_decode_like_json_loads(
+    registry: Registry, make_artifact: ArtifactFactory
+) -> None:
+    """Stored JSON reads back as json.loads would read it, even nested past the fast parser's
+    200 levels."""
+    deep: object = "leaf"
+    for _ in range(300):
+        deep = [deep]
+    metrics = {"gates_passed": True, "big": 2**70, "pi": 3.141592653589793, "tiny": 5e-324,
+               "text": "é 😀 \\ \"", "deep": deep}
+    registry.register_artifact(make_artifact(metrics=metrics))
+    (listed,) = registry.list_versions()
+    assert listed.metrics == metrics
+    assert registry.get_version("support-bot", 1).metrics == metrics
