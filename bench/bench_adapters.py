@@ -52,6 +52,7 @@ async def load_adapters(url: str, names: list[str], path: Path) -> None:
 
 
 def main() -> None:
+    from recipes.example import write_example_workspace
     from recipes.tiny_model import build_tiny_llama
     from serving.engine import EngineProcess, engine_spec
     from tests.serving.adapters_for_tests import train_keyword_adapter
@@ -59,7 +60,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="reg-bench-adapters-") as t:
         tmp = Path(t)
         base = build_tiny_llama(tmp / "tiny-llama")
-        adapter = train_keyword_adapter(base, tmp / "alpha", model=MODEL, keyword="alpha")
+        workspace = write_example_workspace(tmp / "workspace", model_from=base)
+        adapter = train_keyword_adapter(workspace, tmp / "alpha", keyword="alpha")
         spec = engine_spec(str(base), [], max_loras=8)
         engine = EngineProcess(spec, tmp / "logs")
         engine.start()

@@ -53,6 +53,7 @@ def wait_ready(url: str, timeout: float = 300.0) -> None:
 def build_registry(home: Path, *, base_model_path: str | None = None) -> None:
     """Tiny model + two trained adapters, registered and promoted (v1 prod, v2 canary)."""
     from recipes.artifact import read_manifest, write_manifest
+    from recipes.example import write_example_workspace
     from recipes.tiny_model import build_tiny_llama
     from registry.api import Registry
     from registry.settings import Settings
@@ -61,12 +62,13 @@ def build_registry(home: Path, *, base_model_path: str | None = None) -> None:
     model_dir = home / "tiny-llama"
     if not model_dir.exists():
         build_tiny_llama(model_dir)
+    workspace = home / "workspace"
+    if not workspace.exists():
+        write_example_workspace(workspace, model_from=model_dir)
     reg = Registry(Settings.for_home(home))
     try:
-        for v, kw in ((1, "alpha"), (2, "bravo")):
-            out = home / "trained" / kw
-            if not (out / "manifest.json").exists():
-                train_keyword_adapter(model_dir, out, model=MODEL, keyword=kw, seed=v)
+        for kw in ("alpha", "bravo"):
+            out = train_keyword_adapter(workspace, home / "trained" / kw, keyword=kw)
             if base_model_path is not None:  # serve it on another engine (the echo backend)
                 ident = read_manifest(out)["identity"]
                 (out / "manifest.json").unlink()
