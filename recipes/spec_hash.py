@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,14 +126,15 @@ class SpecIdentity:
     """Everything the spec hash covers, kept so `reg plan` can say what changed."""
 
     spec_hash: str
-    normalized_spec: dict[str, Any]
+    # A Mapping: a cached identity decodes it only when something reads it.
+    normalized_spec: Mapping[str, Any]
     data_digests: dict[str, str]
     base_model: dict[str, str]
 
     def as_json(self) -> dict[str, Any]:
         return {
             "spec_hash": self.spec_hash,
-            "normalized_spec": self.normalized_spec,
+            "normalized_spec": dict(self.normalized_spec),
             "data_digests": self.data_digests,
             "base_model": self.base_model,
         }

@@ -36,7 +36,7 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,21 +70,24 @@ if TYPE_CHECKING:
     from recipes.schema import Recipe
 
 # Bump when the meaning of a cached entry changes in a way the code fingerprint misses.
-_RECIPE_CACHE_VERSION = "2"
+_RECIPE_CACHE_VERSION = "3"
+_BATCH = 500  # keys per SELECT ... IN (SQLite allows 999 variables before 3.32)
 
 
 @functools.cache
 def code_fingerprint() -> str:
-    """xxh3 of the code that decides what a recipe means (read once per process, ~0.1 ms)."""
+    """xxh3 of the code that decides what a recipe means and how it is cached (read once per
+    process, ~0.1 ms)."""
     import pydantic
 
     h = xxhash.xxh3_128(pydantic.VERSION.encode())
-    here = Path(_loader.__file__).parent
-    for name in ("schema.py", "loader.py", "spec_hash.py"):
+    recipes_dir = Path(_loader.__file__).parent
+    for source in (recipes_dir / "schema.py", recipes_dir / "loader.py",
+                   recipes_dir / "spec_hash.py", Path(__file__)):
         try:
-            h.update((here / name).read_bytes())
+            h.update(source.read_bytes())
         except OSError:  # e.g. run from a zip: the version above still guards the cache
-            h.update(name.encode())
+            h.update(source.name.encode())
     return h.hexdigest()
 
 
@@ -100,7 +103,8 @@ class _KeyValueFile:
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._conn: sqlite3.Connection | None = None
-        self._mem: dict[str, str] | None = None
+        # Entries are immutable per key, so what was read once stays true (--watch).
+        self._mem: dict[str, str] = {}
 
     def _db(self) -> sqlite3.Connection | None:
         if self._path is None:
@@ -114,20 +118,33 @@ class _KeyValueFile:
             self._conn = conn
         return self._conn
 
-    def _all(self) -> dict[str, str]:
-        if self._mem is None:
-            db = self._db()
-            self._mem = (dict(db.execute(f"SELECT key, json FROM {self.table}").fetchall())
-                         if db else {})
-        return self._mem
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Read the entries of ``keys`` in a few queries (1,000 single lookups cost 5x more).
+
+        Only the keys a pass asks for: entries of old recipe versions stay on disk
+        and cost nothing.
+        """
+        missing = [k for k in dict.fromkeys(keys) if k not in self._mem]
+        db = self._db() if missing else None
+        if db is None:
+            return
+        for i in range(0, len(missing), _BATCH):
+            chunk = missing[i:i + _BATCH]
+            marks = ",".join("?" * len(chunk))
+            self._mem.update(db.execute(
+                f"SELECT key, json FROM {self.table} WHERE key IN ({marks})", chunk).fetchall())
 
     def get(self, key: str) -> str | None:
-        return self._all().get(key)
+        hit = self._mem.get(key)
+        if hit is None:
+            self.prefetch([key])
+            hit = self._mem.get(key)
+        return hit
 
     def put_many(self, items: dict[str, str]) -> None:
         if not items:
             return
-        self._all().update(items)
+        self._mem.update(items)
         db = self._db()
         if db is not None:
             with db:
@@ -141,13 +158,17 @@ class _KeyValueFile:
 
 
 class RecipeCache(_KeyValueFile):
-    """Validated recipe JSON by content key."""
+    """Validated recipes by content key: see :class:`CachedRecipe` for the entry."""
 
     table = "recipes"
 
 
 class IdentityCache(_KeyValueFile):
-    """Spec identities by the metadata of everything they were computed from."""
+    """Spec identities by the metadata of everything they were computed from.
+
+    An entry is the identity's JSON without its normalised spec, a newline,
+    then the normalised spec's JSON, which is decoded only if a diff reads it.
+    """
 
     table = "identities"
 
@@ -173,8 +194,8 @@ class IdentityCache(_KeyValueFile):
             fp = self._model_dirs[model_dir] = json.dumps([str(model_dir), rows])
         return fp
 
-    def identity(self, loaded: LoadedRecipe, digests: DigestCache | None,
-                 files: RecipeFiles | None = None) -> SpecIdentity:
+    def key(self, loaded: LoadedRecipe, files: RecipeFiles | None = None) -> str:
+        """The entry's key; raises OSError when a data file cannot be stat'ed."""
         files = files or recipe_files(loaded)
         stats = files.stats if files.stats is not None else [p.stat() for p in files.data]
         data = [[str(p), st.st_size, st.st_mtime_ns, st.st_ino]
@@ -182,20 +203,55 @@ class IdentityCache(_KeyValueFile):
         recipe_key = files.key or _key(loaded.path, loaded.workspace, loaded.text)
         source = "\0".join((str(TRAINING_FORMAT_VERSION), recipe_key, json.dumps(data),
                             self._model_fingerprint(files.model_dir)))
-        key = xxhash.xxh3_128(source.encode()).hexdigest()
+        return xxhash.xxh3_128(source.encode()).hexdigest()
+
+    def identity(self, loaded: LoadedRecipe, digests: DigestCache | None,
+                 files: RecipeFiles | None = None, key: str | None = None) -> SpecIdentity:
+        key = key or self.key(loaded, files)
         hit = self.get(key)
         if hit is not None:
-            d = json.loads(hit)
-            return SpecIdentity(d["spec_hash"], d["normalized_spec"], d["data_digests"],
+            head, _, spec = hit.partition("\n")
+            d = json.loads(head)
+            return SpecIdentity(d["spec_hash"], JsonMapping(spec), d["data_digests"],
                                 d["base_model"])
         ident = spec_identity(loaded, digests)
-        self._pending[key] = json.dumps(ident.as_json())
+        head = json.dumps({"spec_hash": ident.spec_hash, "data_digests": ident.data_digests,
+                           "base_model": ident.base_model})
+        self._pending[key] = f"{head}\n{json.dumps(dict(ident.normalized_spec))}"
         return ident
 
     def flush(self) -> None:
         """Write the identities computed since the last flush (one transaction)."""
         self.put_many(self._pending)
         self._pending = {}
+
+
+class JsonMapping(Mapping[str, Any]):
+    """A JSON object decoded on first use: a pass in which nothing changed never reads the
+    normalised specs (only `reg plan`'s diff of a changed model does)."""
+
+    __slots__ = ("_text", "_value")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._value: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._value is None:
+            value = json.loads(self._text)
+            if not isinstance(value, dict):
+                raise ValueError(f"not a JSON object: {self._text[:60]!r}")
+            self._value = value
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
 
 
 def _key(path: Path, workspace: Path, text: str) -> str:
@@ -211,26 +267,31 @@ class CachedRecipe(LoadedRecipe):
     A pass needs only the name, the files and the deploy stage, which were
     taken from the validated recipe when it was cached; validating the cached
     JSON costs ~0.1 ms a recipe, so it waits until something asks for
-    :attr:`recipe` (training one model, not planning 1,000).
+    :attr:`recipe` (training one model, not planning 1,000). The entry is
+    those facts as JSON, a newline, then the recipe's JSON.
     """
 
-    _entry: dict[str, Any]
+    _facts: dict[str, Any]
+    _json: str
     _recipe: Recipe | None
 
-    def __init__(self, path: Path, text: str, workspace: Path, entry: dict[str, Any]) -> None:
+    def __init__(self, path: Path, text: str, workspace: Path, entry: str) -> None:
+        facts, _, recipe_json = entry.partition("\n")
         # The dataclass is frozen: set the fields the way its own __init__ would.
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "text", text)
         object.__setattr__(self, "workspace", workspace)
-        object.__setattr__(self, "_entry", entry)
+        object.__setattr__(self, "_facts", json.loads(facts))
+        object.__setattr__(self, "_json", recipe_json)
         object.__setattr__(self, "_recipe", None)
 
     @staticmethod
     def entry_for(loaded: LoadedRecipe) -> str:
         """The cache entry of a recipe the validator has just accepted."""
-        return json.dumps({"name": loaded.name, "data": loaded.data_refs(),
-                           "base_model": loaded.base_model_ref, "promote_to": loaded.promote_to,
-                           "recipe": loaded.recipe.model_dump_json()})
+        facts = json.dumps({"name": loaded.name, "data": loaded.data_refs(),
+                            "base_model": loaded.base_model_ref,
+                            "promote_to": loaded.promote_to})
+        return f"{facts}\n{loaded.recipe.model_dump_json()}"
 
     @property
     def recipe(self) -> Recipe:
@@ -246,7 +307,7 @@ class CachedRecipe(LoadedRecipe):
         from recipes.schema import Recipe
 
         try:
-            return Recipe.model_validate_json(self._entry["recipe"])
+            return Recipe.model_validate_json(self._json)
         except ValidationError:  # a damaged entry: the text itself is the authority
             loaded, problems = validate_document(self.path, self.text, self.workspace)
             if loaded is None:
@@ -255,19 +316,19 @@ class CachedRecipe(LoadedRecipe):
 
     @property
     def name(self) -> str:
-        return str(self._entry["name"])
+        return str(self._facts["name"])
 
     @property
     def base_model_ref(self) -> str:
-        return str(self._entry["base_model"])
+        return str(self._facts["base_model"])
 
     @property
     def promote_to(self) -> str | None:
-        stage = self._entry["promote_to"]
+        stage = self._facts["promote_to"]
         return None if stage is None else str(stage)
 
     def data_refs(self) -> list[str]:
-        return [str(r) for r in self._entry["data"]]
+        return [str(r) for r in self._facts["data"]]
 
 
 @dataclass(frozen=True)
@@ -436,9 +497,7 @@ def check_recipes_cached(
     if listed is None:
         return check_recipes(paths)  # the validator words "no recipes" / "no such file"
     result = LoadResult()
-    seen: dict[str, LoadedRecipe] = {}
-    fresh: dict[str, str] = {}
-    resolver = Resolver()
+    texts: list[tuple[Path, str, Path, Path, str]] = []  # file, text, resolved, workspace, key
     workspaces: dict[Path, Path] = {}
     folders: dict[Path, Path] = {}
     for f, is_link in listed:
@@ -456,12 +515,18 @@ def check_recipes_cached(
         ws = workspaces.get(rpath.parent)
         if ws is None:
             ws = workspaces[rpath.parent] = find_workspace(rpath).resolve()
-        key = _key(rpath, ws, text)
+        texts.append((f, text, rpath, ws, _key(rpath, ws, text)))
+    cache.prefetch(t[4] for t in texts)
+
+    seen: dict[str, LoadedRecipe] = {}
+    fresh: dict[str, str] = {}
+    resolver = Resolver()
+    for f, text, rpath, ws, key in texts:
         loaded: LoadedRecipe | None = None
         files: RecipeFiles | None = None
         cached = cache.get(key)
         if cached is not None:
-            candidate = CachedRecipe(rpath, text, ws, json.loads(cached))
+            candidate = CachedRecipe(rpath, text, ws, cached)
             try:
                 files = resolver.checked_files(candidate, key)
             except ValueError:  # a path now escapes the workspace: let the validator say so

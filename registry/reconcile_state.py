@@ -99,11 +99,24 @@ def desired_state(
     for file, problems in sorted(result.problems.items()):
         state.blocked.append(BlockedRecipe(file=file, name=name_of_broken(file),
                                            problems=[problem_info(p) for p in problems]))
+    keys: dict[str, str | OSError] = {}
+    if identities is not None:
+        for loaded in result.recipes:
+            try:
+                keys[loaded.name] = identities.key(loaded, resolved.get(loaded.path))
+            except OSError as e:
+                keys[loaded.name] = e
+        identities.prefetch(k for k in keys.values() if isinstance(k, str))
     for loaded in result.recipes:
         files = resolved.get(loaded.path)
         try:
-            ident = (identities.identity(loaded, cache, files) if identities is not None
-                     else spec_identity(loaded, cache))
+            if identities is None:
+                ident = spec_identity(loaded, cache)
+            else:
+                key = keys[loaded.name]
+                if isinstance(key, OSError):
+                    raise key
+                ident = identities.identity(loaded, cache, files, key)
         except OSError as e:  # a data file vanished or became unreadable since validation
             state.blocked.append(BlockedRecipe(
                 file=str(loaded.path), name=loaded.name,

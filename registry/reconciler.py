@@ -25,7 +25,6 @@ after it, so it runs exactly once even across a kill.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import socket
@@ -43,6 +42,7 @@ from recipes.errors import RegError
 from recipes.loader import LoadedRecipe
 from recipes.spec_hash import DigestCache, SpecIdentity
 from registry.errors import LeaseHeld
+from registry.gc_pause import gc_paused
 from registry.gitinfo import GitLineage
 from registry.reconcile_cache import IdentityCache, RecipeCache
 from registry.reconcile_plan import Action, BackoffPolicy, ModelPlan, Plan, make_plan
@@ -144,24 +144,6 @@ def backoff_from_env(env: dict[str, str] | None = None) -> BackoffPolicy:
         max_delay_s=float(env.get("REG_RETRY_MAX_S", d.max_delay_s)),
         max_attempts=int(env.get("REG_RETRY_MAX_ATTEMPTS", d.max_attempts)),
     )
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection meanwhile (reference counting still frees what it can).
-
-    Planning 1,000 recipes allocates a few hundred thousand objects that all
-    live until the plan is made; the collector walks them again and again and
-    frees nothing (measured: a quarter of a no-op pass's CPU time). Only the
-    bounded work of deciding runs like this, never training.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class TrainResultLike(Protocol):

@@ -237,7 +237,7 @@ def test_a_damaged_cache_entry_falls_back_to_the_recipe_text(
     damaged = 0
     with db:
         for key, value in db.execute("SELECT key, json FROM recipes").fetchall():
-            bad = value.replace('"max_steps\\":50', '"max_steps\\":\\"many\\"')
+            bad = value.replace('"max_steps":50', '"max_steps":"many"')
             damaged += bad != value
             db.execute("UPDATE recipes SET json=? WHERE key=?", (bad, key))
     db.close()
