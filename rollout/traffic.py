@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from recipes.errors import RegError
-from recipes.schema import STAGE_PATTERN
+from registry.versions import STAGE_PATTERN  # the copy that spares importing the recipe schema
 
 PRODUCTION = "production"
 STAGING = "staging"
