@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import statistics
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from serving_stack import (
@@ -91,6 +93,37 @@ http {{
     return proc, f"http://127.0.0.1:{port}"
 
 
+def start_vllm_router(tmp: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str] | None:
+    """vllm-router (Rust, round robin) in front of ``upstream``, installed into ``tmp`` by pip
+    (it is a peer to compare with, not a dependency); None when it cannot be installed."""
+    target = tmp / "peers"
+    if not (target / "vllm_router").exists():
+        got = subprocess.run([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                              "--no-deps", "--target", str(target), "vllm-router==0.1.17",
+                              "setproctitle", "orjson"], capture_output=True, text=True)
+        if got.returncode != 0:
+            print(f"vllm-router not installed, row skipped: {got.stderr.strip()[-300:]}")
+            return None
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    proc = subprocess.Popen([PY, "-m", "vllm_router.launch_router", "--worker-urls", upstream,
+                             "--policy", "round_robin", "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):  # answers plain text
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    print("vllm-router did not become healthy, row skipped")
+    return None
+
+
+PEERS = {"nginx 1 worker": start_nginx, "vllm-router round robin": start_vllm_router}
 ECHO_KINDS = {"uvicorn echo": ["uvicorn"], "raw echo": []}
 
 
@@ -114,12 +147,15 @@ def _proxy_cost(tmp: Path, home: Path, name: str, args: list[str]
         time.sleep(1.5)
         direct, _ = wrk(echo_url, BODY, tmp)
         rows.append((f"{name}, direct", direct, 1.0, "-"))
-        ng = start_nginx(tmp, echo_url)
-        if ng is not None:
-            proc, url = ng
+        for peer, start in PEERS.items():
+            started = start(tmp, echo_url)
+            if started is None:
+                continue
+            proc, url = started
             try:
+                wrk(url, BODY, tmp)  # warm up
                 rps, _ = wrk(url, BODY, tmp)
-                rows.append((f"nginx 1 worker -> {name}", rps, rps / direct, "-"))
+                rows.append((f"{peer} -> {name}", rps, rps / direct, "-"))
             finally:
                 proc.terminate()
                 proc.wait()
@@ -193,9 +229,9 @@ def print_proxy(rows: list[tuple[str, float, float, str]]) -> None:
     if rows:
         print(f"\nProxy cost: wrk -t2 -c32 -d{WRK_SECONDS}s, non-streaming chat, loopback, "
               "client/proxy/backend on the same cores")
-        print(f"{'path':<34}{'req/s':>10}{'x direct':>10}{'gateway CPU/req':>18}")
+        print(f"{'path':<42}{'req/s':>10}{'x direct':>10}{'gateway CPU/req':>18}")
         for name, rps, ratio, cpu in rows:
-            print(f"{name:<34}{rps:>10.0f}{ratio:>10.2f}{cpu:>18}")
+            print(f"{name:<42}{rps:>10.0f}{ratio:>10.2f}{cpu:>18}")
         print("goal: reg >= 0.50x direct and <= 0.3 ms CPU/request")
 
 
