@@ -361,52 +361,53 @@ class Resolver:
         self._files: dict[tuple[Path, str, Path], tuple[Path, os.stat_result] | None] = {}
         self._models: dict[Path, bool] = {}
 
-    def __call__(self, loaded: LoadedRecipe, rel: str) -> Path:
-        key = (loaded.path.parent, rel, loaded.workspace)
+    def __call__(self, loaded: LoadedRecipe, rel: str, base: Path | None = None) -> Path:
+        """``loaded.resolve(rel)``; ``base``, the recipe's folder, if the caller has it."""
+        base = base or loaded.path.parent
+        key = (base, rel, loaded.workspace)
         hit = self._memo.get(key)
         if hit is None:
-            hit = self._memo[key] = self._resolve(loaded, rel)
+            hit = self._memo[key] = self._resolve(loaded, base, rel)
         return hit
 
-    def _folder(self, loaded: LoadedRecipe, head: str) -> Path:
-        base = loaded.path.parent
+    def _folder(self, loaded: LoadedRecipe, base: Path, head: str) -> Path:
         dkey = (base, head, loaded.workspace)
         folder = self._dirs.get(dkey)
         if folder is None:
             folder = self._dirs[dkey] = resolve_inside(base, head or ".", loaded.workspace)
         return folder
 
-    def _resolve(self, loaded: LoadedRecipe, rel: str) -> Path:
+    def _resolve(self, loaded: LoadedRecipe, base: Path, rel: str) -> Path:
         # 1,000 data files in one folder: resolve (and check against the workspace)
         # the folder once, then each file that is not a symlink is folder / name.
         # Anything unusual goes through the loader's own check, unchanged.
         head, name = os.path.split(rel)
-        if name in ("", ".", "..") or (loaded.path.parent / rel).is_symlink():
+        if name in ("", ".", "..") or (base / rel).is_symlink():
             return loaded.resolve(rel)
-        return self._folder(loaded, head) / name
+        return self._folder(loaded, base, head) / name
 
-    def _data_file(self, loaded: LoadedRecipe, rel: str) -> tuple[Path, os.stat_result] | None:
+    def _data_file(self, loaded: LoadedRecipe, base: Path,
+                   rel: str) -> tuple[Path, os.stat_result] | None:
         """A data file's resolved path and stat from one ``lstat``; None unless a regular file.
 
         The same rules as :meth:`_resolve`: a symlink, or a name the folder
         shortcut does not cover, is resolved (and checked) by the loader.
         """
-        key = (loaded.path.parent, rel, loaded.workspace)
+        key = (base, rel, loaded.workspace)
         if key in self._files:
             return self._files[key]
         head, name = os.path.split(rel)
         found: tuple[Path, os.stat_result] | None = None
         try:
-            st = (None if name in ("", ".", "..")
-                  else os.lstat(os.path.join(loaded.path.parent, rel)))
+            st = None if name in ("", ".", "..") else os.lstat(os.path.join(base, rel))
             if st is None or stat.S_ISLNK(st.st_mode):
                 path = loaded.resolve(rel)
                 st = os.stat(path)
             else:
-                path = self._folder(loaded, head) / name
+                path = self._folder(loaded, base, head) / name
             if stat.S_ISREG(st.st_mode):
                 found = (path, st)
-        except FileNotFoundError:
+        except OSError:  # missing, or a path through a file: the validator says which
             found = None
         self._files[key] = found
         return found
@@ -420,10 +421,11 @@ class Resolver:
         return ok
 
     def files(self, loaded: LoadedRecipe, *, verify: bool = False) -> RecipeFiles:
-        data = [self(loaded, rel) for rel in loaded.data_refs()]
+        base = loaded.path.parent
+        data = [self(loaded, rel, base) for rel in loaded.data_refs()]
         if verify and data != loaded.data_paths():  # the folder shortcut and the loader disagree
             data = loaded.data_paths()
-        return RecipeFiles(data, self(loaded, loaded.base_model_ref))
+        return RecipeFiles(data, self(loaded, loaded.base_model_ref, base))
 
     def checked_files(self, loaded: LoadedRecipe, key: str) -> RecipeFiles | None:
         """A cached recipe's files with their stats, or None when one is missing or is not
@@ -431,15 +433,16 @@ class Resolver:
 
         Raises ValueError when a path now escapes the workspace.
         """
+        base = loaded.path.parent
         data: list[Path] = []
         stats: list[os.stat_result] = []
         for rel in loaded.data_refs():
-            found = self._data_file(loaded, rel)
+            found = self._data_file(loaded, base, rel)
             if found is None:
                 return None
             data.append(found[0])
             stats.append(found[1])
-        model_dir = self(loaded, loaded.base_model_ref)
+        model_dir = self(loaded, loaded.base_model_ref, base)
         if not self._model_ok(model_dir):
             return None
         return RecipeFiles(data, model_dir, stats, key)

@@ -10,7 +10,7 @@ only for the models whose diff `reg plan` will show.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -42,38 +42,40 @@ def snapshot(
                       r.c.finished_at, r.c.error, r.c.details)
         ).all()
         conn.rollback()
+    # Rows are unpacked as tuples: attribute access on 1,000s of SQLAlchemy rows costs
+    # more than the rest of this function.
     stages: dict[int, list[str]] = {}
     for vid, name in stage_rows:
         stages.setdefault(vid, []).append(name)
-    pending = {(row.model, row.spec_hash) for row in rrows
-               if isinstance(row.details, dict) and row.details.get("deploy") == DEPLOY_PENDING
-               and row.status != "failed"}
+    pending = {(model, spec_hash) for _, model, spec_hash, status, _, _, _, _, details in rrows
+               if isinstance(details, dict) and details.get("deploy") == DEPLOY_PENDING
+               and status != "failed"}
 
     wanted = {d.name: d.spec_hash for d in desired}
-    newest: dict[str, Any] = {}
+    newest: dict[str, int] = {}
     known: set[tuple[str, str]] = set()
-    for row in vrows:
-        known.add((row.name, row.spec_hash))
-        if row.name not in newest or row.number > newest[row.name].number:
-            newest[row.name] = row
+    for _, name, number, spec_hash, _, _, _ in vrows:
+        known.add((name, spec_hash))
+        if number > newest.get(name, -1):
+            newest[name] = number
     # Only a model whose desired hash is new gets its diff: fetch that one version in full.
-    full = {name: registry.get_version(name, newest[name].number)
+    full = {name: registry.get_version(name, newest[name])
             for name, h in wanted.items() if name in newest and (name, h) not in known}
 
     versions = []
-    for row in vrows:
-        detail = full.get(row.name) if newest[row.name] is row else None
+    for vid, name, number, spec_hash, status, created_at, git_commit in vrows:
+        detail = full.get(name) if newest[name] == number else None
         versions.append(VersionSnapshot(
-            model=row.name, version=row.number, spec_hash=row.spec_hash, status=str(row.status),
-            created_at=row.created_at, stages=tuple(stages.get(row.id, [])),
+            model=name, version=number, spec_hash=spec_hash, status=str(status),
+            created_at=created_at, stages=tuple(stages.get(vid, ())),
             normalized_spec=normalized_from_text(detail.recipe_text) if detail else None,
             data_digests=dict(detail.data_digests) if detail else {},
             base_model=dict(detail.base_model) if detail else {},
-            git_commit=row.git_commit,
-            deploy_done=(row.name, row.spec_hash) not in pending))
-    runs = [RunSnapshot(run_id=str(row.id), model=row.model, spec_hash=row.spec_hash,
-                        status=row.status, attempt=max(int(row.attempts or 0), 1),
-                        created_at=row.created_at,
-                        finished_at=row.finished_at, error=row.error or None)
-            for row in rrows]
+            git_commit=git_commit,
+            deploy_done=(name, spec_hash) not in pending))
+    runs = [RunSnapshot(run_id=str(rid), model=model, spec_hash=spec_hash, status=status,
+                        attempt=max(int(attempts or 0), 1), created_at=created_at,
+                        finished_at=finished_at, error=error or None)
+            for rid, model, spec_hash, status, attempts, created_at, finished_at, error, _
+            in rrows]
     return versions, runs
