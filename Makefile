@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+# This machine's pip config lists local indexes that lack most packages; pip warns once per
+# package ("WARNING: Location ... is ignored"), hundreds of lines that hide real errors.
+QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
 .PHONY: demo test lint typecheck unit services install bench clean
 
@@ -10,8 +13,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
 	# torch first: the CPU wheel lies on disk; any other resolution pulls a CUDA build.
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,cpu]'
+	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 $(QUIET_PIP)
+	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -e '.[dev,cpu]' $(QUIET_PIP)
 	# pip picks CUDA builds of these; they break `import peft` beside the CPU torch.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton || true
 	@rm -f .venv/.installed-*
