@@ -100,9 +100,13 @@ def writer(engine: Engine) -> Engine:
 def current_revision(engine: Engine) -> str | None:
     """The schema revision stored in the database, or None for an empty database."""
     with engine.connect() as conn:
-        if not sa.inspect(conn).has_table("alembic_version"):
+        try:  # one query on every start; the table is looked for only when it fails
+            row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
+        except sa.exc.DBAPIError:
+            conn.rollback()
+            if sa.inspect(conn).has_table("alembic_version"):
+                raise  # the table is there: a real error (locked, server gone, ...)
             return None
-        row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
         conn.rollback()
         return None if row is None else str(row[0])
 

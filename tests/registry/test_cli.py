@@ -117,11 +117,16 @@ def test_registry_commands_never_import_the_ml_stack(
 ) -> None:
     if args[0] != "--help":
         reg(settings, "register", str(make_artifact()))
+    assert _loaded(settings, args, HEAVY) == []
+
+
+def _loaded(settings: Settings, args: list[str], packages: tuple[str, ...]) -> list[str]:
+    """The modules of ``packages`` that `reg ARGS` had imported when it exited."""
     probe = (
         "import atexit, json, sys\n"
-        f"HEAVY = {HEAVY!r}\n"
+        f"PACKAGES = {packages!r}\n"
         "atexit.register(lambda: sys.stderr.write('LOADED=' + json.dumps(sorted(\n"
-        "    m for m in sys.modules if m.split('.')[0] in HEAVY)) + '\\n'))\n"
+        "    m for m in sys.modules if m.split('.')[0] in PACKAGES)) + '\\n'))\n"
         f"sys.argv = ['reg', *{args!r}]\n"
         "from reg_cli.main import main\n"
         "main()\n"
@@ -129,8 +134,15 @@ def test_registry_commands_never_import_the_ml_stack(
     p = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=_env(settings),
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    loaded = json.loads(p.stderr.strip().splitlines()[-1].removeprefix("LOADED="))
-    assert loaded == []
+    loaded: list[str] = json.loads(p.stderr.strip().splitlines()[-1].removeprefix("LOADED="))
+    return loaded
+
+
+def test_only_a_database_behind_the_head_revision_loads_alembic(settings: Settings) -> None:
+    """Opening checks the stored revision with one query; Alembic is imported to migrate only."""
+    assert "alembic" in _loaded(settings, ["models"], ("alembic",))  # empty: migrated on first use
+    assert _loaded(settings, ["models"], ("alembic",)) == []  # at the head now
+    assert json.loads(reg(settings, "models", "--json").stdout) == []
 
 
 def test_promote_refuses_beyond_adapter_slots(
