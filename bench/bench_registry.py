@@ -4,9 +4,12 @@
 
 Measures, on a fresh SQLite registry in a temp directory:
   * promote latency p50/p99 through the Python API (goal p99 <= 50 ms);
-  * `reg versions` as a whole process with 10,000 versions registered (goal <= 200 ms;
-    the versions are inserted in bulk through SQLAlchemy, the command reads them as usual);
-  * `reg --help`, `reg versions`, `reg promote` as whole processes (goal <= 0.5 s each).
+  * `Registry.list_versions` with 10,000 versions of one model (goal <= 200 ms; the versions
+    are inserted in bulk through SQLAlchemy, the API reads them as usual): the first call
+    (statements not yet compiled) and the median of five more, wall and CPU;
+  * `reg --help`, `reg versions`, `reg promote` as whole processes (goal <= 0.5 s each),
+    beside the floors: Python importing SQLModel (plainly, and the way `reg` does it, with
+    the garbage collector paused and then frozen) and typer + rich.
 """
 
 from __future__ import annotations
@@ -108,12 +111,19 @@ def main() -> None:
             conn.execute(sa.insert(versions_table), [
                 {**template, "model_id": model_id, "number": n, "spec_hash": f"sha256:bulk{n}",
                  "parent_number": n - 1} for n in range(2, 10_001)])
-        t = time.perf_counter()
-        all_versions = reg.list_versions("bulk-bot")
-        api_ms = (time.perf_counter() - t) * 1000
-        assert len(all_versions) == 10_000
+        walls, cpus = [], []
+        for _ in range(6):
+            t, c = time.perf_counter(), time.process_time()
+            all_versions = reg.list_versions("bulk-bot")
+            walls.append((time.perf_counter() - t) * 1000)
+            cpus.append((time.process_time() - c) * 1000)
+            assert len(all_versions) == 10_000
+            del all_versions
 
-    rows.append(("list_versions (API), 10,000 versions", f"{api_ms:.0f} ms", ""))
+    rows.append(("list_versions (API), 10,000 versions",
+                 f"first call wall {walls[0]:.0f} ms, CPU {cpus[0]:.0f} ms; then wall median "
+                 f"{statistics.median(walls[1:]):.0f} ms, CPU median "
+                 f"{statistics.median(cpus[1:]):.0f} ms", "<= 200 ms"))
     for label, args in [
         ("reg --help", ["--help"]),
         ("reg versions bulk-bot (10,000 versions, newest 50)", ["versions", "bulk-bot"]),
@@ -128,6 +138,8 @@ def main() -> None:
                      f"{statistics.median(cpus) * 1000:.0f} ms", "<= 500 ms"))
     for label, code in [("python -c 'import sqlmodel' (floor of any DB command)",
                          "import sqlmodel"),
+                        ("the same, GC paused then frozen (as reg imports it)",
+                         "import gc; gc.disable(); import sqlmodel; gc.enable(); gc.freeze()"),
                         ("python -c 'import typer, rich' (floor of any command)",
                          "import typer, rich.console")]:
         walls, cpus = [], []

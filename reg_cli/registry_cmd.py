@@ -85,9 +85,8 @@ def _stage_message(out: Output, r: StageResult) -> None:
 
 
 def version_json(v: VersionPublic) -> dict[str, Any]:
-    d: dict[str, Any] = v.model_dump(mode="json")
-    d["adapter_name"] = v.adapter_name
-    return d
+    """A version for --json: every field, then ``adapter_name``."""
+    return v.model_dump(mode="json")
 
 
 def register_cmd(

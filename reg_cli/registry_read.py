@@ -67,8 +67,10 @@ def versions(
         st = VersionStatus(status) if status else None
         rows = reg.list_versions(name, status=st, limit=None if all_ else limit)
         total = reg.count_versions(name) if not all_ and len(rows) == limit else len(rows)
-    out.data([version_json(v) for v in rows])
-    # A generator: --json skips formatting rows nobody sees (70 ms for 10,000).
+    # The models themselves, not version_json dicts: pydantic-core writes them straight to
+    # JSON (the same text), ~60 ms for 10,000 against ~150 ms. A generator for the table:
+    # --json skips formatting rows nobody sees.
+    out.data(rows)
     out.table(f"Versions of {name}" if name else "Versions",
               ["version", "status", "stages", "spec hash", "eval loss", "commit", "created"], (
         (v.ref, v.status, ", ".join(v.stages), v.spec_hash.removeprefix("sha256:")[:12],

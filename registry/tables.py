@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import computed_field
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 from sqlmodel._compat import SQLModelConfig  # SQLModel's own config type, not re-exported
@@ -152,8 +153,10 @@ class VersionPublic(VersionBase):
     model: str
     stages: list[str] = []
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def adapter_name(self) -> str:
+        """The name the serving engine loads this version under; in every dump of it."""
         return f"{self.model}@v{self.number}"
 
     @property

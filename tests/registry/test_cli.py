@@ -52,6 +52,10 @@ def test_new_user_flow(settings: Settings, make_artifact: ArtifactFactory) -> No
     assert "rollback" in human and "latency" in human
     versions = json.loads(reg(settings, "versions", "--json").stdout)
     assert [(v["number"], v["stages"]) for v in versions] == [(1, ["production"]), (2, [])]
+    show = json.loads(reg(settings, "show", "v1", "--json").stdout)
+    assert show.pop("artifact")["digest"] == versions[0]["artifact_digest"]
+    assert list(versions[0].items()) == list(show.items())  # listed as `reg show` writes it
+    assert versions[0]["adapter_name"] == "support-bot@v1"
 
 
 def test_model_forms_and_errors(settings: Settings, make_artifact: ArtifactFactory) -> None:
