@@ -7,7 +7,6 @@ here imports torch or transformers (`reg export --merged` does, lazily).
 
 from __future__ import annotations
 
-import gc
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -45,14 +44,11 @@ def _import_registry() -> None:
     collector paused, then freeze (``gc.freeze``) what exists: later collections, and the
     one at exit, skip it. The collector runs as usual for everything created afterwards.
     """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    from registry.gc_pause import freeze_long_lived, gc_paused
+
+    with gc_paused():
         import registry.api  # noqa: F401
-    finally:
-        if enabled:
-            gc.enable()
-    gc.freeze()
+    freeze_long_lived()
 
 
 def split_args(

@@ -11,7 +11,6 @@ write transactions begin IMMEDIATE; PostgreSQL locks the model's row.
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from registry import runs as runs_mod
 from registry.db import ensure_schema, is_sqlite, open_engine, writer
 from registry.errors import Ambiguous, NotFound, Refused
 from registry.events import EventKind
+from registry.gc_pause import gc_paused
 from registry.settings import Settings, default_actor
 from registry.stages import (
     Decision,
@@ -117,24 +117,6 @@ class Deployment:
 
 
 _STATUSES = {s.value: s for s in VersionStatus}
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many objects that all survive.
-
-    Every 700 new objects it scans the young ones, and with each 25% growth of the heap
-    all of it, the imported libraries included: a third of a 10,000-version listing,
-    spent finding no garbage. Reference counting still frees everything meanwhile; the
-    collector resumes (if it was on) at the end.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _versions_from_rows(
@@ -361,7 +343,7 @@ class Registry:
                     col(Stage.version_id).is_not(None)).order_by(col(Stage.name))):
                 if vid is not None:
                     by_version.setdefault(vid, []).append(name)
-            with _gc_paused():
+            with gc_paused():
                 rows = s.execute(stmt).all()
                 return _versions_from_rows([c.name for c in columns] + ["model"],
                                            reversed(rows), by_version)

@@ -9,6 +9,7 @@ the next registration reuses, never a version pointing at missing bytes.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def read_facts(root: Path, status_override: VersionStatus | None = None) -> Arti
             raise ArtifactError(f"{metrics_path}: not valid JSON: {e}") from e
         if not isinstance(loaded, dict):
             raise ArtifactError(f"{metrics_path}: expected a JSON object")
-        metrics = loaded
+        metrics = finite_json(loaded)
     gates = metrics.get("gates_passed")
     gates_passed = gates if isinstance(gates, bool) else None
     recipe_path = root / "recipe.yaml"
@@ -73,6 +74,20 @@ def read_facts(root: Path, status_override: VersionStatus | None = None) -> Arti
         recipe_text=recipe_text,
         status=status,
     )
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: a diverged run writes ``NaN`` losses, which
+    Python's json reads and SQLite stores, but PostgreSQL's JSON type refuses (JSON has no such
+    token), so the same artifact would register on one database and not the other. The
+    artifact's own metrics.json keeps the original text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def as_str_dict(value: Any) -> dict[str, str]:

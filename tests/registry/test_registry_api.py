@@ -43,6 +43,23 @@ def test_register_records_identity_metrics_and_lineage(
     assert (v2.number, v2.parent_number) == (2, 1)
 
 
+def test_a_diverged_run_with_nan_metrics_registers_on_both_databases(
+    registry: Registry, make_artifact: ArtifactFactory
+) -> None:
+    nan, inf = float("nan"), float("inf")
+    art = make_artifact(metrics={
+        "eval_loss": nan, "perplexity": inf, "base": {"eval_loss": 2.5}, "gates_passed": False,
+        "gates": [{"gate": "max_eval_loss", "threshold": 3.0, "value": nan, "passed": False}],
+    })
+    assert "NaN" in (art / "metrics.json").read_text()
+    v = registry.register_artifact(art)
+    assert v.status == VersionStatus.rejected
+    assert v.metrics["eval_loss"] is None and v.metrics["perplexity"] is None
+    assert v.metrics["base"] == {"eval_loss": 2.5}
+    assert v.gate_results[0]["value"] is None and v.gate_results[0]["threshold"] == 3.0
+    assert registry.get_version("support-bot", 1).metrics == v.metrics
+
+
 def test_same_spec_hash_registers_once(registry: Registry, make_artifact: ArtifactFactory) -> None:
     spec = "sha256:" + "b" * 64
     first = registry.register(make_artifact(spec=spec))
