@@ -37,13 +37,6 @@ class ServeConfig:
     min_lora_rank: int = 8
     max_num_seqs: int = 16
     cpu_kvcache_gib: int = 1
-    # Niceness of engine processes; None: 10 on CPU, 0 on GPU. On a CPU host vLLM's compute
-    # threads keep every core busy, and the gateway's few microseconds per request then wait
-    # for a time slice behind them: measured here, that alone cost 15% of throughput and
-    # +15% p50 through the gateway (bench/bench_gateway.py). A lower priority for the engine
-    # lets the gateway run the moment a request or answer arrives; the engine still gets
-    # every cycle the gateway does not use.
-    engine_nice: int | None = None
     engine_start_timeout_s: float = 180.0
     # Supervision: how often the registry marker and engine health are checked.
     poll_interval_s: float = 0.2
@@ -69,8 +62,7 @@ class ServeConfig:
         }
         for name, var in (("max_concurrency", "REG_MAX_CONCURRENCY"),
                           ("max_loras", "REG_MAX_LORAS"),
-                          ("max_num_seqs", "REG_MAX_NUM_SEQS"),
-                          ("engine_nice", "REG_ENGINE_NICE")):
+                          ("max_num_seqs", "REG_MAX_NUM_SEQS")):
             if var in e:
                 try:
                     values[name] = int(e[var])
@@ -92,7 +84,4 @@ class ServeConfig:
         cfg = cls(**values)  # type: ignore[arg-type]
         if cfg.max_concurrency < 1 or cfg.max_loras < 1:
             raise ConfigError("REG_MAX_CONCURRENCY and REG_MAX_LORAS must be at least 1")
-        if cfg.engine_nice is not None and not 0 <= cfg.engine_nice <= 19:
-            raise ConfigError(f"REG_ENGINE_NICE={cfg.engine_nice} is outside 0..19",
-                              hint="0 runs engines at the gateway's priority; CPU default 10")
         return cfg

@@ -57,7 +57,6 @@ class EngineSpec:
     max_num_seqs: int = 16
     cpu_kvcache_gib: int = 1
     dtype: str = "auto"
-    nice: int = 0  # added to the engine's niceness (ServeConfig.engine_nice says why)
     extra_args: tuple[str, ...] = ()
 
     @property
@@ -97,7 +96,6 @@ def engine_spec(
     device: str = "cpu",
     max_num_seqs: int = 16,
     cpu_kvcache_gib: int = 1,
-    nice: int | None = None,
     extra_args: tuple[str, ...] = (),
 ) -> EngineSpec:
     """The engine for one base model, sized for the versions deployed on it.
@@ -128,7 +126,6 @@ def engine_spec(
         max_num_seqs=max_num_seqs,
         cpu_kvcache_gib=cpu_kvcache_gib,
         dtype="float32" if device == "cpu" else "auto",
-        nice=(10 if device == "cpu" else 0) if nice is None else nice,
         extra_args=extra_args,
     )
 
@@ -206,12 +203,6 @@ class EngineProcess:
             # Its own process group: stop() can reach vLLM's worker processes too.
             start_new_session=True,
         )
-        if self.spec.nice:
-            # Popen returns once the child has exec'd, before vLLM starts its engine process
-            # and compute threads, which inherit this niceness (Linux keeps it per thread).
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, self._proc.pid,
-                               os.getpriority(os.PRIO_PROCESS, 0) + self.spec.nice)
         self.started_at = time.monotonic()
 
     def exit_code(self) -> int | None:

@@ -220,7 +220,7 @@ class Supervisor:
             out[key] = engine_spec(
                 key, self.deployments, max_loras=cfg.max_loras, min_lora_rank=cfg.min_lora_rank,
                 device=self._device, max_num_seqs=cfg.max_num_seqs,
-                cpu_kvcache_gib=cfg.cpu_kvcache_gib, nice=cfg.engine_nice,
+                cpu_kvcache_gib=cfg.cpu_kvcache_gib,
             )
         return out
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from serving.adapters import AdapterPathError, ensure_inside, plan_sync
-from serving.config import ConfigError, ServeConfig
 from serving.engine import (
     EngineError,
     EngineSpec,
@@ -63,21 +62,6 @@ def test_engine_spec_sizes_for_the_deployed_versions(dep: DeploymentFactory) -> 
                  "--host 127.0.0.1", "--dtype float32", "--enforce-eager"):
         assert flag in joined
     assert "--trust-remote-code" not in joined
-
-
-def test_engines_run_below_the_gateways_priority_on_cpu_only(dep: DeploymentFactory) -> None:
-    assert engine_spec("/models/tiny", [dep(1)], max_loras=4).nice == 10
-    assert engine_spec("/models/tiny", [dep(1)], max_loras=4, device="cuda").nice == 0
-    assert engine_spec("/models/tiny", [dep(1)], max_loras=4, nice=3).nice == 3
-
-
-def test_engine_nice_from_the_environment_is_checked() -> None:
-    assert ServeConfig.from_env({"REG_ENGINE_NICE": "5"}).engine_nice == 5
-    assert ServeConfig.from_env({}).engine_nice is None
-    with pytest.raises(ConfigError, match=r"REG_ENGINE_NICE=42 is outside 0..19"):
-        ServeConfig.from_env({"REG_ENGINE_NICE": "42"})
-    with pytest.raises(ConfigError, match=r"REG_ENGINE_NICE='low' is not a whole number"):
-        ServeConfig.from_env({"REG_ENGINE_NICE": "low"})
 
 
 def test_engine_refuses_a_public_host(dep: DeploymentFactory) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -471,12 +470,6 @@ def test_engine_kill_gives_503_with_reason_then_recovers_with_adapters(
     sup = stack.gateway.supervisor
     slot = next(iter(sup.slots.values()))
     old_pid = slot.proc.pid
-    # The engine (and the processes it started) runs below the gateway's priority on CPU.
-    engine_procs = [old_pid, *(int(p) for p in Path(f"/proc/{old_pid}/task/{old_pid}/children")
-                               .read_text().split())]
-    assert len(engine_procs) >= 2, "vLLM starts its engine core as a child process"
-    for pid in engine_procs:
-        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 10
     slot.proc.kill()
     c = client(stack.url)
     t0 = time.monotonic()
