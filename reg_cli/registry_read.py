@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -72,9 +71,10 @@ def versions(
     # --json skips formatting rows nobody sees.
     out.data(rows)
     out.table(f"Versions of {name}" if name else "Versions",
-              ["version", "status", "stages", "spec hash", "eval loss", "commit", "created"], (
+              ["version", "status", "stages", "spec hash", "test loss (base)", "commit",
+               "created"], (
         (v.ref, v.status, ", ".join(v.stages), v.spec_hash.removeprefix("sha256:")[:12],
-         _metric(v.metrics, "eval_loss", "test_loss", "loss"), (v.git_commit or "")[:10],
+         _loss(v.metrics), (v.git_commit or "")[:10],
          ts(v.created_at)) for v in rows
     ))
     if total > len(rows):
@@ -82,12 +82,30 @@ def versions(
                     "--limit N[/dim]")
 
 
-def _metric(metrics: dict[str, Any], *keys: str) -> str:
-    for k in keys:
-        value = metrics.get(k)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return f"{value:.4g}"
+def _loss(metrics: dict[str, Any]) -> str:
+    """The tuned model's held-out loss with the base model's beside it: the test split's,
+    else the validation split's (recipes.evaluate's metrics.json), else a flat ``eval_loss``
+    (an artifact registered by hand)."""
+    flat = flatten(metrics)
+    for split in ("test.", "validation.", ""):
+        key = "loss" if split else "eval_loss"
+        if split + key in flat:
+            base = flat.get(f"{split}base_loss")
+            return f"{flat[split + key]:.4g}" + ("" if base is None else f" ({base:.4g})")
     return ""
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(metric, tuned, base) for each numeric leaf; ``x.base_y`` goes beside ``x.y``."""
+    flat = flatten(metrics)
+    rows: list[tuple[str, str, str]] = []
+    for key, value in sorted(flat.items()):
+        prefix, _, leaf = key.rpartition(".")
+        if leaf.startswith("base_") and f"{prefix}.{leaf[5:]}".lstrip(".") in flat:
+            continue
+        base = flat.get(f"{prefix}.base_{leaf}".lstrip("."))
+        rows.append((key, f"{value:.6g}", "" if base is None else f"{base:.6g}"))
+    return rows
 
 
 def show(
@@ -114,18 +132,17 @@ def show(
         ("recipe", v.recipe_path or "-"), ("creator", v.creator), ("created", ts(v.created_at)),
         ("gates passed", v.gates_passed),
     ])
-    out.table("Metrics", ["metric", "value"], [
-        (k, json.dumps(val) if isinstance(val, dict | list) else val)
-        for k, val in sorted(v.metrics.items()) if k not in ("gate_results",)
-    ])
+    out.table("Metrics (generated samples: --json)", ["metric", "tuned", "base"],
+              _metric_rows(v.metrics))
     if isinstance(v.gate_results, list | dict):
         gates = v.gate_results if isinstance(v.gate_results, list) else [
             {"gate": k, **(g if isinstance(g, dict) else {"value": g})}
             for k, g in v.gate_results.items()]
-        out.table("Gates", ["gate", "result"], [
-            (g.get("gate") or g.get("name") or "?", json.dumps(g)) for g in gates
-            if isinstance(g, dict)
-        ])
+        out.table("Gates", ["gate", "value", "threshold", "passed", "reason"], [
+            (str(g.get("gate") or g.get("name") or "?"), str(g.get("value")),
+             str(g.get("threshold")), str(g.get("passed")), str(g.get("reason") or ""))
+            for g in gates if isinstance(g, dict)
+        ] or [("(none configured)", "", "", "", "")])
     out.table("Artifact files", ["path", "size", "sha256"], [
         (f["path"], f["size"], f["sha256"][:16]) for f in files
     ])

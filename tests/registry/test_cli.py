@@ -79,6 +79,33 @@ def test_model_forms_and_errors(settings: Settings, make_artifact: ArtifactFacto
     assert "no earlier version to roll back to" in env_model.stderr
 
 
+def test_versions_and_show_read_the_metrics_that_training_writes(
+    settings: Settings, make_artifact: ArtifactFactory
+) -> None:
+    # The layout of recipes.evaluate's metrics.json: per split, tuned and base side by side.
+    metrics = {
+        "validation": {"loss": 1.5, "base_loss": 2.5, "perplexity": 4.48, "base_perplexity": 12.2},
+        "test": {"loss": 1.25, "base_loss": 2.75, "examples": 35},
+        "generation": {"exact_match": 0.5, "base_exact_match": 0.0,
+                       "samples": [{"prompt": "p", "output": "o"}]},
+        "gates_passed": True,
+        "gates": [{"gate": "max_perplexity", "value": 4.48, "threshold": 10.0, "passed": True,
+                   "reason": "4.48 <= 10"}],
+    }
+    reg(settings, "register", str(make_artifact(metrics=metrics)))
+    versions = reg(settings, "versions").stdout
+    assert "test loss (base)" in versions and "1.25 (2.75)" in versions
+    show = reg(settings, "show", "v1").stdout
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in show.splitlines() if line.count("│") == 4}
+    assert rows["validation.loss"] == ["1.5", "2.5"]
+    assert rows["validation.perplexity"] == ["4.48", "12.2"]
+    assert rows["generation.exact_match"] == ["0.5", "0"]
+    assert rows["test.examples"] == ["35", ""]
+    assert "validation.base_loss" not in rows and "generation.samples" not in show
+    assert "max_perplexity" in show and "4.48 <= 10" in show
+
+
 def test_show_diff_runs_events(settings: Settings, make_artifact: ArtifactFactory) -> None:
     reg(settings, "register", str(make_artifact(recipe_text="a: 1\nlr: 0.1\n")))
     reg(settings, "register", str(make_artifact(recipe_text="a: 1\nlr: 0.2\n")))
