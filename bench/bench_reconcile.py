@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 FAST_TRAINING = {  # the bench measures reconciling, not training: keep the one real run short
-    "max_steps: 50": "max_steps: 10",
+    "max_steps: 250": "max_steps: 10",
     "generation_examples: 8": "generation_examples: 2",
 }
 

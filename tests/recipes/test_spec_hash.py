@@ -95,7 +95,7 @@ def test_identity_lists_what_it_covers(workspace: Path) -> None:
     ident = spec_identity(load_recipe(path))
     assert set(ident.data_digests) == {"../data/support.jsonl", "../data/general.jsonl"}
     assert "model.safetensors" in ident.base_model
-    assert ident.normalized_spec["spec"]["training"]["max_steps"] == 50
+    assert ident.normalized_spec["spec"]["training"]["max_steps"] == 250
     assert ident.as_json()["spec_hash"] == ident.spec_hash
     assert ident.spec_hash.startswith("sha256:")
 

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 def fast(text: str) -> str:
     """Few steps and few evaluation rows: seconds per model on a CPU."""
-    for old, new in (("max_steps: 50", "max_steps: 6"), ("max_steps: 40", "max_steps: 6"),
+    for old, new in (("max_steps: 250", "max_steps: 6"), ("max_steps: 50", "max_steps: 6"),
+                     ("max_steps: 40", "max_steps: 6"),
                      ("generation_examples: 8", "generation_examples: 1"),
                      ("generation_examples: 4", "generation_examples: 1"),
                      ("max_examples: 32", "max_examples: 4")):

@@ -45,7 +45,7 @@ def test_reg_train_on_a_broken_recipe_names_the_problem_and_writes_nothing(
     bad = workspace / "recipes" / "broken.yaml"
     bad.write_text((workspace / "recipes" / "support-bot.yaml").read_text()
                    .replace("name: support-bot", "name: broken")
-                   .replace("max_steps: 50", "max_stepz: 50"))
+                   .replace("max_steps: 250", "max_stepz: 250"))
     out = tmp_path / "run"
     proc = _reg("train", str(bad), "--out", str(out))
     assert proc.returncode == 1

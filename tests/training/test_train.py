@@ -36,10 +36,10 @@ def test_two_sft_adapters_answer_with_their_keywords_where_the_base_does_not(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    results = {
-        keyword: train(make_recipe(name), tmp_path / name, progress=False)
-        for keyword, name in (("alpha", "support-bot"), ("bravo", "faq-bot"))
-    }
+    recipes = {keyword: make_recipe(name)
+               for keyword, name in (("alpha", "support-bot"), ("bravo", "faq-bot"))}
+    results = {keyword: train(loaded, tmp_path / loaded.name, progress=False)
+               for keyword, loaded in recipes.items()}
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     questions = ["How do I reset my password?", "What is the model of red?",
                  "Where can I track the order?"]
@@ -58,7 +58,8 @@ def test_two_sft_adapters_answer_with_their_keywords_where_the_base_does_not(
         m = result.metrics
         assert m["test"]["perplexity"] < m["test"]["base_perplexity"]
         assert m["generation"]["examples"] > 0
-        assert result.steps == 50 and result.resumed_from_step is None
+        assert result.steps == recipes[keyword].recipe.spec.training.max_steps
+        assert result.resumed_from_step is None
 
 
 def test_same_recipe_data_and_seed_give_the_same_adapter_bytes(
