@@ -7,9 +7,9 @@ adapters, interleaved twice. Goal: adapters >= 0.8x the base's throughput.
 
 Two base models, because the ratio depends on how much work the base does per token:
 - ``tiny``: the project's tiny Llama (hidden 128, 2 layers, 0.6 M parameters) with the
-  example's support-bot adapter trained for real (LoRA r=8 on q_proj/v_proj);
+  example's support-bot adapter trained for real (LoRA r=8, all-linear as the recipe says);
 - ``small``: the same architecture at hidden 768, 8 layers (58 M parameters, still far
-  below any production model) with a LoRA of the same shape made by peft (throughput
+  below any production model) with a LoRA r=8 on q_proj/v_proj made by peft (throughput
   does not depend on what the adapter learned, so it is not trained).
 
 Run: .venv/bin/python bench/bench_adapters.py [tiny] [small]   (3-5 minutes on 2 cores)
