@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 from collections.abc import Iterator
 
 
@@ -32,3 +33,13 @@ def freeze_long_lived() -> None:
     """Move every object alive now (modules, classes, functions) out of the collector's
     sight for good: later collections then walk only what was made after."""
     gc.freeze()
+
+
+def import_long_lived(*modules: str) -> None:
+    """Import ``modules`` (SQLAlchemy, SQLModel and the tables behind them: objects that live
+    until exit) with the collector paused, then freeze them: collecting during the import
+    frees nothing, and later collections, the one at exit included, skip them."""
+    with gc_paused():
+        for name in modules:
+            importlib.import_module(name)
+    freeze_long_lived()
