@@ -1,6 +1,6 @@
 """8 LoRA adapters round-robin vs the base model only, on the same vLLM engine.
 
-Starts one engine the way `reg serve` does (serving.engine, --max-loras 8),
+Starts one engine the way `reg serve` does (serving.engines.process, --max-loras 8),
 loads 8 adapters at runtime under 8 names, then sends the same chat requests
 (8 concurrent, max_tokens 16) to the base model and round-robin over the
 adapters, interleaved twice. Goal: adapters >= 0.8x the base's throughput.
@@ -66,8 +66,8 @@ SMALL = {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 8,
 def make_adapter(base: Path, tmp: Path, size: str) -> Path:
     """The adapter the 8 names share: trained on ``tiny``, peft-initialised on ``small``."""
     if size == "tiny":
-        from recipes.example import write_example_workspace
-        from tests.serving.adapters_for_tests import train_keyword_adapter
+        from recipes.scaffold.example import write_example_workspace
+        from tests.support.adapters import train_keyword_adapter
 
         workspace = write_example_workspace(tmp / "workspace", model_from=base)
         return train_keyword_adapter(workspace, tmp / "alpha", keyword="alpha")
@@ -86,8 +86,8 @@ def make_adapter(base: Path, tmp: Path, size: str) -> Path:
 
 
 def measure(size: str, tmp: Path) -> tuple[float, float]:
-    from recipes.tiny_model import TinyModelConfig, build_tiny_llama
-    from serving.engine import EngineProcess, engine_spec
+    from recipes.scaffold.tiny_model import TinyModelConfig, build_tiny_llama
+    from serving.engines.process import EngineProcess, engine_spec
 
     cfg = TinyModelConfig() if size == "tiny" else TinyModelConfig(**SMALL)
     base = build_tiny_llama(tmp / f"{size}-llama", cfg)

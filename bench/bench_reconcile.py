@@ -47,7 +47,7 @@ FAST_TRAINING = {  # the bench measures reconciling, not training: keep the one 
 
 
 def build_workspace(root: Path, n: int) -> Path:
-    from recipes.example import SUPPORT_RECIPE, write_example_workspace
+    from recipes.scaffold.example import SUPPORT_RECIPE, write_example_workspace
 
     ws = write_example_workspace(root / "ws")
     for f in (ws / "recipes").glob("*.yaml"):
@@ -76,10 +76,10 @@ def register_all(ws: Path, home: Path) -> int:
     """Train the first recipe for real, then register every recipe as a reconcile would."""
     from recipes.artifact import write_manifest
     from registry.api import Registry
-    from registry.gitinfo import GitLineage
-    from registry.reconcile_state import desired_state, digest_cache
-    from registry.reconciler import Reconciler, manifest_identity
     from registry.settings import Settings
+    from rollout.gitops.desired import desired_state, digest_cache
+    from rollout.gitops.gitinfo import GitLineage
+    from rollout.gitops.reconciler import Reconciler, manifest_identity
 
     settings = Settings.for_home(home)
     with Registry.open(settings) as reg:
@@ -155,8 +155,8 @@ def measure_noop(ws: Path, home: Path, count: int, *, cold: bool) -> None:
 def measure_steady(ws: Path, home: Path, count: int) -> None:
     """The pass itself as `reg reconcile --watch` repeats it: one process, caches in memory."""
     from registry.api import Registry
-    from registry.reconciler import Reconciler
     from registry.settings import Settings
+    from rollout.gitops.reconciler import Reconciler
 
     with Registry.open(Settings.for_home(home)) as reg:
         rec = Reconciler(reg, [ws / "recipes"])
@@ -198,7 +198,7 @@ def bench_noop(n: int, keep: Path | None, reuse: Path | None) -> None:
 
 
 def bench_hash(mb: int) -> None:
-    from recipes.spec_hash import _CHUNK, file_digest
+    from recipes.identity import _CHUNK, file_digest
 
     with tempfile.TemporaryDirectory(prefix="bench-hash-") as tmp:
         path = Path(tmp) / "data.bin"

@@ -75,8 +75,8 @@ def plain_trainer(loaded: Any, workdir: Path) -> tuple[float, int]:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
 
-    from recipes.data_pipeline import prepare_data
-    from recipes.train_model import (
+    from recipes.data.pipeline import prepare_data
+    from recipes.training.model import (
         build_peft_config,
         device_settings,
         load_base_model,
@@ -111,7 +111,7 @@ def plain_trainer(loaded: Any, workdir: Path) -> tuple[float, int]:
 
 
 def reg_train(loaded: Any, workdir: Path) -> tuple[float, int]:
-    from recipes.train import train
+    from recipes.training.entry import train
 
     result = train(loaded, workdir, resume=False, progress=False)
     info = result.metrics["train"]
@@ -121,9 +121,9 @@ def reg_train(loaded: Any, workdir: Path) -> tuple[float, int]:
 def main() -> int:
     import torch
 
-    from recipes.example import init_workspace
-    from recipes.loader import load_recipe
-    from recipes.train_model import cpu_threads_for
+    from recipes.loading.loader import load_recipe
+    from recipes.scaffold.example import init_workspace
+    from recipes.training.model import cpu_threads_for
 
     root = Path(tempfile.mkdtemp(prefix="reg-bench-train-"))
     try:

@@ -53,11 +53,11 @@ def wait_ready(url: str, timeout: float = 300.0) -> None:
 def build_registry(home: Path, *, base_model_path: str | None = None) -> None:
     """Tiny model + two trained adapters, registered and promoted (v1 prod, v2 canary)."""
     from recipes.artifact import read_manifest, write_manifest
-    from recipes.example import write_example_workspace
-    from recipes.tiny_model import build_tiny_llama
+    from recipes.scaffold.example import write_example_workspace
+    from recipes.scaffold.tiny_model import build_tiny_llama
     from registry.api import Registry
     from registry.settings import Settings
-    from tests.serving.adapters_for_tests import train_keyword_adapter
+    from tests.support.adapters import train_keyword_adapter
 
     model_dir = home / "tiny-llama"
     if not model_dir.exists():

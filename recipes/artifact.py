@@ -1,6 +1,6 @@
 """The training artifact: a directory the registry stores as one version.
 
-Layout (written by ``recipes.train``, verified by ``registry``):
+Layout (written by ``recipes.training.entry``, verified by ``registry``):
 
     adapter_config.json          PEFT config (or config.json for method=full)
     adapter_model.safetensors    weights; never pickles
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipes.errors import RegError
-from recipes.fsutil import atomic_write_text
+from recipes.core.errors import RegError
+from recipes.core.fsutil import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from recipes.errors import RegError, ValidationFailed
+from recipes.core.errors import RegError, ValidationFailed
 from reg_cli.output import err_console
 
 

@@ -17,8 +17,8 @@ def validate(
     json_mode: JsonOpt = False,
 ) -> None:
     """Validate recipes: every problem of every file, with file:line:column and a fix."""
-    from recipes.errors import ValidationFailed
-    from recipes.loader import check_recipes
+    from recipes.core.errors import ValidationFailed
+    from recipes.loading.loader import check_recipes
 
     out = Output(json_mode)
     result = check_recipes(paths)
@@ -56,7 +56,7 @@ def init(
     json_mode: JsonOpt = False,
 ) -> None:
     """Create a workspace: recipes/, the recipe JSON Schema, and a .gitignore for .reg/."""
-    from recipes.example import init_workspace
+    from recipes.scaffold.example import init_workspace
 
     out = Output(json_mode)
     root = init_workspace(directory, example=example, force=force, seed=seed)
@@ -81,8 +81,8 @@ def data(
     json_mode: JsonOpt = False,
 ) -> None:
     """Prepare a recipe's data (load, clean, redact, split, tokenize) and print the report."""
-    from recipes.data_pipeline import load_base_tokenizer, prepare_data
-    from recipes.loader import load_recipe
+    from recipes.data.pipeline import load_base_tokenizer, prepare_data
+    from recipes.loading.loader import load_recipe
 
     output = Output(json_mode)
     loaded = load_recipe(recipe)

@@ -1,6 +1,6 @@
 """GitOps commands: `reg plan`, `reg reconcile`, `reg logs`.
 
-Thin: parse, call :mod:`registry.reconciler`, render. `reg plan` exits like
+Thin: parse, call :mod:`rollout.gitops.reconciler`, render. `reg plan` exits like
 ``terraform plan -detailed-exitcode``: 0 in sync, 2 changes pending, 1 error.
 """
 
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from reg_cli.output import JsonOpt, Output, console
-from registry.gc_pause import import_long_lived
+from reg_cli.startup import import_long_lived
 
 if TYPE_CHECKING:
-    from registry.reconcile_plan import ModelPlan, Plan
-    from registry.reconciler import Outcome, PassReport, Reconciler
+    from rollout.gitops.plan import ModelPlan, Plan
+    from rollout.gitops.reconciler import Outcome, PassReport, Reconciler
 
 PathsArg = Annotated[
     list[Path], typer.Argument(help="Recipe files or directories (e.g. recipes/).")
@@ -96,10 +96,10 @@ def _open_registry() -> Any:
 
 def _import_reconciler() -> type[Reconciler]:
     """The reconciler class, imported with the registry behind it as long-lived objects
-    (registry.gc_pause.import_long_lived: ~50 ms less, and a pass or a training run never
+    (reg_cli.startup.import_long_lived: ~50 ms less, and a pass or a training run never
     walks them again)."""
-    import_long_lived("registry.api", "registry.reconciler")
-    from registry.reconciler import Reconciler
+    import_long_lived("registry.api", "rollout.gitops.reconciler")
+    from rollout.gitops.reconciler import Reconciler
 
     return Reconciler
 

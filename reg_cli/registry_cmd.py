@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from reg_cli.output import JsonOpt, Output
-from registry.gc_pause import import_long_lived
+from reg_cli.startup import import_long_lived
 
 if TYPE_CHECKING:
     from registry.api import Registry, StageResult
@@ -109,8 +109,8 @@ def promote(
     with open_registry() as reg:
         # Refuse a promotion that would deploy more versions on one engine than it
         # has adapter slots (REG_MAX_LORAS); --force proceeds and says what it costs.
-        from serving.capacity import check_promote
         from serving.config import ServeConfig
+        from serving.engines.capacity import check_promote
 
         slots = ServeConfig.from_env().max_loras
         for warning in check_promote(reg, name, version, stage, max_loras=slots, force=force):

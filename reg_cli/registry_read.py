@@ -84,8 +84,8 @@ def versions(
 
 def _loss(metrics: dict[str, Any]) -> str:
     """The tuned model's held-out loss with the base model's beside it: the test split's,
-    else the validation split's (recipes.evaluate's metrics.json), else a flat ``eval_loss``
-    (an artifact registered by hand)."""
+    else the validation split's (recipes.evaluation.evaluate's metrics.json), else a flat
+    ``eval_loss`` (an artifact registered by hand)."""
     flat = flatten(metrics)
     for split in ("test.", "validation.", ""):
         key = "loss" if split else "eval_loss"

@@ -32,7 +32,7 @@ def serve(
 
     from registry.api import Registry
     from serving.config import ServeConfig
-    from serving.gateway import create_app
+    from serving.gateway.app import create_app
     from serving.source import RegistrySource
 
     overrides: dict[str, Any] = {"host": host, "port": port}
@@ -86,7 +86,7 @@ def traffic(
 ) -> None:
     """Show or set a model's traffic split over its stages (recorded as an event)."""
     from registry.api import Registry
-    from rollout.traffic import TrafficError, parse_assignments, stage_order
+    from rollout.policy import TrafficError, parse_assignments, stage_order
 
     out = Output(json_mode)
     items = list(args or [])

@@ -68,8 +68,8 @@ def train(
     json_mode: JsonOpt = False,
 ) -> None:
     """Train a recipe once: data, training (resumable), evaluation vs base, artifact."""
-    from recipes.loader import load_recipe
-    from recipes.train import train as run
+    from recipes.loading.loader import load_recipe
+    from recipes.training.entry import train as run
 
     output = Output(json_mode)
     loaded = load_recipe(recipe)
@@ -96,9 +96,9 @@ def estimate(
     json_mode: JsonOpt = False,
 ) -> None:
     """Parameters, training memory for full / LoRA / QLoRA, time and fit on common GPUs."""
-    from recipes.estimate import FORMULAS, human_bytes, human_hours
-    from recipes.estimate import estimate as run
-    from recipes.loader import load_recipe
+    from recipes.loading.loader import load_recipe
+    from recipes.planning.estimate import FORMULAS, human_bytes, human_hours
+    from recipes.planning.estimate import estimate as run
 
     output = Output(json_mode)
     est = run(load_recipe(recipe))
@@ -128,8 +128,8 @@ def advise(
     json_mode: JsonOpt = False,
 ) -> None:
     """Prompting, RAG, fine-tuning or hybrid, from the recipe's data and its git history."""
-    from recipes.advise import advise as run
-    from recipes.loader import load_recipe
+    from recipes.loading.loader import load_recipe
+    from recipes.planning.advise import advise as run
 
     output = Output(json_mode)
     advice = run(load_recipe(recipe))

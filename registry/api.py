@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from reg_cli.startup import gc_paused
 from registry import events as audit
 from registry import runs as runs_mod
 from registry.db import ensure_schema, is_sqlite, open_engine, writer
 from registry.errors import Ambiguous, NotFound, Refused
 from registry.events import EventKind
-from registry.gc_pause import gc_paused
 from registry.settings import Settings, default_actor
 from registry.stages import (
     Decision,

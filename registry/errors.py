@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recipes.errors import RegError
+from recipes.core.errors import RegError
 
 
 class RegistryError(RegError):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recipes.artifact import MANIFEST_NAME
-from recipes.fsutil import publish_dir
+from recipes.core.fsutil import publish_dir
 from registry.errors import Refused
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def export_version(reg: Registry, version: VersionPublic, out: Path, *, merged: 
 def merge_adapter(adapter_dir: Path, base_dir: Path, base_identity: dict[str, str],
                   out: Path) -> None:
     """Base + adapter -> one safetensors model (with tokenizer) in ``out``."""
-    from recipes.spec_hash import model_identity
+    from recipes.identity import model_identity
 
     if not (base_dir / "config.json").is_file():
         raise Refused(f"the base model {base_dir} of this version is missing",

@@ -69,7 +69,7 @@ def read_facts(root: Path, status_override: VersionStatus | None = None) -> Arti
         identity=identity,
         metrics=metrics,
         gates_passed=gates_passed,
-        # metrics.json (written by recipes.evaluate) lists each gate under "gates".
+        # metrics.json (written by recipes.evaluation.evaluate) lists each gate under "gates".
         gate_results=metrics.get("gates"),
         recipe_text=recipe_text,
         status=status,

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
 from recipes.artifact import FORBIDDEN_SUFFIXES, MANIFEST_NAME, verify_manifest
-from recipes.fsutil import fsync_dir
+from recipes.core.fsutil import fsync_dir
 from registry.errors import ArtifactCorrupt, ArtifactRefused, NotFound
 
 _CHUNK = 1 << 20

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recipes.errors import RegError
+from recipes.core.errors import RegError
 
 
 class ConfigError(RegError):

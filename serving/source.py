@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from rollout.traffic import Shadow, TrafficPolicy
+from rollout.policy import Shadow, TrafficPolicy
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real tiny Llama (tokenizer + safetensors weights), built locally once per session."""
-    from recipes.tiny_model import build_tiny_llama
+    from recipes.scaffold.tiny_model import build_tiny_llama
 
     out = tmp_path_factory.mktemp("models") / "tiny-llama"
     build_tiny_llama(out)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from recipes.example import write_example_workspace
+from recipes.scaffold.example import write_example_workspace
 
 RecipeFactory = Callable[..., Path]
 RowsWriter = Callable[[str, list[dict[str, Any]]], Path]

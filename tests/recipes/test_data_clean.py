@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from recipes.data_clean import (
+from recipes.data.clean import (
     CleanReport,
     clean_examples,
     luhn_ok,
@@ -15,7 +15,7 @@ from recipes.data_clean import (
     repetition_ratio,
     strip_control_chars,
 )
-from recipes.data_load import Example
+from recipes.data.load import Example
 from recipes.schema import CleanSpec
 
 

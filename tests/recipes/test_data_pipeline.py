@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from recipes.data_pipeline import PreparedData, load_base_tokenizer, load_eval_texts, prepare_data
-from recipes.data_split import mix_counts
-from recipes.errors import DataError
-from recipes.loader import LoadedRecipe, load_recipe
+from recipes.core.errors import DataError
+from recipes.data.pipeline import PreparedData, load_base_tokenizer, load_eval_texts, prepare_data
+from recipes.data.split import mix_counts
+from recipes.loading.loader import LoadedRecipe, load_recipe
 from tests.recipes.conftest import RecipeFactory, RowsWriter
 
 
@@ -433,7 +433,7 @@ def test_load_base_tokenizer(workspace: Path) -> None:
 def test_cpt_text_is_truncated_only_without_packing(
         write_recipe: RecipeFactory, write_rows: RowsWriter, workspace: Path, tokenizer: Any,
         delete: object, packing: bool | None, truncated: bool) -> None:
-    from recipes.tiny_model import sample_sentences
+    from recipes.scaffold.tiny_model import sample_sentences
 
     write_rows("long.jsonl", [{"text": " ".join(sample_sentences(d, 30))} for d in range(10)])
     changes: dict[str, Any] = {

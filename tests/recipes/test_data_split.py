@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from recipes.data_split import mix_counts, replay_count, split_of, take
+from recipes.data.split import mix_counts, replay_count, split_of, take
 
 
 def _split_all(keys: list[str], seed: int = 0) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipes.ewc import EWCPenalty, with_penalty
+from recipes.training.ewc import EWCPenalty, with_penalty
 
 
 def _model_and_penalty() -> tuple[torch.nn.Module, EWCPenalty]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from recipes.errors import Problem, ValidationFailed
-from recipes.loader import check_recipes, load_recipe, load_recipes, validate_document
+from recipes.core.errors import Problem, ValidationFailed
+from recipes.loading.loader import check_recipes, load_recipe, load_recipes, validate_document
 from tests.recipes.conftest import RecipeFactory
 
 
@@ -198,7 +198,7 @@ def test_no_recipe_files(tmp_path: Path) -> None:
 def test_data_refs_lists_every_data_file_once_in_order(
     workspace: Path, write_recipe: RecipeFactory
 ) -> None:
-    from recipes.spec_hash import spec_identity
+    from recipes.identity import spec_identity
 
     path = write_recipe("every-kind", **{
         "spec.data.replay": {"path": "../data/faq.jsonl"},

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from recipes.loader import load_recipe
-from recipes.spec_hash import DigestCache, file_digest, spec_hash, spec_identity
+from recipes.identity import DigestCache, file_digest, spec_hash, spec_identity
+from recipes.loading.loader import load_recipe
 
 MINIMAL = """\
 apiVersion: reg/v1

@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from recipes.tiny_model import TinyModelConfig, build_tiny_llama
+from recipes.scaffold.tiny_model import TinyModelConfig, build_tiny_llama
 
 
 def _digests(folder: Path) -> dict[str, str]:

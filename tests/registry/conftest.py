@@ -1,7 +1,7 @@
 """Fixtures for registry tests: real databases, real artifact directories, a fake clock.
 
 ``db_url`` runs a test twice: on a SQLite file and on a real PostgreSQL
-server started once per session on loopback (tests/services.py). Without
+server started once per session on loopback (tests/support/services.py). Without
 PostgreSQL installed the postgres half is skipped, or fails when
 REG_REQUIRE_SERVICES=1 (as `make test` sets).
 """
@@ -19,8 +19,8 @@ import pytest
 from recipes.artifact import write_manifest
 from registry.api import Registry
 from registry.settings import Settings
-from tests.factories import FakeClock, running_postgres
-from tests.services import create_database
+from tests.support.clock import FakeClock, running_postgres
+from tests.support.services import create_database
 
 ArtifactFactory = Callable[..., Path]
 RegistryFactory = Callable[..., Registry]

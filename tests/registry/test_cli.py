@@ -12,8 +12,8 @@ import pytest
 
 from registry.settings import Settings
 from tests.registry.conftest import ArtifactFactory
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "peft", "trl", "vllm", "datasets")
 
 
@@ -82,7 +82,7 @@ def test_model_forms_and_errors(settings: Settings, make_artifact: ArtifactFacto
 def test_versions_and_show_read_the_metrics_that_training_writes(
     settings: Settings, make_artifact: ArtifactFactory
 ) -> None:
-    # The layout of recipes.evaluate's metrics.json: per split, tuned and base side by side.
+    # The layout of recipes.evaluation.evaluate's metrics.json: per split, tuned and base.
     metrics = {
         "validation": {"loss": 1.5, "base_loss": 2.5, "perplexity": 4.48, "base_perplexity": 12.2},
         "test": {"loss": 1.25, "base_loss": 2.75, "examples": 35},

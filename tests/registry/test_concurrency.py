@@ -15,8 +15,8 @@ import pytest
 from registry.api import Registry
 from registry.settings import Settings
 from tests.registry.conftest import ArtifactFactory
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 WORKERS = 32
 
 WORKER = """

@@ -16,8 +16,7 @@ from registry.api import Registry
 from registry.errors import Refused
 from registry.export import export_version
 from registry.settings import Settings
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 
 def make_lora_artifact(base_dir: Path, out: Path) -> Path:
@@ -26,7 +25,7 @@ def make_lora_artifact(base_dir: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from recipes.spec_hash import model_identity
+    from recipes.identity import model_identity
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)

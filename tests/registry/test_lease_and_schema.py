@@ -17,8 +17,7 @@ from registry.api import Registry, utcnow
 from registry.db import HEAD_REVISION, current_revision, ensure_schema, open_engine, script_head
 from registry.settings import Settings
 from registry.tables import metadata
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 
 def test_lease_excludes_others_until_released(settings: Settings) -> None:

@@ -27,7 +27,7 @@ ADMIN_TOKEN = "test-admin-token"
 # extracted from OpenAI's published OpenAPI spec), kept with the tests so they run
 # from any checkout.
 SCHEMAS = Path(os.environ.get(
-    "REG_OPENAI_SCHEMAS", Path(__file__).resolve().parent / "openai-schemas.json"))
+    "REG_OPENAI_SCHEMAS", Path(__file__).resolve().parents[1] / "support" / "openai-schemas.json"))
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +76,9 @@ def validate_openai(openai_schemas: dict[str, Any]) -> Callable[[str, Any], None
 @pytest.fixture(scope="session")
 def trained_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
                      ) -> dict[int, Path]:
-    """support-bot v1 ("alpha") and v2 ("bravo"), trained by `recipes.train.train`."""
-    from recipes.example import write_example_workspace
-    from tests.serving.adapters_for_tests import train_keyword_adapter
+    """support-bot v1 ("alpha") and v2 ("bravo"), trained by `recipes.training.entry.train`."""
+    from recipes.scaffold.example import write_example_workspace
+    from tests.support.adapters import train_keyword_adapter
 
     root = tmp_path_factory.mktemp("adapters")
     workspace = write_example_workspace(root / "ws", model_from=tiny_model_dir)
@@ -187,7 +187,7 @@ def wait_ready(url: str, timeout: float = 240.0) -> dict[str, Any]:
 def stack(registry: Any, reg_home: Path) -> Iterator[Server]:
     """The gateway, its supervisor and ONE real vLLM engine, for the whole session."""
     from serving.config import ServeConfig
-    from serving.gateway import create_app
+    from serving.gateway.app import create_app
     from serving.source import RegistrySource
 
     # The gateway reads through its own Registry, as a `reg serve` process would.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.adapters import AdapterPathError, ensure_inside, plan_sync
-from serving.engine import (
+from serving.engines.adapters import AdapterPathError, ensure_inside, plan_sync
+from serving.engines.process import (
     EngineError,
     EngineSpec,
     EngineState,
@@ -17,10 +17,10 @@ from serving.engine import (
     engine_spec,
     round_up_rank,
 )
-from serving.errors import error_body, normalize_upstream_error
-from serving.proxy import Rewriter, is_usage_only_chunk, usage
+from serving.engines.supervisor import backoff_delay, next_state, plan_engines
+from serving.gateway.errors import error_body, normalize_upstream_error
 from serving.source import Deployment
-from serving.supervisor import backoff_delay, next_state, plan_engines
+from serving.upstream.proxy import Rewriter, is_usage_only_chunk, usage
 
 DeploymentFactory = Callable[..., Deployment]
 

@@ -2,7 +2,7 @@
 errors after it, keep-alive reuse, client disconnects. Fast (no vLLM); the real-engine
 behaviour is in test_live.py.
 
-The upstream is a real HTTP server on loopback (tests/serving/fault_server.py) that
+The upstream is a real HTTP server on loopback (tests/support/fault_server.py) that
 answers like vLLM does for the adapter named in the request, or fails on purpose.
 """
 
@@ -19,12 +19,12 @@ import httpx
 import openai
 import pytest
 
-from rollout.traffic import TrafficPolicy, make_policy
-from serving.engine import EngineState
+from rollout.policy import TrafficPolicy, make_policy
+from serving.engines.process import EngineState
+from serving.engines.state import EngineStatus
 from serving.source import Deployment
-from serving.state import EngineStatus
 from tests.serving.conftest import Server, serve_in_thread
-from tests.serving.fault_server import FaultServer, Request, chat_body, chunked, sse_events
+from tests.support.fault_server import FaultServer, Request, chat_body, chunked, sse_events
 
 MODEL = "bot"
 ENGINE = "/base"
@@ -107,8 +107,8 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     from serving.config import ServeConfig
-    from serving.gateway import create_app
-    from serving.routing import build_catalogue
+    from serving.gateway.app import create_app
+    from serving.gateway.routing import build_catalogue
 
     deps = [Deployment(MODEL, 1, ("production",), "d1", ENGINE, 8),
             Deployment(MODEL, 2, ("canary",), "d2", ENGINE, 8)]

@@ -388,7 +388,7 @@ def test_adapter_path_outside_the_store_is_refused(
 def test_api_keys_and_bounded_concurrency(stack: Server, reg_home: Path) -> None:
     """A second gateway on the same engine (external), with API keys and a limit of 2."""
     from serving.config import ServeConfig
-    from serving.gateway import create_app
+    from serving.gateway.app import create_app
     from serving.source import RegistrySource
 
     engines = stack.gateway.state.engines

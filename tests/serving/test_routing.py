@@ -1,4 +1,4 @@
-"""serving.routing: resolving a request's model to a version (pure, no I/O)."""
+"""serving.gateway.routing: resolving a request's model to a version (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from rollout.traffic import Shadow, TrafficPolicy, make_policy
-from serving.routing import (
+from rollout.policy import Shadow, TrafficPolicy, make_policy
+from serving.gateway.routing import (
     Catalogue,
     RouteError,
     build_catalogue,

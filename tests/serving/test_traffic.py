@@ -1,4 +1,4 @@
-"""rollout.traffic: the pure routing decision (no I/O)."""
+"""rollout.policy: the pure routing decision (no I/O)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from rollout.traffic import (
+from rollout.policy import (
     Shadow,
     TrafficError,
     TrafficPolicy,

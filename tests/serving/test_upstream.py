@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from serving.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
-from tests.serving.fault_server import FaultServer, Request, chunked, response
+from serving.upstream.pool import UpstreamError, UpstreamPool, UpstreamTimeout
+from tests.support.fault_server import FaultServer, Request, chunked, response
 
 BODY = b'{"model": "m", "prompt": "hi"}'
 

@@ -1,0 +1,359 @@
+"""Train, evaluate and package one recipe: the library entry point.
+
+    train(loaded, workdir) -> TrainResult
+
+reads top to bottom as: reuse a finished artifact -> set up (tokenizer,
+data, device) -> train (resuming from the newest complete checkpoint) ->
+evaluate against the base -> assemble the artifact. The workdir holds
+
+    checkpoint-N/        complete checkpoints (written as .tmp-*, then renamed)
+    final/               the trained weights and train_summary.json, once training ended
+    train_log.jsonl      step metrics
+    run.json             which spec hash this workdir belongs to
+    artifact/            the finished artifact (manifest written last, then renamed in)
+
+Every step is safe to repeat, so killing the process at any moment and
+calling ``train`` again finishes the run without starting over: a finished
+artifact is returned as is, finished training goes straight to evaluation,
+and an unfinished one resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recipes.artifact import ArtifactError, verify_manifest, write_manifest
+from recipes.core.errors import RegError
+from recipes.core.fsutil import atomic_write_text, publish_dir, remove_dir
+from recipes.loading.loader import LoadedRecipe
+from recipes.schema import AdapterMethod
+from recipes.training.checkpoint import (
+    CHECKPOINT_PREFIX,
+    clean_temporaries,
+    list_checkpoints,
+)
+
+if TYPE_CHECKING:
+    from recipes.data.pipeline import PreparedData
+    from recipes.training.model import DeviceSettings
+
+ARTIFACT_DIR = "artifact"
+FINAL_DIR = "final"
+RUN_FILE = "run.json"
+SUMMARY_FILE = "train_summary.json"
+LOCK_FILE = ".lock"
+# Files of final/ that are not part of the artifact (PEFT's generated model card).
+_NOT_IN_ARTIFACT = {SUMMARY_FILE, "README.md"}
+
+
+class WorkdirConflict(RegError):
+    """The workdir holds a run of another recipe or spec."""
+
+
+@dataclass
+class TrainResult:
+    artifact_dir: Path
+    metrics: dict[str, Any]
+    gates_passed: bool
+    gate_results: list[dict[str, Any]]
+    steps: int
+    resumed_from_step: int | None
+
+
+def default_identity(loaded: LoadedRecipe) -> dict[str, Any]:
+    """The manifest identity of a recipe's artifact: what was trained, from what."""
+    from recipes.identity import spec_identity
+
+    ident = spec_identity(loaded)
+    spec = loaded.recipe.spec
+    return {
+        "name": loaded.name,
+        "spec_hash": ident.spec_hash,
+        "base_model": ident.base_model,
+        "base_model_path": str(loaded.base_model_path),
+        "data_digests": ident.data_digests,
+        "method": spec.adapter.method.value,
+        "adapter_rank": spec.adapter.r,
+        "objective": spec.training.objective.value,
+    }
+
+
+# ---- the entry point --------------------------------------------------------------------
+
+
+def train(
+    loaded: LoadedRecipe,
+    workdir: Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    identity: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``loaded`` in ``workdir`` and return the evaluated artifact.
+
+    Idempotent: a valid artifact for the same spec hash is returned without
+    training. ``resume=False`` discards checkpoints of an unfinished run.
+    A failed gate is reported in the result, not raised.
+    """
+    workdir = Path(workdir).resolve()
+    ident = dict(identity) if identity is not None else default_identity(loaded)
+    spec_hash = str(ident["spec_hash"])
+    done = finished_result(workdir, spec_hash)
+    if done is not None:
+        return done
+    # Data, tokenizer and model config are checked before anything is
+    # written, so bad input leaves no workdir behind.
+    setup = _setup(loaded, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with _workdir_lock(workdir):
+        done = finished_result(workdir, spec_hash)  # another process may have finished it
+        if done is not None:
+            return done
+        clean_temporaries(workdir)
+        _claim_workdir(workdir, loaded.name, spec_hash, resume)
+        return _run(setup, ident, progress=progress)
+
+
+def finished_result(workdir: Path, spec_hash: str) -> TrainResult | None:
+    """The result stored in ``workdir/artifact`` when it is complete and of ``spec_hash``."""
+    artifact = workdir / ARTIFACT_DIR
+    if not artifact.is_dir():
+        return None
+    try:
+        manifest = verify_manifest(artifact)
+    except ArtifactError:
+        return None
+    if manifest.get("identity", {}).get("spec_hash") != spec_hash:
+        return None
+    metrics = json.loads((artifact / "metrics.json").read_text(encoding="utf-8"))
+    return _result(artifact, metrics)
+
+
+def _result(artifact: Path, metrics: dict[str, Any]) -> TrainResult:
+    train_info = metrics.get("train", {})
+    return TrainResult(
+        artifact_dir=artifact,
+        metrics=metrics,
+        gates_passed=bool(metrics.get("gates_passed", True)),
+        gate_results=list(metrics.get("gates", [])),
+        steps=int(train_info.get("steps", 0)),
+        resumed_from_step=train_info.get("resumed_from_step"),
+    )
+
+
+@contextmanager
+def _workdir_lock(workdir: Path) -> Iterator[None]:
+    """One trainer per workdir; the OS drops the lock when its holder dies."""
+    with (workdir / LOCK_FILE).open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _claim_workdir(workdir: Path, name: str, spec_hash: str, resume: bool) -> None:
+    """Record which spec this workdir trains; refuse to mix two specs' checkpoints."""
+    run_file = workdir / RUN_FILE
+    if run_file.is_file():
+        try:
+            owner = json.loads(run_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            owner = {}
+        if owner.get("spec_hash") != spec_hash and resume and _has_state(workdir):
+            raise WorkdirConflict(
+                f"{workdir} holds a run of {owner.get('name', '?')} "
+                f"({str(owner.get('spec_hash', '?'))[:19]}), not of {name} ({spec_hash[:19]})",
+                hint="use another output folder, or start over there with --fresh",
+            )
+        if owner.get("spec_hash") != spec_hash or not resume:
+            _discard_state(workdir)
+    elif not resume:
+        _discard_state(workdir)
+    atomic_write_text(run_file, json.dumps({"name": name, "spec_hash": spec_hash}) + "\n")
+
+
+def _has_state(workdir: Path) -> bool:
+    return bool(list_checkpoints(workdir)) or (workdir / FINAL_DIR).exists() or (
+        workdir / ARTIFACT_DIR).exists()
+
+
+def _discard_state(workdir: Path) -> None:
+    for _step, path in list_checkpoints(workdir):
+        remove_dir(path)
+    for p in workdir.iterdir():
+        if p.name.startswith(CHECKPOINT_PREFIX) and p.is_dir():
+            remove_dir(p)
+    remove_dir(workdir / FINAL_DIR)
+    remove_dir(workdir / ARTIFACT_DIR)
+    (workdir / "train_log.jsonl").unlink(missing_ok=True)
+
+
+# ---- setup, train, evaluate, package ----------------------------------------------------
+
+
+@dataclass
+class _Setup:
+    loaded: LoadedRecipe
+    workdir: Path
+    tokenizer: Any
+    data: PreparedData
+    settings: DeviceSettings
+    num_params: int
+    learning_rate: float
+    lr_reason: str
+
+
+def _setup(loaded: LoadedRecipe, workdir: Path) -> _Setup:
+    from recipes.data.pipeline import prepare_data
+    from recipes.training.lr import resolve_lr
+    from recipes.training.model import (
+        bf16_supported,
+        config_param_count,
+        detect_device,
+        device_settings,
+        load_tokenizer,
+    )
+
+    spec = loaded.recipe.spec
+    model_dir = loaded.base_model_path
+    tokenizer = load_tokenizer(spec.base_model, model_dir)
+    data = prepare_data(loaded, tokenizer)
+    device = detect_device()
+    num_params = config_param_count(spec.base_model, model_dir)
+    settings = device_settings(spec.training, spec.base_model, device, num_params=num_params,
+                               bf16_ok=bf16_supported(device))
+    lr = resolve_lr(spec.training.learning_rate, spec.adapter.method, num_params,
+                    len(data.splits["train"]))
+    return _Setup(loaded, workdir, tokenizer, data, settings, num_params, lr.learning_rate,
+                  lr.reason)
+
+
+def _run(s: _Setup, identity: dict[str, Any], *, progress: bool) -> TrainResult:
+    from transformers import set_seed
+
+    from recipes.training.model import cpu_threads
+
+    set_seed(s.loaded.recipe.spec.training.seed)
+    final = s.workdir / FINAL_DIR
+    model: Any = None
+    with cpu_threads(s.settings, s.num_params) as threads:
+        if not (final / SUMMARY_FILE).is_file():
+            from recipes.training.loop import run_training
+
+            model, info = run_training(s.loaded, s.workdir, s.tokenizer, s.data, s.settings,
+                                       learning_rate=s.learning_rate, progress=progress)
+            info["cpu_threads"] = threads if s.settings.device == "cpu" else None
+            _save_final(model, info, s, final)
+        summary = json.loads((final / SUMMARY_FILE).read_text(encoding="utf-8"))
+        model, base_model = _evaluation_models(s, final, model)
+        metrics = _evaluate(s, model, base_model)
+    metrics["train"] = summary
+    metrics["device"] = s.settings.to_json()
+    artifact = _package(s, final, metrics, identity)
+    return _result(artifact, metrics)
+
+
+def _save_final(model: Any, info: dict[str, Any], s: _Setup, final: Path) -> None:
+    """Publish the trained weights and the training summary as ``final/``, atomically."""
+    from recipes.training.progress import LOG_NAME, read_log
+
+    tmp = s.workdir / f".tmp-{FINAL_DIR}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    if s.loaded.recipe.spec.adapter.method is AdapterMethod.full:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        s.tokenizer.save_pretrained(str(tmp))
+    else:
+        model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=["default"])
+    info = dict(info)
+    log = read_log(s.workdir / LOG_NAME)
+    losses = [float(r["loss"]) for r in log if "loss" in r]
+    info.update({
+        "learning_rate": s.learning_rate,
+        "learning_rate_reason": s.lr_reason,
+        "num_params": s.num_params,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    })
+    atomic_write_text(tmp / SUMMARY_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    publish_dir(tmp, final)
+
+
+def _evaluation_models(s: _Setup, final: Path, trained: Any | None) -> tuple[Any, Any | None]:
+    """The tuned model (in memory, or reloaded from final/) and, for ``full``, the base."""
+    from recipes.training.model import load_base_model
+
+    spec = s.loaded.recipe.spec
+    base_spec = spec.base_model
+    quantized = base_spec.quantization is not None
+    if spec.adapter.method is AdapterMethod.full:
+        fresh = dataclasses.replace(s.settings, gradient_checkpointing=False)
+        base = load_base_model(base_spec, s.loaded.base_model_path, fresh, quantize=quantized)
+        if trained is None:
+            trained = load_base_model(base_spec, final, fresh, quantize=False)
+        return trained, base
+    if trained is None:
+        from peft import PeftModel
+
+        base = load_base_model(base_spec, s.loaded.base_model_path, s.settings,
+                               quantize=quantized)
+        trained = PeftModel.from_pretrained(base, str(final), is_trainable=False)
+    return trained, None
+
+
+def _evaluate(s: _Setup, model: Any, base_model: Any | None) -> dict[str, Any]:
+    from recipes.data.pipeline import load_eval_texts
+    from recipes.evaluation.evaluate import evaluate
+
+    spec = s.loaded.recipe.spec
+    general = load_eval_texts(s.loaded, s.tokenizer) if spec.evaluation.general else None
+    return evaluate(
+        model, s.tokenizer, s.data.kind, s.data.splits, spec.evaluation,
+        max_len=spec.training.max_seq_length, batch_size=spec.training.batch_size,
+        general_texts=general, base_model=base_model,
+    )
+
+
+def _package(s: _Setup, final: Path, metrics: dict[str, Any], identity: dict[str, Any]) -> Path:
+    """Assemble the artifact in a temp dir, write its manifest last, rename it into place."""
+    from recipes.training.progress import LOG_NAME
+
+    artifact = s.workdir / ARTIFACT_DIR
+    tmp = s.workdir / f".tmp-{ARTIFACT_DIR}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for f in sorted(final.iterdir()):
+        if f.is_file() and f.name not in _NOT_IN_ARTIFACT:
+            shutil.copy2(f, tmp / f.name)
+    (tmp / "recipe.yaml").write_text(s.loaded.text, encoding="utf-8")
+    (tmp / "data_report.json").write_text(
+        json.dumps(s.data.report.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (tmp / "metrics.json").write_text(
+        json.dumps(metrics, indent=2, sort_keys=True, default=_json_default) + "\n",
+        encoding="utf-8")
+    log = s.workdir / LOG_NAME
+    if log.is_file():
+        shutil.copy2(log, tmp / LOG_NAME)
+    else:
+        (tmp / LOG_NAME).write_text("", encoding="utf-8")
+    write_manifest(tmp, identity)
+    publish_dir(tmp, artifact)
+    return artifact
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)

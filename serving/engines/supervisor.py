@@ -1,0 +1,429 @@
+"""The engine manager: engines and adapters follow the registry; dead engines come back.
+
+Each pass (:meth:`Supervisor.step`, every ``poll_interval_s``) is a straight list of
+steps, each safe to repeat:
+
+1. read the registry if its change marker moved (one cheap query otherwise);
+2. plan engines: one per base model with deployed versions (:func:`plan_engines`,
+   pure); start, restart (flags changed) or stop;
+3. advance each engine's state (:func:`next_state`, pure): starting -> ready when
+   /health answers, ready -> down when the process exits or health fails,
+   down -> starting after an exponential backoff (:func:`backoff_delay`);
+4. sync adapters on ready engines whose deployed set changed (or that restarted);
+5. publish a new routing snapshot and the engines' status to the gateway.
+
+An error in a pass is recorded (``state.last_error``) and the next pass retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import aiohttp
+
+from rollout.policy import TrafficPolicy
+from serving.config import ServeConfig
+from serving.engines.adapters import (
+    EngineAdmin,
+    SyncPlan,
+    SyncResult,
+    apply_plan,
+    ensure_inside,
+    plan_sync,
+)
+from serving.engines.process import (
+    EngineProcess,
+    EngineSpec,
+    EngineState,
+    detect_device,
+    engine_spec,
+)
+from serving.engines.state import EngineStatus, GatewayState
+from serving.gateway.metrics import Metrics
+from serving.gateway.routing import build_catalogue, engine_key
+from serving.source import Deployment, DeploymentSource
+
+log = logging.getLogger("reg.serving")
+HEALTH_FAILURES_BEFORE_DOWN = 3
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait before restart number ``attempt`` (1, 2, 4, ... capped)."""
+    return float(min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    start: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+
+
+def plan_engines(
+    desired: Mapping[str, EngineSpec], running: Mapping[str, EngineSpec]
+) -> EnginePlan:
+    """Which engines to start, restart (their flags changed) and stop. Ports are not flags."""
+
+    def flags(s: EngineSpec) -> EngineSpec:
+        return replace(s, port=0)
+
+    return EnginePlan(
+        start=tuple(sorted(k for k in desired if k not in running)),
+        restart=tuple(sorted(
+            k for k in desired if k in running and flags(desired[k]) != flags(running[k])
+        )),
+        stop=tuple(sorted(k for k in running if k not in desired)),
+    )
+
+
+def next_state(
+    state: EngineState, *, exited: bool, healthy: bool | None, health_failures: int,
+    started_for: float, start_timeout: float,
+) -> EngineState:
+    """One engine's next state. ``healthy`` is None when no health check ran this pass."""
+    if state is EngineState.stopped:
+        return state
+    if state is EngineState.down:
+        return state  # the restart, after its backoff, is the supervisor's move
+    if exited:
+        return EngineState.down
+    if state is EngineState.starting:
+        if healthy:
+            return EngineState.ready
+        return EngineState.down if started_for > start_timeout else state
+    if healthy is False and health_failures >= HEALTH_FAILURES_BEFORE_DOWN:
+        return EngineState.down
+    return state
+
+
+@dataclass
+class _Slot:
+    """The supervisor's record of one engine (mutable; only the supervisor touches it)."""
+
+    key: str
+    spec: EngineSpec
+    proc: EngineProcess | None  # None for an external engine
+    url: str
+    state: EngineState = EngineState.starting
+    reason: str = ""
+    attempts: int = 0
+    restarts: int = 0
+    next_start_at: float = 0.0
+    health_failures: int = 0
+    last_health_at: float = 0.0
+    needs_sync: bool = True
+    adapters: set[str] = field(default_factory=set)
+    manual: dict[str, Path] = field(default_factory=dict)
+
+
+class Supervisor:
+    """Keeps engines and their adapters equal to what the registry deploys."""
+
+    def __init__(
+        self,
+        source: DeploymentSource,
+        config: ServeConfig,
+        state: GatewayState,
+        metrics: Metrics,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.config = config
+        self.state = state
+        self.metrics = metrics
+        self.session = session
+        self.clock = clock
+        self.slots: dict[str, _Slot] = {}
+        self.marker: int | None = None
+        self.deployments: list[Deployment] = []
+        self.policies: dict[str, TrafficPolicy | None] = {}
+        self.known: dict[str, list[int]] = {}
+        self._paths: dict[str, Path] = {}
+        self._lock = asyncio.Lock()
+        self._dirty = True
+        self._task: asyncio.Task[None] | None = None
+        self._device = detect_device()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="reg-supervisor")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # recorded; the next pass retries
+                self.state.last_error = f"{type(e).__name__}: {e}"
+                log.exception("supervisor pass failed")
+            await asyncio.sleep(self.config.poll_interval_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        async with self._lock:
+            await asyncio.gather(*(self._stop_slot(s) for s in self.slots.values()))
+            self.slots.clear()
+            self._publish_engines()
+
+    # -- one pass --------------------------------------------------------------------------
+
+    async def step(self, *, force: bool = False) -> None:
+        async with self._lock:
+            if await self._read_registry(force=force):
+                # Cleared only once published, so a pass that fails midway is redone.
+                self._dirty = True
+            await self._plan_and_apply()
+            await self._advance_all()
+            # Make before break: load new versions, move routing to them, and only
+            # then unload what routing no longer names, so no request is routed to an
+            # adapter that is already gone.
+            syncing = [s for s in self.slots.values()
+                       if s.state is EngineState.ready and (self._dirty or s.needs_sync)]
+            for slot in syncing:
+                await self._sync(slot, unload=False)
+            if self._dirty or not self.state.loaded_once:
+                self._publish_catalogue()
+                self._dirty = False
+            for slot in syncing:
+                await self._sync(slot, unload=True)
+            self._publish_engines()
+
+    async def _read_registry(self, *, force: bool) -> bool:
+        marker = await asyncio.to_thread(self.source.change_marker)
+        if not force and marker == self.marker:
+            return False
+        deployments, policies, known = await asyncio.to_thread(self._read_all)
+        self.deployments, self.policies, self.known = deployments, policies, known
+        self.marker = marker
+        return True
+
+    def _read_all(
+        self,
+    ) -> tuple[list[Deployment], dict[str, TrafficPolicy | None], dict[str, list[int]]]:
+        deployments = self.source.deployments()
+        models = sorted({d.model for d in deployments})
+        policies = {m: self.source.traffic(m) for m in models}
+        known = {m: list(v) for m, v in self.source.known_models().items()}
+        return deployments, policies, known
+
+    def desired_specs(self) -> dict[str, EngineSpec]:
+        cfg = self.config
+        out: dict[str, EngineSpec] = {}
+        for key in sorted({engine_key(d) for d in self.deployments}):
+            out[key] = engine_spec(
+                key, self.deployments, max_loras=cfg.max_loras, min_lora_rank=cfg.min_lora_rank,
+                device=self._device, max_num_seqs=cfg.max_num_seqs,
+                cpu_kvcache_gib=cfg.cpu_kvcache_gib,
+            )
+        return out
+
+    async def _plan_and_apply(self) -> None:
+        desired = self.desired_specs()
+        plan = plan_engines(desired, {k: s.spec for k, s in self.slots.items()})
+        for key in plan.stop:
+            await self._stop_slot(self.slots.pop(key))
+        for key in plan.restart:
+            slot = self.slots[key]
+            await self._stop_slot(slot)
+            slot.spec = desired[key]
+            self._launch(slot, reason="restarting with new flags")
+        for key in plan.start:
+            external = self.config.external_engines.get(key)
+            slot = _Slot(key=key, spec=desired[key], proc=None, url=external or "")
+            self.slots[key] = slot
+            self._launch(slot, reason="starting")
+
+    def _launch(self, slot: _Slot, *, reason: str) -> None:
+        slot.state = EngineState.starting
+        slot.health_failures = 0
+        slot.needs_sync = True
+        slot.adapters = set()
+        slot.next_start_at = self.clock()
+        if slot.key in self.config.external_engines:
+            slot.reason = f"waiting for the external engine at {slot.url} to answer /health"
+            return
+        proc = EngineProcess(slot.spec, self.config.log_dir)
+        proc.start()
+        slot.proc, slot.url = proc, proc.url
+        slot.reason = f"engine for {slot.spec.served_name} is {reason} (pid {proc.pid})"
+        log.info("%s: %s", slot.key, slot.reason)
+
+    async def _stop_slot(self, slot: _Slot) -> None:
+        slot.state = EngineState.stopped
+        slot.reason = "stopped"
+        if slot.proc is not None:
+            await asyncio.to_thread(slot.proc.stop)
+
+    async def _advance_all(self) -> None:
+        await asyncio.gather(*(self._advance(s) for s in self.slots.values()))
+
+    async def _advance(self, slot: _Slot) -> None:
+        now = self.clock()
+        if slot.state is EngineState.down:
+            if now >= slot.next_start_at:
+                slot.restarts += 1
+                self.metrics.engine_restarts.labels(slot.spec.served_name).inc()
+                if slot.proc is not None:
+                    await asyncio.to_thread(slot.proc.stop, 5.0)
+                self._launch(slot, reason=f"restarting (attempt {slot.attempts})")
+            return
+        code = None if slot.proc is None else slot.proc.exit_code()
+        healthy: bool | None = None
+        due = now - slot.last_health_at >= self.config.health_interval_s
+        if code is None and (slot.state is EngineState.starting or due):
+            slot.last_health_at = now
+            healthy = await EngineAdmin(self.session, slot.url).healthy()
+            slot.health_failures = 0 if healthy else slot.health_failures + 1
+            if healthy and slot.state is EngineState.ready:
+                # Re-check the loaded adapters too: an engine can lose one behind our back.
+                slot.needs_sync = True
+        started_for = now - (slot.proc.started_at if slot.proc else slot.next_start_at)
+        new = next_state(
+            slot.state, exited=code is not None, healthy=healthy,
+            health_failures=slot.health_failures, started_for=started_for,
+            start_timeout=self.config.engine_start_timeout_s,
+        )
+        if new is slot.state:
+            if slot.state is EngineState.starting and slot.proc is not None:
+                slot.reason = (f"engine for {slot.spec.served_name} is starting "
+                               f"({started_for:.0f} s so far)")
+            return
+        if new is EngineState.ready:
+            slot.state, slot.attempts, slot.needs_sync = new, 0, True
+            slot.reason = ""
+            log.info("%s: engine ready at %s", slot.key, slot.url)
+            return
+        # down: record why, kill what is left, schedule the restart.
+        slot.attempts += 1
+        delay = backoff_delay(slot.attempts, *self.config.restart_backoff_s)
+        if code is not None:
+            why = f"exited with code {code}"
+        elif slot.state is EngineState.starting:
+            why = f"did not answer /health within {self.config.engine_start_timeout_s:.0f} s"
+        else:
+            why = f"failed {slot.health_failures} health checks"
+        slot.state = EngineState.down
+        slot.adapters = set()
+        slot.next_start_at = now + delay
+        slot.reason = (
+            f"engine for {slot.spec.served_name} is down: it {why}; "
+            f"restarting in {delay:g} s (attempt {slot.attempts})"
+        )
+        if slot.proc is not None:
+            tail = slot.proc.log_tail(5)
+            if tail:
+                log.warning("%s: %s; last log lines:\n%s", slot.key, slot.reason, tail)
+            slot.proc.kill()
+        log.warning("%s: %s", slot.key, slot.reason)
+
+    # -- adapters --------------------------------------------------------------------------
+
+    async def _desired_adapters(self, slot: _Slot) -> tuple[dict[str, Path], dict[str, str]]:
+        """Adapters this engine should hold, fetched (digest-verified) into the store."""
+        root = self.config.adapter_root
+        out: dict[str, Path] = {}
+        errors: dict[str, str] = {}
+        for d in self.deployments:
+            if engine_key(d) != slot.key:
+                continue
+            path = self._paths.get(d.adapter_name)
+            if path is None:
+                try:
+                    root.mkdir(parents=True, exist_ok=True)
+                    path = await asyncio.to_thread(self.source.fetch_artifact, d, root)
+                except Exception as e:  # one bad artifact must not block the others
+                    errors[d.adapter_name] = f"fetch failed: {type(e).__name__}: {e}"
+                    continue
+                self._paths[d.adapter_name] = path
+            out[d.adapter_name] = path
+        out.update(slot.manual)
+        return out, errors
+
+    async def _sync(self, slot: _Slot, *, unload: bool) -> SyncResult:
+        """Load missing adapters; with ``unload``, also unload those no longer desired."""
+        admin = EngineAdmin(self.session, slot.url)
+        desired, fetch_errors = await self._desired_adapters(slot)
+        loaded = await admin.loaded()
+        # An adapter that failed to fetch is neither loaded nor (if loaded) unloaded.
+        plan = plan_sync(desired, loaded, keep=fetch_errors)
+        if not unload:
+            plan = SyncPlan(load=plan.load)
+        result = await apply_plan(admin, plan, self.config.adapter_root)
+        result.errors.update(fetch_errors)
+        slot.adapters = (loaded | set(result.loaded)) - set(result.unloaded)
+        slot.needs_sync = bool(result.errors)
+        if result.errors:
+            self.state.last_error = "adapter sync: " + "; ".join(
+                f"{n}: {e}" for n, e in sorted(result.errors.items())
+            )
+            log.warning("%s", self.state.last_error)
+        return result
+
+    async def load_manual(self, key: str, name: str, path: Path) -> None:
+        """Load an adapter by hand (admin route); it must lie in the artifact store."""
+        resolved = ensure_inside(path, self.config.adapter_root)
+        async with self._lock:
+            slot = self.slots[key]
+            await EngineAdmin(self.session, slot.url).load(name, resolved)
+            slot.manual[name] = resolved
+            slot.adapters.add(name)
+            self._publish_engines()
+
+    async def unload_manual(self, key: str, name: str) -> None:
+        async with self._lock:
+            slot = self.slots[key]
+            await EngineAdmin(self.session, slot.url).unload(name)
+            slot.manual.pop(name, None)
+            slot.adapters.discard(name)
+            self._publish_engines()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _publish_catalogue(self) -> None:
+        cat = build_catalogue(self.deployments, self.policies, self.known,
+                              -1 if self.marker is None else self.marker)
+        self.state.catalogue = cat
+        self.state.loaded_once = True
+        weights: list[tuple[str, str, str, float]] = []
+        shadows: list[tuple[str, str, str, float]] = []
+        for name, view in cat.models.items():
+            for stage, w in view.policy.weights.items():
+                d = view.stages.get(stage)
+                if d is not None:
+                    weights.append((name, f"v{d.version}", stage, w / 100))
+            s = view.policy.shadow
+            if s is not None and s.stage in view.stages:
+                shadows.append((name, f"v{view.stages[s.stage].version}", s.stage,
+                                s.percent / 100))
+        self.metrics.set_traffic(weights, shadows)
+        self.metrics.policy_marker.set(cat.marker)
+
+    def _publish_engines(self) -> None:
+        self.state.engines = {
+            k: EngineStatus(
+                key=k, url=s.url, state=s.state, reason=s.reason,
+                pid=None if s.proc is None else s.proc.pid,
+                adapters=frozenset(s.adapters), restarts=s.restarts,
+            )
+            for k, s in self.slots.items()
+        }
+        self.metrics.set_engines(
+            {s.spec.served_name: s.state is EngineState.ready for s in self.slots.values()},
+            {s.spec.served_name: len(s.adapters) for s in self.slots.values()},
+        )
+
+    def engine_keys(self) -> Iterable[str]:
+        return self.slots.keys()

@@ -1,0 +1,57 @@
+"""Fixtures for training tests: the example workspace and recipes derived from it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recipes.loading.loader import LoadedRecipe, load_recipe
+
+RecipeFactory = Callable[..., LoadedRecipe]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """The example workspace of `reg init --example`, with the session's tiny model."""
+    from recipes.scaffold.example import init_workspace
+
+    return init_workspace(tmp_path / "ws", example=True, model_from=tiny_model_dir)
+
+
+def _set(doc: Any, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        if k not in doc or doc[k] is None:
+            doc[k] = {}
+        doc = doc[k]
+    if value is None:
+        doc.pop(keys[-1], None)
+    else:
+        doc[keys[-1]] = value
+
+
+@pytest.fixture
+def make_recipe(workspace: Path) -> RecipeFactory:
+    """Write a recipe derived from an example one, with dotted-path overrides, and load it.
+
+    ``make_recipe("support-bot", name="x", **{"spec.training.max_steps": 5})``;
+    a value of None removes the key.
+    """
+    from ruamel.yaml import YAML
+
+    def make(template: str, name: str | None = None, **overrides: Any) -> LoadedRecipe:
+        yaml = YAML()
+        doc = yaml.load((workspace / "recipes" / f"{template}.yaml").read_text())
+        name = name or template
+        doc["metadata"]["name"] = name
+        for dotted, value in overrides.items():
+            _set(doc, dotted, value)
+        path = workspace / "recipes" / f"{name}.yaml"
+        with path.open("w") as f:
+            yaml.dump(doc, f)
+        return load_recipe(path)
+
+    return make
