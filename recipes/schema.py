@@ -8,20 +8,24 @@ which editors use (through yaml-language-server) to validate as you type.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from recipes.core.names import (
+    MODEL_NAME_PATTERN,
+    STAGE_NAME_HINT,
+    STAGE_NAME_PATTERN,
+    VLLM_LORA_RANKS,
+    model_name_problem,
+    stage_name_problem,
+)
+
 API_VERSION = "reg/v1"
 
-# vLLM's --max-lora-rank accepts only these values.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-STAGE_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+NAME_PATTERN = MODEL_NAME_PATTERN
 
 
 class Strict(BaseModel):
@@ -317,7 +321,8 @@ class RolloutSpec(Strict):
 class DeploySpec(Strict):
     target: Literal["vllm", "none"] = Field(default="vllm", description="Serving engine.")
     promote_to: str | None = Field(
-        default=None, pattern=STAGE_PATTERN, description="Stage to point at each new ready version."
+        default=None, pattern=STAGE_NAME_PATTERN,
+        description="Stage to point at each new ready version.",
     )
     max_model_len: int = Field(default=512, gt=0, description="Engine context length.")
     rollout: RolloutSpec | None = Field(default=None, description="Progressive rollout plan.")
@@ -358,6 +363,9 @@ def cross_field_problems(spec: Spec) -> list[CrossFieldProblem]:
     def bad(path: str, message: str, got: object = None) -> None:
         out.append(CrossFieldProblem("spec." + path, message, None if got is None else str(got)))
 
+    promote_to = spec.deploy.promote_to
+    if promote_to is not None and (problem := stage_name_problem(promote_to)) is not None:
+        bad("deploy.promote_to", f"{problem}; {STAGE_NAME_HINT}", promote_to)
     q = spec.base_model.quantization
     if a.method is AdapterMethod.qlora and (q is None or q.bits != 4):
         bad("adapter.method", "qlora needs 4-bit loading: add base_model.quantization: {bits: 4}",
@@ -418,5 +426,5 @@ def json_schema() -> dict[str, Any]:
 
 
 def is_valid_name(name: str) -> bool:
-    return re.fullmatch(NAME_PATTERN, name) is not None
+    return model_name_problem(name) is None
 

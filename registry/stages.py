@@ -10,16 +10,16 @@ Nothing here does I/O; ``registry.api`` loads events, calls these, writes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from recipes.core.names import STAGE_NAME_HINT, STANDARD_STAGES, stage_name_problem
 from registry.errors import InvalidName, Refused
-from registry.versions import STAGE_PATTERN, VersionStatus
+from registry.versions import VersionStatus
 
-STANDARD_STAGES = ("production", "staging", "canary")
+__all__ = ["STANDARD_STAGES"]
 
 
 class StageAction(StrEnum):
@@ -46,12 +46,9 @@ STAGE_ADMISSION: dict[VersionStatus, Admission] = {
 
 def check_stage_name(name: str) -> str:
     """Stage names: lowercase, digits, '-', up to 32 chars, and not shaped like `v2`."""
-    if re.fullmatch(STAGE_PATTERN, name) is None or re.fullmatch(r"v[0-9]+", name):
-        raise InvalidName(
-            f"{name!r} is not a valid stage name",
-            hint=f"use {', '.join(STANDARD_STAGES)} or a name of lowercase letters, digits and "
-            "'-' (starting with a letter, not shaped like a version such as v2)",
-        )
+    problem = stage_name_problem(name)
+    if problem is not None:
+        raise InvalidName(problem, hint=STAGE_NAME_HINT)
     return name
 
 

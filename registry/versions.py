@@ -9,12 +9,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from recipes.core.names import MODEL_NAME_HINT, model_name_problem
 from registry.errors import InvalidName, Refused
-
-# Equal to recipes.schema.NAME_PATTERN / STAGE_PATTERN (a test checks it). Copied, not
-# imported: building the recipe schema's pydantic models costs registry commands ~0.1 s.
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-STAGE_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 
 
 class VersionStatus(StrEnum):
@@ -95,12 +91,9 @@ def parse_version_ref(text: str) -> VersionRef:
 
 
 def check_model_name(name: str) -> str:
-    if re.fullmatch(NAME_PATTERN, name) is None:
-        raise InvalidName(
-            f"{name!r} is not a valid model name",
-            hint="use lowercase letters, digits and '-', starting and ending with a letter or "
-            "digit",
-        )
+    problem = model_name_problem(name)
+    if problem is not None:
+        raise InvalidName(problem, hint=MODEL_NAME_HINT)
     return name
 
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from recipes.core.errors import RegError
-from registry.versions import STAGE_PATTERN  # the copy that spares importing the recipe schema
+from recipes.core.names import STAGE_NAME_PATTERN as STAGE_PATTERN
 
 PRODUCTION = "production"
 STAGING = "staging"

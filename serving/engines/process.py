@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from recipes.core.errors import RegError
-from recipes.schema import VLLM_LORA_RANKS
+from recipes.core.names import VLLM_LORA_RANKS
 from serving.source import Deployment
 
 

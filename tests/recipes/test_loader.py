@@ -210,3 +210,12 @@ def test_data_refs_lists_every_data_file_once_in_order(
     assert loaded.data_refs() == refs
     assert loaded.data_paths() == [(workspace / "data" / Path(r).name).resolve() for r in refs]
     assert list(spec_identity(loaded).data_digests) == refs
+
+
+def test_promote_to_a_version_shaped_stage_fails_validation(write_recipe: RecipeFactory) -> None:
+    # The registry refuses `v2` as a stage name; the recipe must be refused at `reg validate`,
+    # not at reconcile, by the same rule (recipes.core.names).
+    path = write_recipe("bad-stage", **{"spec.deploy.promote_to": "v2"})
+    p = _only(check_recipes([path]).all_problems)
+    assert p.field == "spec.deploy.promote_to"
+    assert "'v2' is not a valid stage name" in p.message

@@ -37,14 +37,6 @@ def change(stage: str, action: StageAction, to: int | None, minute: int = 0) -> 
     return StageChange(stage, action, None, to, T0 + timedelta(minutes=minute))
 
 
-def test_name_patterns_equal_the_recipe_schemas() -> None:
-    import recipes.schema
-    import registry.versions
-
-    assert registry.versions.NAME_PATTERN == recipes.schema.NAME_PATTERN
-    assert registry.versions.STAGE_PATTERN == recipes.schema.STAGE_PATTERN
-
-
 def test_every_status_has_a_row_in_each_table() -> None:
     assert set(VERSION_TRANSITIONS) == set(VersionStatus)
     assert set(STAGE_ADMISSION) == set(VersionStatus)
