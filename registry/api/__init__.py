@@ -1,0 +1,33 @@
+"""The registry's public API: one facade that the CLI, the controllers and serving call.
+
+``Registry.open()`` reads :class:`~registry.settings.Settings` from the environment,
+opens the database (migrating it on first use) and returns the facade. It is composed
+of one part per noun (``versions``, ``registration``, ``stages``, ``traffic``,
+``serving``, ``audit``, ``runs``) over one unit of work (``unit``). Decisions come from
+the pure modules (``registry.versions``, ``registry.stages``, ``registry.traffic``); each
+part loads state, calls them and writes the outcome and its audit event in one
+transaction.
+"""
+
+from __future__ import annotations
+
+from registry.api.audit import AuditApi
+from registry.api.registration import RegisterOutcome, RegistrationApi
+from registry.api.runs import RunsApi
+from registry.api.serving import Deployment, ServingApi
+from registry.api.stages import StageResult, StagesApi
+from registry.api.traffic import TrafficApi
+from registry.api.unit import Clock, UnitOfWork, utcnow
+from registry.api.versions import VersionsApi
+from registry.settings import Settings
+
+__all__ = ["Clock", "Deployment", "RegisterOutcome", "Registry", "StageResult", "utcnow"]
+
+
+class Registry(VersionsApi, RegistrationApi, StagesApi, TrafficApi, ServingApi, AuditApi,
+               RunsApi, UnitOfWork):
+    """Facade over the registry database and artifact store."""
+
+    @classmethod
+    def open(cls, settings: Settings | None = None, *, clock: Clock | None = None) -> Registry:
+        return cls(settings or Settings.from_env(), clock=clock or utcnow)

@@ -1,0 +1,68 @@
+"""Training runs through the facade: create, update (RUN_TRANSITIONS), read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry import events as audit
+from registry import runs as runs_mod
+from registry.api.unit import UnitOfWork
+from registry.events import EventKind
+from registry.settings import default_actor
+from registry.tables import (
+    Run,
+    RunPublic,
+    RunUpdate,
+)
+from registry.versions import (
+    check_model_name,
+)
+
+
+class RunsApi(UnitOfWork):
+    """Training runs through the facade: create, update (RUN_TRANSITIONS), read."""
+
+    def create_run(
+        self, model: str, spec_hash: str, *, status: str = runs_mod.RunStatus.training,
+        workdir: str = "", recipe_path: str | None = None, git_commit: str | None = None,
+        git_dirty: bool | None = None, creator: str | None = None, attempts: int = 1,
+        phase: str = "", details: dict[str, Any] | None = None,
+    ) -> RunPublic:
+        check_model_name(model)
+        now = self.clock()
+        creator = creator or default_actor()
+        with self._write() as s:
+            run = runs_mod.create(s, Run(
+                model=model, spec_hash=spec_hash, status=str(status), phase=phase,
+                attempts=attempts, workdir=workdir, recipe_path=recipe_path,
+                git_commit=git_commit, git_dirty=git_dirty, creator=creator,
+                started_at=now, details=details or {}, created_at=now, updated_at=now))
+            audit.record(s, kind=EventKind.run_created, at=now, actor=creator, model=model,
+                         run_id=run.id, message=f"run {run.id} {status}",
+                         data={"spec_hash": spec_hash, "attempts": attempts})
+            return RunPublic.model_validate(run, from_attributes=True)
+
+    def update_run(self, run_id: int, changes: RunUpdate | None = None, *,
+                   actor: str | None = None, **fields: Any) -> RunPublic:
+        """Partial update (only the fields given); status changes follow RUN_TRANSITIONS."""
+        upd = changes or RunUpdate(**fields)
+        now = self.clock()
+        with self._write() as s:
+            run = runs_mod.update(s, run_id, upd, now)
+            data = upd.model_dump(exclude_unset=True, mode="json")
+            data.pop("log_tail", None)  # the log tail lives on the run, not in every event
+            audit.record(s, kind=EventKind.run_updated, at=now, actor=actor or default_actor(),
+                         model=run.model, run_id=run_id, version=run.version_number,
+                         message=f"run {run_id}: {run.status}"
+                         + (f" ({run.phase})" if run.phase else ""), data=data)
+            return RunPublic.model_validate(run, from_attributes=True)
+
+    def get_run(self, run_id: int) -> RunPublic:
+        with self._read() as s:
+            return runs_mod.get(s, run_id)
+
+    def list_runs(self, *, model: str | None = None, spec_hash: str | None = None,
+                  status: str | None = None, limit: int | None = None) -> list[RunPublic]:
+        with self._read() as s:
+            return runs_mod.list_runs(s, model=model, spec_hash=spec_hash, status=status,
+                                      limit=limit)
