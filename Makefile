@@ -28,6 +28,7 @@ demo: install
 
 lint: install
 	.venv/bin/ruff check recipes registry serving rollout reg_cli tests bench scripts
+	.venv/bin/lint-imports
 
 typecheck: install
 	.venv/bin/mypy
