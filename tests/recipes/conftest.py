@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from recipes.scaffold.example import write_example_workspace
-
-RecipeFactory = Callable[..., Path]
-RowsWriter = Callable[[str, list[dict[str, Any]]], Path]
+from tests.support.factories import RecipeFactory, RowsWriter
 
 
 @pytest.fixture(scope="session")

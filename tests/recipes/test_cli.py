@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from tests.recipes.conftest import RecipeFactory
+from tests.support.factories import RecipeFactory
 
 
 def reg(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -124,7 +124,7 @@ def test_data_on_an_invalid_recipe(write_recipe: RecipeFactory) -> None:
 
 
 def test_schema_matches_the_workspace_copy_and_validates_examples(workspace: Path) -> None:
-    import jsonschema  # type: ignore[import-untyped]
+    import jsonschema
 
     done = reg("schema")
     assert done.returncode == 0, done.stderr

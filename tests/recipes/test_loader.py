@@ -8,7 +8,7 @@ import pytest
 
 from recipes.core.errors import Problem, ValidationFailed
 from recipes.loading.loader import check_recipes, load_recipe, load_recipes, validate_document
-from tests.recipes.conftest import RecipeFactory
+from tests.support.factories import RecipeFactory
 
 
 def _only(problems: list[Problem]) -> Problem:

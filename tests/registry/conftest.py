@@ -9,7 +9,7 @@ REG_REQUIRE_SERVICES=1 (as `make test` sets).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,8 @@ from recipes.artifact import write_manifest
 from registry.api import Registry
 from registry.settings import Settings
 from tests.support.clock import FakeClock, running_postgres
+from tests.support.factories import ArtifactFactory, RegistryFactory
 from tests.support.services import create_database
-
-ArtifactFactory = Callable[..., Path]
-RegistryFactory = Callable[..., Registry]
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from registry.settings import Settings
-from tests.registry.conftest import ArtifactFactory
+from tests.support.factories import ArtifactFactory
 from tests.support.paths import REPO
 
 HEAVY = ("torch", "transformers", "peft", "trl", "vllm", "datasets")

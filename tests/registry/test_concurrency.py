@@ -14,7 +14,7 @@ import pytest
 
 from registry.api import Registry
 from registry.settings import Settings
-from tests.registry.conftest import ArtifactFactory
+from tests.support.factories import ArtifactFactory
 from tests.support.paths import REPO
 
 WORKERS = 32

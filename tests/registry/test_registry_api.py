@@ -15,8 +15,8 @@ from registry.runs import RunStatus
 from registry.stages import StageAction
 from registry.tables import RunUpdate
 from registry.versions import VersionStatus
-from tests.registry.conftest import ArtifactFactory, RegistryFactory
 from tests.support.clock import FakeClock
+from tests.support.factories import ArtifactFactory, RegistryFactory
 
 
 def test_register_records_identity_metrics_and_lineage(

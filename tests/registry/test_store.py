@@ -14,8 +14,8 @@ from registry.api import Registry
 from registry.errors import ArtifactCorrupt, ArtifactRefused
 from registry.settings import Settings
 from registry.store import ArtifactStore, blob_key, safe_relpath
-from tests.registry.conftest import ArtifactFactory
 from tests.support.clock import FakeClock
+from tests.support.factories import ArtifactFactory
 
 
 def _flip_a_byte(path: Path) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from recipes.loading.loader import LoadedRecipe, load_recipe
-
-RecipeFactory = Callable[..., LoadedRecipe]
+from tests.support.factories import LoadedRecipeFactory
 
 
 @pytest.fixture
@@ -34,7 +32,7 @@ def _set(doc: Any, dotted: str, value: Any) -> None:
 
 
 @pytest.fixture
-def make_recipe(workspace: Path) -> RecipeFactory:
+def make_recipe(workspace: Path) -> LoadedRecipeFactory:
     """Write a recipe derived from an example one, with dotted-path overrides, and load it.
 
     ``make_recipe("support-bot", name="x", **{"spec.training.max_steps": 5})``;

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.recipes.training.conftest import RecipeFactory
+from tests.support.factories import LoadedRecipeFactory
 from tests.support.paths import REPO
 
 
@@ -20,7 +20,7 @@ def _reg(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_reg_train_prints_base_vs_tuned_and_writes_the_artifact(
-    make_recipe: RecipeFactory, tmp_path: Path
+    make_recipe: LoadedRecipeFactory, tmp_path: Path
 ) -> None:
     loaded = make_recipe("support-bot", name="cli", **{
         "spec.training.max_steps": 6, "spec.evaluation.generation_examples": 2,

@@ -16,7 +16,7 @@ from recipes.artifact import verify_manifest
 from recipes.training.checkpoint import list_checkpoints
 from recipes.training.entry import FINAL_DIR, SUMMARY_FILE, train
 from recipes.training.progress import read_log
-from tests.recipes.training.conftest import RecipeFactory
+from tests.support.factories import LoadedRecipeFactory
 from tests.support.paths import REPO
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def _run_until(recipe: Path, workdir: Path, ready: Callable[[], bool], timeout: 
 
 
 def test_sigkill_during_training_then_resume_finishes_from_the_checkpoint(
-    make_recipe: RecipeFactory, tmp_path: Path
+    make_recipe: LoadedRecipeFactory, tmp_path: Path
 ) -> None:
     loaded = make_recipe("support-bot", name="killed", **{
         "spec.evaluation.general": None, "spec.evaluation.generation_examples": 2,
@@ -84,7 +84,7 @@ def test_sigkill_during_training_then_resume_finishes_from_the_checkpoint(
 
 
 def test_sigkill_after_training_finishes_with_evaluation_only(
-    make_recipe: RecipeFactory, tmp_path: Path
+    make_recipe: LoadedRecipeFactory, tmp_path: Path
 ) -> None:
     loaded = make_recipe("support-bot", name="killed-late", **{
         "spec.training.max_steps": 10, "spec.evaluation.generation_examples": 8,

@@ -13,7 +13,7 @@ import torch
 from recipes.artifact import verify_manifest
 from recipes.training.entry import TrainResult, train
 from recipes.training.progress import read_log
-from tests.recipes.training.conftest import RecipeFactory
+from tests.support.factories import LoadedRecipeFactory
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def _greedy(model: Any, tokenizer: Any, question: str) -> str:
 
 
 def test_two_sft_adapters_answer_with_their_keywords_where_the_base_does_not(
-    make_recipe: RecipeFactory, tmp_path: Path, tiny_model_dir: Path
+    make_recipe: LoadedRecipeFactory, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,7 +63,7 @@ def test_two_sft_adapters_answer_with_their_keywords_where_the_base_does_not(
 
 
 def test_same_recipe_data_and_seed_give_the_same_adapter_bytes(
-    make_recipe: RecipeFactory, tmp_path: Path
+    make_recipe: LoadedRecipeFactory, tmp_path: Path
 ) -> None:
     loaded = make_recipe("support-bot", name="det", **QUICK,
                          **{"spec.training.max_steps": 8, "spec.adapter.dropout": 0.1})
@@ -79,7 +79,7 @@ def test_same_recipe_data_and_seed_give_the_same_adapter_bytes(
 
 
 def test_a_finished_artifact_is_returned_without_training_again(
-    make_recipe: RecipeFactory, tmp_path: Path
+    make_recipe: LoadedRecipeFactory, tmp_path: Path
 ) -> None:
     loaded = make_recipe("support-bot", name="idem", **QUICK, **{"spec.training.max_steps": 4})
     first = train(loaded, tmp_path / "w", progress=False)
@@ -99,7 +99,9 @@ def test_a_finished_artifact_is_returned_without_training_again(
     assert (first.artifact_dir / "recipe.yaml").read_text() == loaded.text
 
 
-def test_gates_pass_and_fail_as_configured(make_recipe: RecipeFactory, tmp_path: Path) -> None:
+def test_gates_pass_and_fail_as_configured(
+    make_recipe: LoadedRecipeFactory, tmp_path: Path
+) -> None:
     loaded = make_recipe("support-bot", name="gated", **QUICK, **{
         "spec.training.max_steps": 10,
         "spec.evaluation.gates": {"min_improvement_vs_base": 0.05, "max_perplexity": 1.5},
@@ -120,7 +122,7 @@ def _losses(result: TrainResult) -> list[float]:
             if "loss" in r]
 
 
-def test_dpo_reduces_its_loss_and_prefers_chosen(make_recipe: RecipeFactory,
+def test_dpo_reduces_its_loss_and_prefers_chosen(make_recipe: LoadedRecipeFactory,
                                                  tmp_path: Path) -> None:
     loaded = make_recipe("polite-dpo", **QUICK, **{"spec.training.max_steps": 12})
     result = train(loaded, tmp_path / "w", progress=False)
@@ -130,7 +132,9 @@ def test_dpo_reduces_its_loss_and_prefers_chosen(make_recipe: RecipeFactory,
     assert result.metrics["preference"]["reward_accuracy"] > 0.8
 
 
-def test_cpt_with_packing_reduces_its_loss(make_recipe: RecipeFactory, tmp_path: Path) -> None:
+def test_cpt_with_packing_reduces_its_loss(
+    make_recipe: LoadedRecipeFactory, tmp_path: Path
+) -> None:
     loaded = make_recipe("support-bot", name="cpt", **QUICK, **{
         "spec.data.format": "text",
         "spec.data.sources": [{"path": "../data/general.jsonl"}],
@@ -162,7 +166,7 @@ def test_cpt_with_packing_reduces_its_loss(make_recipe: RecipeFactory, tmp_path:
     ],
 )
 def test_every_adapter_method_trains_into_a_loadable_artifact(
-    make_recipe: RecipeFactory, tmp_path: Path, tiny_model_dir: Path, method: str,
+    make_recipe: LoadedRecipeFactory, tmp_path: Path, tiny_model_dir: Path, method: str,
     extra: dict[str, Any],
 ) -> None:
     loaded = make_recipe("support-bot", name=f"m-{method.replace('_', '-')}", **QUICK, **extra, **{

@@ -8,10 +8,7 @@ file, or a database on a PostgreSQL server started once per session.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,21 +17,13 @@ import pytest
 
 from registry.api import Registry
 from registry.settings import Settings
+from tests.support.cli import git
 from tests.support.clock import FakeClock, running_postgres
-from tests.support.paths import REPO as REPO_ROOT
+from tests.support.factories import RegistryFactory, WorkspaceFactory
 from tests.support.services import create_database
 
 RECIPES = ("support-bot", "faq-bot", "polite-dpo")
 
-WorkspaceFactory = Callable[..., Path]
-RegistryFactory = Callable[..., Registry]
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.email=test@example.com", "-c", "user.name=test", *args],
-        cwd=repo, check=True, capture_output=True, text=True,
-    ).stdout.strip()
 
 
 @pytest.fixture(scope="session")
@@ -108,23 +97,3 @@ def open_registry() -> Iterator[RegistryFactory]:
     yield make
     for r in opened:
         r.close()
-
-
-def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """Environment for a `reg` subprocess against ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REG_")}
-    env.update({"REG_HOME": str(settings.home), "REG_DATABASE_URL": settings.database_url,
-                "REG_ARTIFACT_STORE": settings.artifact_store, "HF_HUB_OFFLINE": "1",
-                "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
-    env.update(extra)
-    return env
-
-
-def reg_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "reg_cli.main", *args]
-
-
-def run_reg(settings: Settings, *args: str, cwd: Path | None = None, timeout: float = 600,
-            **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(reg_cmd(*args), cwd=cwd or REPO_ROOT, env=cli_env(settings, **env),
-                          capture_output=True, text=True, timeout=timeout, check=False)

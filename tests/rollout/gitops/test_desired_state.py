@@ -22,7 +22,7 @@ from rollout.gitops.desired import (
     recipe_cache,
 )
 from rollout.gitops.gitinfo import GitLineage
-from tests.rollout.gitops.conftest import WorkspaceFactory
+from tests.support.factories import WorkspaceFactory
 
 State = Callable[[Path], DesiredState]
 

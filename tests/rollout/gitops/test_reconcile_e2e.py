@@ -20,14 +20,8 @@ import pytest
 from registry.api import Registry
 from registry.settings import Settings
 from rollout.gitops.reconciler import STEPS, Reconciler
-from tests.rollout.gitops.conftest import (
-    RegistryFactory,
-    WorkspaceFactory,
-    cli_env,
-    git,
-    reg_cmd,
-    run_reg,
-)
+from tests.support.cli import cli_env, git, reg_cmd, run_reg
+from tests.support.factories import RegistryFactory, WorkspaceFactory
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ from registry.errors import LeaseHeld
 from registry.settings import Settings
 from rollout.gitops.plan import Action, BackoffPolicy
 from rollout.gitops.reconciler import LEASE_NAME, Reconciler
-from tests.rollout.gitops.conftest import RegistryFactory, WorkspaceFactory
 from tests.support.clock import FakeClock
+from tests.support.factories import RegistryFactory, WorkspaceFactory
 
 
 class InjectedFault(RuntimeError):

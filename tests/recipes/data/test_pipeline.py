@@ -14,7 +14,7 @@ from recipes.core.errors import DataError
 from recipes.data.pipeline import PreparedData, load_base_tokenizer, load_eval_texts, prepare_data
 from recipes.data.split import mix_counts
 from recipes.loading.loader import LoadedRecipe, load_recipe
-from tests.recipes.conftest import RecipeFactory, RowsWriter
+from tests.support.factories import RecipeFactory, RowsWriter
 
 
 def _load(workspace: Path, name: str) -> LoadedRecipe:
