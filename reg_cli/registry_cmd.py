@@ -7,17 +7,16 @@ here imports torch or transformers (`reg export --merged` does, lazily).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from reg_cli._registry import open_registry
 from reg_cli.output import JsonOpt, Output
-from reg_cli.startup import import_long_lived
 
 if TYPE_CHECKING:
-    from registry.api import Registry, StageResult
+    from registry.api import StageResult
     from registry.tables import VersionPublic
 
 ModelOpt = Annotated[
@@ -26,15 +25,6 @@ ModelOpt = Annotated[
                  help="Model name, when the registry holds several."),
 ]
 ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why; kept in the audit log.")]
-
-
-def open_registry() -> Registry:
-    if "registry.api" not in sys.modules:
-        # ~40 ms of collections during the import and ~80 ms at exit, of a ~600 ms command.
-        import_long_lived("registry.api")
-    from registry.api import Registry
-
-    return Registry.open()
 
 
 def split_args(
@@ -58,7 +48,10 @@ def _stage_message(out: Output, r: StageResult) -> None:
     frm = "none" if r.from_version is None else f"v{r.from_version}"
     to = "none" if r.to_version is None else f"v{r.to_version}"
     out.data({"model": r.model, "stage": r.stage, "action": r.action.value, "from": r.from_version,
-              "to": r.to_version, "changed": r.changed, "forced": r.forced, "event": r.event_id})
+              "to": r.to_version, "changed": r.changed, "forced": r.forced, "event": r.event_id,
+              "warnings": list(r.warnings)})
+    for warning in r.warnings:
+        out.message(f"[yellow]Warning:[/yellow] {warning}")
     if not r.changed:
         out.message(f"{r.model} {r.stage} already points at {to}; nothing changed.")
         return
@@ -107,14 +100,6 @@ def promote(
     out = Output(json_mode)
     name, (version, stage) = split_args(args, ["VERSION", "STAGE"], model)
     with open_registry() as reg:
-        # Refuse a promotion that would deploy more versions on one engine than it
-        # has adapter slots (REG_MAX_LORAS); --force proceeds and says what it costs.
-        from serving.config import ServeConfig
-        from serving.engines.capacity import check_promote
-
-        slots = ServeConfig.from_env().max_loras
-        for warning in check_promote(reg, name, version, stage, max_loras=slots, force=force):
-            out.message(f"[yellow]Warning:[/yellow] {warning}")
         r = reg.promote(name, version, stage, reason=reason, force=force)
     _stage_message(out, r)
     if r.changed:
@@ -124,6 +109,8 @@ def promote(
 def rollback(
     args: Annotated[list[str], typer.Argument(metavar="[MODEL] STAGE")],
     reason: ReasonOpt = "",
+    force: Annotated[bool, typer.Option(
+        help="Roll back even beyond the engine's adapter slots (recorded).")] = False,
     model: ModelOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
@@ -131,7 +118,7 @@ def rollback(
     out = Output(json_mode)
     name, (stage,) = split_args(args, ["STAGE"], model)
     with open_registry() as reg:
-        r = reg.rollback(name, stage, reason=reason)
+        r = reg.rollback(name, stage, reason=reason, force=force)
     _stage_message(out, r)
     out.hint(f"reg history {r.model} --stage {r.stage}")
 

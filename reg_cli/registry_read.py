@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from reg_cli._registry import open_registry
 from reg_cli.output import JsonOpt, Output
-from reg_cli.registry_cmd import ModelOpt, open_registry, split_args, version_json
+from reg_cli.registry_cmd import ModelOpt, split_args, version_json
 
 
 def ts(value: datetime | None) -> str:

@@ -7,10 +7,12 @@ the gateway are imported inside `reg serve` only; vLLM is never imported here
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import typer
 
+from recipes.core.errors import RegError
 from reg_cli.output import JsonOpt, Output
 
 
@@ -30,7 +32,7 @@ def serve(
     """
     import uvicorn
 
-    from registry.api import Registry
+    from reg_cli._registry import open_registry
     from serving.config import ServeConfig
     from serving.gateway.app import create_app
     from serving.source import RegistrySource
@@ -40,7 +42,7 @@ def serve(
         overrides["max_concurrency"] = max_concurrency
     if max_loras is not None:
         overrides["max_loras"] = max_loras
-    reg = Registry.open()
+    reg = open_registry(max_loras=max_loras)
     cfg = ServeConfig.from_env(
         **overrides,
         adapter_root=reg.settings.home / "serving" / "adapters",
@@ -73,6 +75,28 @@ def serve(
         reg.close()
 
 
+class TrafficArgsError(RegError):
+    """`reg traffic` arguments that cannot be read as a policy."""
+
+
+def parse_assignments(items: Iterable[str], *, what: str = "weight") -> dict[str, int]:
+    """Parse ``["production=90", "canary=10"]`` into ``{"production": 90, "canary": 10}``.
+
+    Only the text: whether the numbers make a valid policy is the registry's to judge.
+    """
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip().lstrip("-").isdigit():
+            raise TrafficArgsError(f"cannot read {what} {item!r}",
+                                   hint="write STAGE=PERCENT, e.g. production=90 canary=10")
+        if name in out:
+            raise TrafficArgsError(f"stage {name!r} is given twice", hint="name each stage once")
+        out[name] = int(value)
+    return out
+
+
 def traffic(
     args: Annotated[list[str] | None, typer.Argument(
         metavar="[MODEL] [STAGE=PERCENT ...]",
@@ -85,36 +109,43 @@ def traffic(
     json_mode: JsonOpt = False,
 ) -> None:
     """Show or set a model's traffic split over its stages (recorded as an event)."""
-    from registry.api import Registry
-    from rollout.policy import TrafficError, parse_assignments, stage_order
+    from reg_cli._registry import open_registry
+    from registry.traffic import Shadow, TrafficPolicy, default_policy
+    from rollout.policy import stage_order
 
     out = Output(json_mode)
     items = list(args or [])
     if items and "=" not in items[0]:
         if model is not None and model != items[0]:
-            raise TrafficError(f"model named twice: {items[0]!r} and --model {model!r}")
+            raise TrafficArgsError(f"model named twice: {items[0]!r} and --model {model!r}")
         model = items.pop(0)
     weights = parse_assignments(items)
-    shadow_map = parse_assignments(shadow or [], what="shadow")
-    if len(shadow_map) > 1:
-        raise TrafficError("give one --shadow STAGE=PERCENT", hint="e.g. --shadow staging=5")
-    with Registry.open() as reg:
+    shadows = parse_assignments(shadow or [], what="shadow")
+    if len(shadows) > 1:
+        raise TrafficArgsError("give one --shadow STAGE=PERCENT", hint="e.g. --shadow staging=5")
+    mirror = next((Shadow(s, p) for s, p in shadows.items()), None)
+    policy: TrafficPolicy | None
+    with open_registry() as reg:
         name = reg.resolve_model(model)
         if weights:
-            reg.set_traffic(name, weights, shadow_map or None, reason=reason)
-        elif shadow_map:
-            raise TrafficError("--shadow needs the weights too",
-                               hint=f"e.g. reg traffic {name} production=100 --shadow staging=5")
-        policy = reg.get_traffic(name)
+            policy = reg.set_traffic(name, weights, mirror, reason=reason)
+        elif mirror is not None:
+            raise TrafficArgsError(
+                "--shadow needs the weights too",
+                hint=f"e.g. reg traffic {name} production=100 --shadow staging=5")
+        else:
+            policy = reg.get_traffic(name)
         stages = {s: v.number for s, v in reg.stage_map(name).items()}
-    current = dict(policy.weights) if policy is not None else {"production": 100}
-    mirror = dict(policy.shadow) if policy is not None and policy.shadow else {}
-    out.data({"model": name, "weights": current, "shadow": mirror, "stages": stages,
+    shown = policy or default_policy(name)
+    current, sh = dict(shown.weights), shown.shadow
+    out.data({"model": name, "weights": current,
+              "shadow": {} if sh is None else {sh.stage: sh.percent}, "stages": stages,
               "default": policy is None})
     rows = [(s, f"{current[s]}%", f"v{stages[s]}" if s in stages else "-")
             for s in stage_order(current)]
-    rows += [(f"{s} (shadow)", f"{p}% of production", f"v{stages[s]}" if s in stages else "-")
-             for s, p in mirror.items()]
+    if sh is not None:
+        rows.append((f"{sh.stage} (shadow)", f"{sh.percent}% of production",
+                     f"v{stages[sh.stage]}" if sh.stage in stages else "-"))
     title = f"{name} traffic" + (" (default: no policy set)" if policy is None else "")
     out.table(title, ["stage", "share", "version"], rows)
     if weights:

@@ -204,23 +204,18 @@ class StageEventPublic(StageEventBase):
 # ---- traffic --------------------------------------------------------------------------------
 
 
-class TrafficPolicyBase(RegistryModel):
+class TrafficPolicyRow(RegistryModel, table=True):
+    """A model's stored traffic policy; ``registry.traffic.TrafficPolicy`` is its value."""
+
+    __tablename__ = "traffic_policies"
+
+    model_id: int = Field(foreign_key="models.id", primary_key=True)
     weights: dict[str, int] = _json()
-    shadow: dict[str, int] = _json()
+    shadow: dict[str, int] = _json()  # {stage: percent}, at most one entry
     actor: str = ""
     reason: str = ""
     revision: int = 1
     updated_at: datetime = _ts()
-
-
-class TrafficPolicy(TrafficPolicyBase, table=True):
-    __tablename__ = "traffic_policies"
-
-    model_id: int = Field(foreign_key="models.id", primary_key=True)
-
-
-class TrafficPolicyPublic(TrafficPolicyBase):
-    model: str
 
 
 # ---- training runs --------------------------------------------------------------------------

@@ -3,40 +3,23 @@
 The gateway and the engine manager need only: which versions are deployed (and
 where their base model lives), each model's traffic policy, a cheap marker that
 changes whenever either changes, and a way to fetch a version's adapter files,
-digest-verified. :class:`RegistrySource` adapts :class:`registry.api.Registry`
-to this; tests of the pure parts build :class:`Deployment` values directly.
+digest-verified. :class:`RegistrySource` adapts ``registry.api.Registry`` to this,
+handing on the registry's own :class:`~registry.deployments.Deployment` and
+:class:`~registry.traffic.TrafficPolicy` values; tests of the pure parts build
+those values directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from rollout.policy import Shadow, TrafficPolicy
+from registry.deployments import VLLM, Deployment
+from registry.traffic import Shadow, TrafficPolicy
 
-
-@dataclass(frozen=True)
-class Deployment:
-    """One version that some stage points at, so its adapter must be loaded."""
-
-    model: str
-    version: int
-    stages: tuple[str, ...]
-    digest: str
-    base_model_path: str
-    adapter_rank: int
-    max_model_len: int = 512
-
-    @property
-    def adapter_name(self) -> str:
-        """The engine's name for this version: never reused, so no cache serves stale weights."""
-        return adapter_name(self.model, self.version)
-
-
-def adapter_name(model: str, version: int) -> str:
-    return f"{model}@v{version}"
+if TYPE_CHECKING:
+    from registry.api import Registry
 
 
 class DeploymentSource(Protocol):
@@ -56,54 +39,36 @@ class DeploymentSource(Protocol):
 
 
 class PolicyWriter(Protocol):
-    """Where admin routes and `reg traffic` record a policy change (an audited event)."""
+    """Where admin routes record a policy change: validated and audited by the registry.
+
+    Raises ``registry.traffic.InvalidTraffic`` (listing every fault) for a bad policy.
+    """
 
     def set_traffic(
         self, model: str, weights: Mapping[str, int], shadow: Shadow | None, actor: str,
         reason: str,
-    ) -> None: ...
+    ) -> TrafficPolicy: ...
 
 
 class RegistrySource:
     """:class:`DeploymentSource` and :class:`PolicyWriter` over ``registry.api.Registry``."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
     def deployments(self) -> list[Deployment]:
-        out: list[Deployment] = []
-        for d in self.registry.deployments():
-            ident = d.identity or {}
-            out.append(
-                Deployment(
-                    model=d.model,
-                    version=int(d.version),
-                    stages=tuple(sorted(d.stages)),
-                    digest=d.artifact_digest,
-                    base_model_path=str(d.base_model_path),
-                    adapter_rank=int(d.adapter_rank or 8),
-                    max_model_len=int(ident.get("max_model_len") or 512),
-                )
-            )
-        return out
+        # A version whose recipe says deploy.target: none is recorded, not served.
+        return [d for d in self.registry.deployments() if d.target == VLLM]
 
     def traffic(self, model: str) -> TrafficPolicy | None:
-        p = self.registry.get_traffic(model)
-        if p is None:
-            return None
-        weights = {str(k): int(v) for k, v in p.weights.items()}
-        shadow = None
-        if p.shadow:
-            stage, pct = next(iter(sorted(p.shadow.items())))
-            shadow = Shadow(str(stage), int(pct))
-        return TrafficPolicy(model=model, weights=weights, shadow=shadow)
+        return self.registry.get_traffic(model)
 
     def change_marker(self) -> int:
-        return int(self.registry.change_marker())
+        return self.registry.change_marker()
 
     def fetch_artifact(self, deployment: Deployment, dest_root: Path) -> Path:
         version = self.registry.get_version(deployment.model, deployment.version)
-        return Path(self.registry.fetch_artifact(version, dest_root))
+        return self.registry.fetch_artifact(version, dest_root)
 
     def known_models(self) -> Mapping[str, list[int]]:
         # Version numbers are 1..latest per model, so the listing needs no per-version query.
@@ -113,10 +78,5 @@ class RegistrySource:
     def set_traffic(
         self, model: str, weights: Mapping[str, int], shadow: Shadow | None, actor: str,
         reason: str,
-    ) -> None:
-        self.registry.set_traffic(
-            model, dict(weights), None if shadow is None else {shadow.stage: shadow.percent},
-            actor=actor, reason=reason,
-        )
-
-
+    ) -> TrafficPolicy:
+        return self.registry.set_traffic(model, weights, shadow, actor=actor, reason=reason)

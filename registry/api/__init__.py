@@ -11,17 +11,20 @@ transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from registry.api.audit import AuditApi
 from registry.api.registration import RegisterOutcome, RegistrationApi
 from registry.api.runs import RunsApi
-from registry.api.serving import Deployment, ServingApi
+from registry.api.serving import ServingApi
 from registry.api.stages import StageResult, StagesApi
 from registry.api.traffic import TrafficApi
 from registry.api.unit import Clock, UnitOfWork, utcnow
 from registry.api.versions import VersionsApi
+from registry.deployments import DeployGuard
 from registry.settings import Settings
 
-__all__ = ["Clock", "Deployment", "RegisterOutcome", "Registry", "StageResult", "utcnow"]
+__all__ = ["Clock", "RegisterOutcome", "Registry", "StageResult", "utcnow"]
 
 
 class Registry(VersionsApi, RegistrationApi, StagesApi, TrafficApi, ServingApi, AuditApi,
@@ -29,5 +32,11 @@ class Registry(VersionsApi, RegistrationApi, StagesApi, TrafficApi, ServingApi, 
     """Facade over the registry database and artifact store."""
 
     @classmethod
-    def open(cls, settings: Settings | None = None, *, clock: Clock | None = None) -> Registry:
-        return cls(settings or Settings.from_env(), clock=clock or utcnow)
+    def open(cls, settings: Settings | None = None, *, clock: Clock | None = None,
+             guards: Sequence[DeployGuard] = ()) -> Registry:
+        """The registry of ``settings`` (else the environment's).
+
+        ``guards`` are rules every stage change must pass in its write transaction, such
+        as serving's adapter-slot limit (``registry.deployments.DeployGuard``).
+        """
+        return cls(settings or Settings.from_env(), clock=clock or utcnow, guards=guards)

@@ -5,10 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from registry import events as audit
 from registry.api.unit import UnitOfWork
+from registry.db import is_sqlite
+from registry.deployments import (
+    after_change,
+    check_servable,
+    load_deployments,
+    run_guards,
+    version_deployment,
+)
 from registry.errors import Ambiguous
 from registry.settings import default_actor
 from registry.stages import (
@@ -27,11 +36,10 @@ from registry.tables import (
     Stage,
     StageEvent,
     StageEventPublic,
-    TrafficPolicy,
     Version,
     VersionPublic,
 )
-from registry.traffic import weight_of
+from registry.traffic import load_policy, share_of
 from registry.versions import (
     VersionRef,
     VersionStatus,
@@ -52,6 +60,12 @@ class StageResult:
     changed: bool
     forced: bool = False
     event_id: int | None = None
+    warnings: tuple[str, ...] = ()  # what the deploy guards let through with force
+
+
+# Any constant: stage changes of all models take this transaction lock on PostgreSQL, since
+# the adapter-slot guard judges every model deployed on an engine, not one model's row.
+_DEPLOY_LOCK = 0x7265675F64706C  # "reg_dpl"
 
 
 class StagesApi(UnitOfWork):
@@ -67,10 +81,33 @@ class StagesApi(UnitOfWork):
             for e in s.exec(stmt.order_by(col(StageEvent.id)))
         ]
 
-    def _apply(self, s: Session, m: Model, d: Decision, actor: str, reason: str) -> StageResult:
+    def _guard(self, s: Session, m: Model, d: Decision, *, force: bool) -> tuple[str, ...]:
+        """Run the deploy rules on the change ``d`` would make; raises to refuse it.
+
+        The version moved into the stage must be servable by its deploy target; then
+        each injected guard judges the deployed set before and after the change.
+        """
+        assert m.id is not None
+        target = None
+        if d.to_version is not None:
+            target = version_deployment(s, m.id, m.name, d.to_version)
+            if target is not None:
+                check_servable(target, d.stage)
+        if not self.guards:
+            return ()
+        if not is_sqlite(self.engine):  # SQLite's IMMEDIATE transaction already excludes
+            s.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DEPLOY_LOCK})
+        before = load_deployments(s)
+        after = after_change(before, m.name, d.stage, target)
+        return tuple(run_guards(self.guards, before, after, force=force))
+
+    def _apply(self, s: Session, m: Model, d: Decision, actor: str, reason: str, *,
+               force: bool = False) -> StageResult:
         assert m.id is not None
         if not d.changed:
             return StageResult(m.name, d.stage, d.action, d.from_version, d.to_version, False)
+        warnings = self._guard(s, m, d, force=force)
+        forced = d.forced or bool(warnings)
         now = self.clock()
         version_id = None
         if d.to_version is not None:
@@ -78,7 +115,7 @@ class StagesApi(UnitOfWork):
                 col(Version.model_id) == m.id, col(Version.number) == d.to_version)).one()
         ev = StageEvent(model_id=m.id, stage=d.stage, action=d.action.value,
                         from_version=d.from_version, to_version=d.to_version, actor=actor,
-                        reason=reason, forced=d.forced, at=now)
+                        reason=reason, forced=forced, at=now)
         s.add(ev)
         row = s.get(Stage, (m.id, d.stage))
         if row is None:
@@ -92,17 +129,22 @@ class StagesApi(UnitOfWork):
             s, kind=f"stage.{d.action.value}", at=now, actor=actor, model=m.name,
             version=d.to_version, stage=d.stage,
             message=f"{d.stage}: {frm} -> {to}" + (f" ({reason})" if reason else ""),
-            data={"from": d.from_version, "to": d.to_version, "forced": d.forced},
+            data={"from": d.from_version, "to": d.to_version, "forced": forced,
+                  **({"warnings": list(warnings)} if warnings else {})},
         )
         s.flush()
         return StageResult(m.name, d.stage, d.action, d.from_version, d.to_version, True,
-                           d.forced, ev.id)
+                           forced, ev.id, warnings)
 
     def promote(
         self, model: str | None, version: str | int, stage: str, *, actor: str | None = None,
         reason: str = "", force: bool = False,
     ) -> StageResult:
-        """Point ``stage`` at ``version``. Refuses a version that is not ready unless ``force``."""
+        """Point ``stage`` at ``version``.
+
+        Refused for a version that is not ready, or beyond what a deploy guard allows
+        (adapter slots), unless ``force``; never for a version its target cannot serve.
+        """
         check_stage_name(stage)
         ref = VersionRef(None, version) if isinstance(version, int) else parse_version_ref(version)
         if ref.model and model and ref.model != model:
@@ -122,11 +164,14 @@ class StagesApi(UnitOfWork):
                 Stage, col(Stage.version_id) == col(Version.id)).where(
                 col(Stage.model_id) == m.id, col(Stage.name) == stage)).first()
             d = decide_promote(stage, [current], ref.number, VersionStatus(status), force=force)
-            return self._apply(s, m, d, actor, reason)
+            return self._apply(s, m, d, actor, reason, force=force)
 
     def rollback(self, model: str | None, stage: str, *, actor: str | None = None,
-                 reason: str = "") -> StageResult:
-        """Point ``stage`` back at what it held before its last change."""
+                 reason: str = "", force: bool = False) -> StageResult:
+        """Point ``stage`` back at what it held before its last change.
+
+        The deploy guards judge it as a promotion: ``force`` lets it exceed the slots.
+        """
         check_stage_name(stage)
         name = self.resolve_model(model)
         actor = actor or default_actor()
@@ -138,7 +183,7 @@ class StagesApi(UnitOfWork):
                     select(Version.number, Version.status).where(col(Version.model_id) == m.id))
             }
             d = decide_rollback(stage, stack, statuses)
-            return self._apply(s, m, d, actor, reason)
+            return self._apply(s, m, d, actor, reason, force=force)
 
     def clear_stage(self, model: str | None, stage: str, *, actor: str | None = None,
                     reason: str = "") -> StageResult:
@@ -149,8 +194,7 @@ class StagesApi(UnitOfWork):
         with self._write() as s:
             m = self._lock_model(s, name)
             stack = stage_stack(self._stage_changes(s, m.id or 0, stage), stage)
-            policy = s.get(TrafficPolicy, m.id)
-            d = decide_clear(stage, stack, weight_of(policy, stage))
+            d = decide_clear(stage, stack, share_of(load_policy(s, m.id or 0, name), stage))
             return self._apply(s, m, d, actor, reason)
 
     def history(self, model: str | None = None, *, stage: str | None = None,

@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 
 from registry import events as audit
 from registry.db import ensure_schema, is_sqlite, open_engine, writer
+from registry.deployments import DeployGuard
 from registry.errors import Ambiguous, NotFound
 from registry.events import EventKind
 from registry.settings import Settings, default_actor
@@ -51,9 +52,12 @@ def _format_numbers(numbers: Sequence[int]) -> str:
 class UnitOfWork:
     """Engine, sessions and the model-row lock shared by every part of the facade."""
 
-    def __init__(self, settings: Settings, *, clock: Clock = utcnow, migrate: bool = True) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = utcnow, migrate: bool = True,
+                 guards: Sequence[DeployGuard] = ()) -> None:
         self.settings = settings
         self.clock = clock
+        # Rules every stage change must pass, in its transaction (registry.deployments).
+        self.guards = tuple(guards)
         self.engine = open_engine(settings.database_url)
         self._writer = writer(self.engine)
         self._store: ArtifactStore | None = None

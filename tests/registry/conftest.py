@@ -58,7 +58,8 @@ def make_registry(settings: Settings, clock: FakeClock) -> Iterator[RegistryFact
     opened: list[Registry] = []
 
     def make(**overrides: Any) -> Registry:
-        reg = Registry(overrides.pop("settings", settings), clock=overrides.pop("clock", clock))
+        reg = Registry(overrides.pop("settings", settings), clock=overrides.pop("clock", clock),
+                       guards=overrides.pop("guards", ()))
         opened.append(reg)
         return reg
 
@@ -105,7 +106,11 @@ def make_artifact(tmp_path: Path) -> ArtifactFactory:
         metrics: dict[str, Any] | None = None,
         extra_files: dict[str, bytes] | None = None,
         base_model_path: str = "/models/tiny-llama",
+        method: str = "lora",
+        deploy: dict[str, Any] | None = None,
     ) -> Path:
+        """``deploy`` adds the recipe's deploy facts (``deploy_target``, ``max_model_len``)
+        to the identity, as `reg train` records them."""
         i = next(counter)
         root = tmp_path / "artifacts-in" / f"{name}-{i}"
         write_adapter_files(root, rank=rank, seed=i)
@@ -128,9 +133,10 @@ def make_artifact(tmp_path: Path) -> ArtifactFactory:
             "base_model": {"config.json": "xxh3_128:00", "model.safetensors": "xxh3_128:01"},
             "base_model_path": base_model_path,
             "data_digests": {"data/train.jsonl": f"xxh3_128:{i:032x}"},
-            "method": "lora",
+            "method": method,
             "adapter_rank": rank,
             "objective": "sft",
+            **(deploy or {}),
         })
         return root
 

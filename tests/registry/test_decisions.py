@@ -1,4 +1,4 @@
-"""Pure decisions: status and stage tables, stage stacks, traffic validation, references."""
+"""Pure decisions: status and stage tables, stage stacks, references (traffic: test_traffic.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from registry.stages import (
     pointers_at,
     stage_stack,
 )
-from registry.traffic import validate_policy
 from registry.versions import (
     VERSION_TRANSITIONS,
     VersionRef,
@@ -168,24 +167,6 @@ def test_version_refs(text: str, ref: VersionRef) -> None:
 def test_bad_version_refs(text: str) -> None:
     with pytest.raises(InvalidName, match="is not a"):
         parse_version_ref(text)
-
-
-def test_traffic_validation_collects_every_fault() -> None:
-    stages = {"production": (1, R), "canary": (2, VersionStatus.archived), "staging": None}
-    with pytest.raises(Refused, match=(
-        r"weights sum to 95, not 100; stage canary points at v2, which is archived; "
-        r"stage staging points at no version")):
-        validate_policy({"production": 90, "canary": 5}, {"staging": 5}, stages)
-    with pytest.raises(Refused, match=r"production=101 is not a whole percentage"):
-        validate_policy({"production": 101}, None, stages)
-    with pytest.raises(Refused, match="no weights given"):
-        validate_policy({}, None, stages)
-
-
-def test_traffic_validation_accepts_zero_weight_on_empty_stages() -> None:
-    w, sh = validate_policy({"production": 100, "staging": 0}, {"canary": 0},
-                            {"production": (1, R), "staging": None, "canary": None})
-    assert (w, sh) == ({"production": 100, "staging": 0}, {})
 
 
 def test_run_transitions() -> None:
