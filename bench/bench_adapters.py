@@ -87,12 +87,16 @@ def make_adapter(base: Path, tmp: Path, size: str) -> Path:
 
 def measure(size: str, tmp: Path) -> tuple[float, float]:
     from recipes.scaffold.tiny_model import TinyModelConfig, build_tiny_llama
+    from registry.deployments import Deployment
     from serving.engines.process import EngineProcess, engine_spec
 
     cfg = TinyModelConfig() if size == "tiny" else TinyModelConfig(**SMALL)
     base = build_tiny_llama(tmp / f"{size}-llama", cfg)
     adapter = make_adapter(base, tmp / size, size)
-    spec = engine_spec(str(base), [], max_loras=8)
+    # Sized as for one deployed rank-8 version (the 8 names share its adapter).
+    deployed = Deployment(model=MODEL, version=1, stages=("production",), digest="",
+                          base_model_path=str(base), adapter_rank=8)
+    spec = engine_spec(str(base), [deployed], max_loras=8)
     engine = EngineProcess(spec, tmp / "logs")
     engine.start()
     try:

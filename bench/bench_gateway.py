@@ -7,7 +7,7 @@
    direct figure:
    - "uvicorn echo": a plain ASGI function on uvicorn (uvloop + httptools), no
      framework. This is the kind of minimal OpenAI server the issue's peer figures
-     were measured against (shared/PLATFORM.md: ~6.9k req/s direct; ~7-8k here).
+     were measured against (~6.9k req/s direct where they were taken; ~7-8k here).
    - "raw echo": asyncio + httptools with no server framework at all (~30k req/s),
      cheaper than any real OpenAI server; a harsher reference, kept so the earlier
      figures (which used only this one) stay comparable.
@@ -17,7 +17,12 @@
    the gateway (version pin, so both hit the same adapter). Goal: throughput ratio
    >= 0.95, p50 ratio <= 1.05.
 
-Run: .venv/bin/python bench/bench_gateway.py   (about 3-5 minutes on 2 cores)
+3. Quick (``quick``, not part of the default run): the uvicorn echo only, direct and
+   through the gateway in interleaved rounds (medians of the per-round ratios), no peers;
+   the before/after check for a change to the gateway.
+
+Run: .venv/bin/python bench/bench_gateway.py [proxy] [engine] [quick]
+     (proxy + engine by default: several minutes on 2 cores; quick: about a minute)
 """
 
 from __future__ import annotations
@@ -51,14 +56,15 @@ BODY = {"model": f"{MODEL}@v1", "messages": [{"role": "user", "content": "Where 
 WRK_SECONDS = 10
 
 
-def wrk(url: str, body: dict[str, object], tmp: Path) -> tuple[float, int]:
+def wrk(url: str, body: dict[str, object], tmp: Path, seconds: int = WRK_SECONDS
+        ) -> tuple[float, int]:
     """(requests/s, requests) of wrk -t2 -c32 POSTing ``body`` to ``url``."""
     script = tmp / "post.lua"
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f"wrk.body = {json.dumps(json.dumps(body))}\n"
     )
-    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{WRK_SECONDS}s", "-s", str(script),
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(script),
                           url + "/v1/chat/completions"], capture_output=True, text=True,
                          check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -171,6 +177,38 @@ def _proxy_cost(tmp: Path, home: Path, name: str, args: list[str]
     return rows
 
 
+def quick(tmp: Path, rounds: int = 5, seconds: int = 4
+          ) -> list[tuple[str, float, float, str]]:
+    """Direct and through the gateway on the uvicorn echo, interleaved ``rounds`` times."""
+    home = tmp / "quick-home"
+    home.mkdir()
+    build_registry(home, base_model_path="/echo")
+    port = free_port()
+    echo = subprocess.Popen([PY, str(ROOT / "bench" / "echo_backend.py"), str(port), "uvicorn"])
+    echo_url = f"http://127.0.0.1:{port}"
+    direct: list[float] = []
+    through: list[float] = []
+    cpu: list[float] = []
+    try:
+        time.sleep(1.5)
+        with reg_serve(home, {"REG_EXTERNAL_ENGINES": f"/echo={echo_url}"}) as (url, serve):
+            wrk(echo_url, BODY, tmp, 2)  # warm up both paths
+            wrk(url, BODY, tmp, 2)
+            for _ in range(rounds):
+                direct.append(wrk(echo_url, BODY, tmp, seconds)[0])
+                c0 = cpu_seconds(serve.pid)
+                rps, total = wrk(url, BODY, tmp, seconds)
+                through.append(rps)
+                cpu.append((cpu_seconds(serve.pid) - c0) / total * 1000)
+    finally:
+        echo.terminate()
+        echo.wait()
+    ratio = statistics.median(g / d for d, g in zip(direct, through, strict=True))
+    return [("uvicorn echo, direct", statistics.median(direct), 1.0, "-"),
+            ("reg gateway -> uvicorn echo", statistics.median(through), ratio,
+             f"{statistics.median(cpu):.3f} ms")]
+
+
 async def load(url: str, body: dict[str, object], n: int, concurrency: int = 8
                ) -> tuple[float, float]:
     """(requests/s, p50 seconds) of n requests, ``concurrency`` at a time."""
@@ -229,12 +267,14 @@ def main() -> None:
             print_proxy(proxy_cost(tmp))
         if "engine" in parts:
             print_engine(real_engine(tmp))
+        if "quick" in parts:
+            print_proxy(quick(tmp), "5 interleaved rounds of wrk -t2 -c32 -d4s (medians)")
 
 
-def print_proxy(rows: list[tuple[str, float, float, str]]) -> None:
+def print_proxy(rows: list[tuple[str, float, float, str]], load: str = "") -> None:
     if rows:
-        print(f"\nProxy cost: wrk -t2 -c32 -d{WRK_SECONDS}s, non-streaming chat, loopback, "
-              "client/proxy/backend on the same cores")
+        print(f"\nProxy cost: {load or f'wrk -t2 -c32 -d{WRK_SECONDS}s'}, non-streaming chat, "
+              "loopback, client/proxy/backend on the same cores")
         print(f"{'path':<42}{'req/s':>10}{'x direct':>10}{'gateway CPU/req':>18}")
         for name, rps, ratio, cpu in rows:
             print(f"{name:<42}{rps:>10.0f}{ratio:>10.2f}{cpu:>18}")

@@ -11,8 +11,8 @@ Two kinds, the same answers:
   proxy's own cost dominates; a harsh reference.
 - ``python bench/echo_backend.py PORT uvicorn``: a plain ASGI function served by uvicorn
   (uvloop + httptools), with no framework either. This is the kind of minimal OpenAI
-  server the issue's peer figures were measured against (shared/PLATFORM.md: "echo
-  backend ~6.9k req/s direct"), and what a real Python OpenAI server's transport costs.
+  server the issue's peer figures were measured against ("echo backend ~6.9k req/s
+  direct" where they were taken), and what a real Python OpenAI server's transport costs.
 """
 
 from __future__ import annotations

@@ -42,6 +42,12 @@ def test_the_tree_keeps_its_layers() -> None:
                  "import rollout", id="recipes-imports-rollout"),
     pytest.param("recipes/core/names.py", "import recipes.schema", "recipes.core imports "
                  "nothing else", id="core-imports-schema"),
+    pytest.param("serving/gateway/admin.py", "import serving.gateway.app",
+                 "serving.gateway.admin is not allowed to import serving.gateway.app",
+                 id="admin-imports-the-app"),
+    pytest.param("serving/engines/supervisor.py", "import serving.gateway.metrics",
+                 "serving.engines is not allowed to import serving.gateway",
+                 id="engines-import-the-gateway"),
 ])
 def test_an_upward_import_fails_lint(tmp_path: Path, module: str, line: str,
                                      message: str) -> None:

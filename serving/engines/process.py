@@ -26,7 +26,7 @@ from typing import IO
 
 from recipes.core.errors import RegError
 from recipes.core.names import VLLM_LORA_RANKS
-from serving.source import Deployment
+from registry.deployments import Deployment
 
 
 class EngineError(RegError):
@@ -86,6 +86,11 @@ def detect_device() -> str:
         return "cuda"
 
 
+def engine_key(d: Deployment) -> str:
+    """Versions on the same base model share one engine: its key is the base model path."""
+    return d.base_model_path
+
+
 def engine_spec(
     base_model_path: str,
     deployments: Iterable[Deployment],
@@ -102,10 +107,15 @@ def engine_spec(
 
     ``--max-lora-rank`` is the largest deployed rank (at least ``min_lora_rank``, so a
     typical next version needs no restart), rounded up to a rank vLLM accepts.
+    ``--max-model-len`` is the largest ``deploy.max_model_len`` of those versions: one
+    engine serves them all, and a shorter context would refuse the longest one's prompts
+    (:func:`model_len_note` says so when they differ).
     """
-    deps = [d for d in deployments if d.base_model_path == base_model_path]
+    deps = [d for d in deployments if engine_key(d) == base_model_path]
+    if not deps:
+        raise EngineError(f"no deployed version runs on the base model {base_model_path}",
+                          hint="promote a version of a model trained on it first")
     rank = max([min_lora_rank, *(d.adapter_rank for d in deps)])
-    model_len = max([512, *(d.max_model_len for d in deps)])
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -120,7 +130,7 @@ def engine_spec(
         served_name=Path(base_model_path).name or "base",
         max_loras=max_loras,
         max_lora_rank=round_up_rank(rank),
-        max_model_len=model_len,
+        max_model_len=max(d.max_model_len for d in deps),
         host=host,
         device=device,
         max_num_seqs=max_num_seqs,
@@ -128,6 +138,20 @@ def engine_spec(
         dtype="float32" if device == "cpu" else "auto",
         extra_args=extra_args,
     )
+
+
+def model_len_note(base_model_path: str, deployments: Iterable[Deployment]) -> str:
+    """Empty when the versions on this engine agree on ``deploy.max_model_len``; else which
+    asked for what and the length the engine runs with (the largest)."""
+    deps = sorted((d for d in deployments if engine_key(d) == base_model_path),
+                  key=lambda d: (d.model, d.version))
+    lengths = {d.max_model_len for d in deps}
+    if len(lengths) < 2:
+        return ""
+    asked = ", ".join(f"{d.adapter_name} {d.max_model_len}" for d in deps)
+    return (f"deployed versions ask for different deploy.max_model_len ({asked}); "
+            f"the engine runs with the largest, --max-model-len {max(lengths)}, "
+            "since one engine serves every version on its base model")
 
 
 def engine_command(spec: EngineSpec, python: str = sys.executable) -> list[str]:

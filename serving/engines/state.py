@@ -1,17 +1,20 @@
-"""What the supervisor publishes and the gateway reads: immutable snapshots, swapped whole.
+"""What the supervisor reports, and to whom: immutable values handed to an :class:`Observer`.
 
-The supervisor replaces ``catalogue`` and ``engines`` with new values; a request
-reads each once, so it never sees half an update. Everything runs on one event
-loop, so plain attributes need no lock.
+The supervisor knows no gateway: it reports each registry read (:class:`Deployed`) and
+its engines' status (:class:`EngineStatus`) to an observer, which the gateway supplies
+(:class:`serving.gateway.state.StatePublisher` turns them into the routing snapshot and
+metrics). Values are frozen and replaced whole, so a reader never sees half an update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from registry.deployments import Deployment
+from registry.traffic import TrafficPolicy
 from serving.engines.process import EngineState
-from serving.gateway.routing import Catalogue
 
 
 @dataclass(frozen=True)
@@ -23,30 +26,37 @@ class EngineStatus:
     pid: int | None = None
     adapters: frozenset[str] = frozenset()
     restarts: int = 0
+    name: str = ""  # the served model name (the engine's metric label)
+    max_model_len: int = 0
+    # Why a flag is what it is when the deployed versions asked for different values.
+    notes: tuple[str, ...] = ()
 
     @property
     def ready(self) -> bool:
         return self.state is EngineState.ready
 
 
-@dataclass
-class GatewayState:
-    catalogue: Catalogue = field(default_factory=Catalogue)
-    engines: Mapping[str, EngineStatus] = field(default_factory=dict)
-    # Set once the first registry read succeeded; /ready stays 503 before.
-    loaded_once: bool = False
-    last_error: str = ""
-    in_flight: int = 0
-    shadow_in_flight: int = 0
+@dataclass(frozen=True)
+class Deployed:
+    """One read of the registry: what is deployed, each model's policy, every known version."""
 
-    def engine_unavailable_reason(self, key: str) -> str | None:
-        """None if the engine for ``key`` can take requests, else why not (for a 503)."""
-        status = self.engines.get(key)
-        if status is None:
-            return (
-                "no engine is running for this model's base model yet; "
-                f"the supervisor starts one within a second ({key})"
-            )
-        if status.ready:
-            return None
-        return status.reason or f"engine for {key} is {status.state.value}"
+    deployments: Sequence[Deployment] = ()
+    policies: Mapping[str, TrafficPolicy | None] = field(default_factory=dict)
+    known: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    marker: int = -1
+
+
+class Observer(Protocol):
+    """Where the supervisor reports. Called on the event loop; must not block."""
+
+    def deployed(self, read: Deployed) -> None:
+        """Routing may follow this read now: the adapters it names are loaded."""
+
+    def engines(self, statuses: Mapping[str, EngineStatus]) -> None:
+        """Every engine's status, by base model path (replaces the previous one)."""
+
+    def engine_restarted(self, name: str) -> None:
+        """The engine serving ``name`` is being restarted after it went down."""
+
+    def error(self, message: str) -> None:
+        """A pass failed (the next one retries), or an adapter could not be synced."""

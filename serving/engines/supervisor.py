@@ -4,15 +4,17 @@ Each pass (:meth:`Supervisor.step`, every ``poll_interval_s``) is a straight lis
 steps, each safe to repeat:
 
 1. read the registry if its change marker moved (one cheap query otherwise);
-2. plan engines: one per base model with deployed versions (:func:`plan_engines`,
-   pure); start, restart (flags changed) or stop;
-3. advance each engine's state (:func:`next_state`, pure): starting -> ready when
-   /health answers, ready -> down when the process exits or health fails,
-   down -> starting after an exponential backoff (:func:`backoff_delay`);
+2. plan engines: one per base model with deployed versions
+   (:func:`~serving.engines.lifecycle.plan_engines`, pure); start, restart (flags
+   changed) or stop;
+3. advance each engine's state (:func:`~serving.engines.lifecycle.next_state`, pure):
+   starting -> ready when /health answers, ready -> down when the process exits or
+   health fails, down -> starting after an exponential backoff;
 4. sync adapters on ready engines whose deployed set changed (or that restarted);
-5. publish a new routing snapshot and the engines' status to the gateway.
+5. report the registry read and the engines' status to its
+   :class:`~serving.engines.state.Observer` (the gateway routes by them).
 
-An error in a pass is recorded (``state.last_error``) and the next pass retries.
+An error in a pass is reported (``Observer.error``) and the next pass retries.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from rollout.policy import TrafficPolicy
+from registry.deployments import Deployment
+from registry.traffic import TrafficPolicy
 from serving.config import ServeConfig
 from serving.engines.adapters import (
     EngineAdmin,
@@ -37,69 +40,20 @@ from serving.engines.adapters import (
     ensure_inside,
     plan_sync,
 )
+from serving.engines.lifecycle import backoff_delay, next_state, plan_engines
 from serving.engines.process import (
     EngineProcess,
     EngineSpec,
     EngineState,
     detect_device,
+    engine_key,
     engine_spec,
+    model_len_note,
 )
-from serving.engines.state import EngineStatus, GatewayState
-from serving.gateway.metrics import Metrics
-from serving.gateway.routing import build_catalogue, engine_key
-from serving.source import Deployment, DeploymentSource
+from serving.engines.state import Deployed, EngineStatus, Observer
+from serving.source import DeploymentSource
 
 log = logging.getLogger("reg.serving")
-HEALTH_FAILURES_BEFORE_DOWN = 3
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Seconds to wait before restart number ``attempt`` (1, 2, 4, ... capped)."""
-    return float(min(cap, base * 2 ** max(0, attempt - 1)))
-
-
-@dataclass(frozen=True)
-class EnginePlan:
-    start: tuple[str, ...] = ()
-    restart: tuple[str, ...] = ()
-    stop: tuple[str, ...] = ()
-
-
-def plan_engines(
-    desired: Mapping[str, EngineSpec], running: Mapping[str, EngineSpec]
-) -> EnginePlan:
-    """Which engines to start, restart (their flags changed) and stop. Ports are not flags."""
-
-    def flags(s: EngineSpec) -> EngineSpec:
-        return replace(s, port=0)
-
-    return EnginePlan(
-        start=tuple(sorted(k for k in desired if k not in running)),
-        restart=tuple(sorted(
-            k for k in desired if k in running and flags(desired[k]) != flags(running[k])
-        )),
-        stop=tuple(sorted(k for k in running if k not in desired)),
-    )
-
-
-def next_state(
-    state: EngineState, *, exited: bool, healthy: bool | None, health_failures: int,
-    started_for: float, start_timeout: float,
-) -> EngineState:
-    """One engine's next state. ``healthy`` is None when no health check ran this pass."""
-    if state is EngineState.stopped:
-        return state
-    if state is EngineState.down:
-        return state  # the restart, after its backoff, is the supervisor's move
-    if exited:
-        return EngineState.down
-    if state is EngineState.starting:
-        if healthy:
-            return EngineState.ready
-        return EngineState.down if started_for > start_timeout else state
-    if healthy is False and health_failures >= HEALTH_FAILURES_BEFORE_DOWN:
-        return EngineState.down
-    return state
 
 
 @dataclass
@@ -129,16 +83,14 @@ class Supervisor:
         self,
         source: DeploymentSource,
         config: ServeConfig,
-        state: GatewayState,
-        metrics: Metrics,
+        observer: Observer,
         session: aiohttp.ClientSession,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.config = config
-        self.state = state
-        self.metrics = metrics
+        self.observer = observer
         self.session = session
         self.clock = clock
         self.slots: dict[str, _Slot] = {}
@@ -147,6 +99,8 @@ class Supervisor:
         self.policies: dict[str, TrafficPolicy | None] = {}
         self.known: dict[str, list[int]] = {}
         self._paths: dict[str, Path] = {}
+        self._notes: dict[str, tuple[str, ...]] = {}
+        self._published = False
         self._lock = asyncio.Lock()
         self._dirty = True
         self._task: asyncio.Task[None] | None = None
@@ -163,8 +117,8 @@ class Supervisor:
                 await self.step()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # recorded; the next pass retries
-                self.state.last_error = f"{type(e).__name__}: {e}"
+            except Exception as e:  # reported; the next pass retries
+                self.observer.error(f"{type(e).__name__}: {e}")
                 log.exception("supervisor pass failed")
             await asyncio.sleep(self.config.poll_interval_s)
 
@@ -194,8 +148,8 @@ class Supervisor:
                        if s.state is EngineState.ready and (self._dirty or s.needs_sync)]
             for slot in syncing:
                 await self._sync(slot, unload=False)
-            if self._dirty or not self.state.loaded_once:
-                self._publish_catalogue()
+            if self._dirty or not self._published:
+                self._publish_deployed()
                 self._dirty = False
             for slot in syncing:
                 await self._sync(slot, unload=True)
@@ -220,6 +174,7 @@ class Supervisor:
         return deployments, policies, known
 
     def desired_specs(self) -> dict[str, EngineSpec]:
+        """One engine per base model with deployed versions, sized for them (pure)."""
         cfg = self.config
         out: dict[str, EngineSpec] = {}
         for key in sorted({engine_key(d) for d in self.deployments}):
@@ -230,8 +185,19 @@ class Supervisor:
             )
         return out
 
+    def _note_sizing(self, keys: Iterable[str]) -> None:
+        """Keep (and log once) why an engine's flags differ from what a version asked."""
+        notes: dict[str, tuple[str, ...]] = {}
+        for key in keys:
+            note = model_len_note(key, self.deployments)
+            notes[key] = (note,) if note else ()
+            if note and notes[key] != self._notes.get(key):
+                log.warning("%s: %s", key, note)
+        self._notes = notes
+
     async def _plan_and_apply(self) -> None:
         desired = self.desired_specs()
+        self._note_sizing(desired)
         plan = plan_engines(desired, {k: s.spec for k, s in self.slots.items()})
         for key in plan.stop:
             await self._stop_slot(self.slots.pop(key))
@@ -275,7 +241,7 @@ class Supervisor:
         if slot.state is EngineState.down:
             if now >= slot.next_start_at:
                 slot.restarts += 1
-                self.metrics.engine_restarts.labels(slot.spec.served_name).inc()
+                self.observer.engine_restarted(slot.spec.served_name)
                 if slot.proc is not None:
                     await asyncio.to_thread(slot.proc.stop, 5.0)
                 self._launch(slot, reason=f"restarting (attempt {slot.attempts})")
@@ -366,10 +332,11 @@ class Supervisor:
         slot.adapters = (loaded | set(result.loaded)) - set(result.unloaded)
         slot.needs_sync = bool(result.errors)
         if result.errors:
-            self.state.last_error = "adapter sync: " + "; ".join(
+            message = "adapter sync: " + "; ".join(
                 f"{n}: {e}" for n, e in sorted(result.errors.items())
             )
-            log.warning("%s", self.state.last_error)
+            self.observer.error(message)
+            log.warning("%s", message)
         return result
 
     async def load_manual(self, key: str, name: str, path: Path) -> None:
@@ -390,40 +357,27 @@ class Supervisor:
             slot.adapters.discard(name)
             self._publish_engines()
 
-    # -- publishing ------------------------------------------------------------------------
+    # -- reporting ------------------------------------------------------------------------
 
-    def _publish_catalogue(self) -> None:
-        cat = build_catalogue(self.deployments, self.policies, self.known,
-                              -1 if self.marker is None else self.marker)
-        self.state.catalogue = cat
-        self.state.loaded_once = True
-        weights: list[tuple[str, str, str, float]] = []
-        shadows: list[tuple[str, str, str, float]] = []
-        for name, view in cat.models.items():
-            for stage, w in view.policy.weights.items():
-                d = view.stages.get(stage)
-                if d is not None:
-                    weights.append((name, f"v{d.version}", stage, w / 100))
-            s = view.policy.shadow
-            if s is not None and s.stage in view.stages:
-                shadows.append((name, f"v{view.stages[s.stage].version}", s.stage,
-                                s.percent / 100))
-        self.metrics.set_traffic(weights, shadows)
-        self.metrics.policy_marker.set(cat.marker)
+    def _publish_deployed(self) -> None:
+        self.observer.deployed(Deployed(
+            deployments=tuple(self.deployments), policies=dict(self.policies),
+            known={m: tuple(v) for m, v in self.known.items()},
+            marker=-1 if self.marker is None else self.marker,
+        ))
+        self._published = True
 
     def _publish_engines(self) -> None:
-        self.state.engines = {
+        self.observer.engines({
             k: EngineStatus(
                 key=k, url=s.url, state=s.state, reason=s.reason,
                 pid=None if s.proc is None else s.proc.pid,
                 adapters=frozenset(s.adapters), restarts=s.restarts,
+                name=s.spec.served_name, max_model_len=s.spec.max_model_len,
+                notes=self._notes.get(k, ()),
             )
             for k, s in self.slots.items()
-        }
-        self.metrics.set_engines(
-            {s.spec.served_name: s.state is EngineState.ready for s in self.slots.values()},
-            {s.spec.served_name: len(s.adapters) for s in self.slots.values()},
-        )
+        })
 
     def engine_keys(self) -> Iterable[str]:
         return self.slots.keys()

@@ -1,45 +1,75 @@
 """Admin routes: status, reload, traffic policy, adapters. All need the admin token.
 
-``Authorization: Bearer $REG_ADMIN_TOKEN``; with no token configured the routes
-are disabled (403), never open. Policy changes go through the registry (an
-audited event), so the gateway picks them up like any other change.
+``Authorization: Bearer $REG_ADMIN_TOKEN`` (checked by :mod:`serving.gateway.auth`, on
+every route of the router); with no token configured the routes are disabled (403),
+never open. Policy changes go through the registry (an audited event), so the gateway
+picks them up like any other change.
+
+The routes act on an :class:`AdminContext` (the gateway's state, settings, policy
+writer and engine supervisor), not on the app that serves them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Any, Protocol
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import JSONResponse, Response
 
-from rollout.policy import Shadow, TrafficError, make_policy
+from registry.deployments import Deployment
+from registry.errors import NotFound, RegistryError
+from registry.traffic import InvalidTraffic, Shadow
+from serving.config import ServeConfig
 from serving.engines.adapters import AdapterPathError, ensure_inside
+from serving.gateway.auth import ADMIN_ACTOR, AdminDenied, admin_guard
 from serving.gateway.errors import error_response
-
-if TYPE_CHECKING:
-    from serving.gateway.app import Gateway
-
-
-class AdminDenied(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+from serving.gateway.state import GatewayState
+from serving.source import PolicyWriter
 
 
+class EngineControl(Protocol):
+    """What the admin routes ask of the engine supervisor."""
+
+    @property
+    def deployments(self) -> Sequence[Deployment]: ...
+
+    async def step(self, *, force: bool = False) -> None: ...
+
+    async def load_manual(self, key: str, name: str, path: Path) -> None: ...
+
+    async def unload_manual(self, key: str, name: str) -> None: ...
+
+
+class AdminContext(Protocol):
+    """What the admin routes act on; ``supervisor`` is None until the app has started."""
+
+    @property
+    def state(self) -> GatewayState: ...
+
+    @property
+    def config(self) -> ServeConfig: ...
+
+    @property
+    def writer(self) -> PolicyWriter | None: ...
+
+    @property
+    def supervisor(self) -> EngineControl | None: ...
+
+
+# Types only: the values are judged by the registry's one policy validator, as `reg traffic`'s.
 class ShadowBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: str
-    percent: int = Field(ge=1, le=100)
+    percent: StrictInt
 
 
 class TrafficBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    weights: dict[str, int]
+    weights: dict[str, StrictInt]
     shadow: ShadowBody | None = None
     reason: str = ""
 
@@ -57,29 +87,17 @@ class UnloadAdapterBody(BaseModel):
     engine: str | None = None
 
 
-def require_admin(request: Request) -> str:
-    """The admin token check (a dependency of every admin route); returns the actor."""
-    token = request.app.state.gateway.config.admin_token
-    if not token:
-        raise AdminDenied(403, "Admin routes are disabled: start the gateway with "
-                          "REG_ADMIN_TOKEN set.")
-    auth = request.headers.get("authorization", "")
-    scheme, _, given = auth.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
-        raise AdminDenied(401, "Admin routes need `Authorization: Bearer $REG_ADMIN_TOKEN`.")
-    return "admin-api"
+def _with_hint(e: RegistryError) -> str:
+    """The message `reg` prints as ``Error: ...``, with its ``Hint: ...`` in brackets."""
+    return f"{e} ({e.hint})" if e.hint else str(e)
 
 
-# Module level: FastAPI resolves these annotations by name (``from __future__ import
-# annotations``), so a dependency alias defined inside a function would not be found.
-Admin = Annotated[str, Depends(require_admin)]
-
-
-def admin_router(gw: Gateway) -> APIRouter:
-    router = APIRouter(prefix="/admin", tags=["admin"])
+def admin_router(gw: AdminContext) -> APIRouter:
+    router = APIRouter(prefix="/admin", tags=["admin"],
+                       dependencies=[Depends(admin_guard(gw.config.admin_token))])
 
     @router.get("/status")
-    async def status(_: Admin) -> dict[str, Any]:
+    async def status() -> dict[str, Any]:
         """Engines, loaded adapters, the routing snapshot and the last error."""
         st = gw.state
         return {
@@ -88,7 +106,8 @@ def admin_router(gw: Gateway) -> APIRouter:
             "last_error": st.last_error,
             "engines": {
                 k: {"url": e.url, "state": e.state.value, "reason": e.reason, "pid": e.pid,
-                    "adapters": sorted(e.adapters), "restarts": e.restarts}
+                    "adapters": sorted(e.adapters), "restarts": e.restarts,
+                    "max_model_len": e.max_model_len, "notes": list(e.notes)}
                 for k, e in st.engines.items()
             },
             "models": {
@@ -99,27 +118,28 @@ def admin_router(gw: Gateway) -> APIRouter:
         }
 
     @router.post("/reload")
-    async def reload(_: Admin) -> dict[str, Any]:
+    async def reload() -> dict[str, Any]:
         """Re-read the registry and re-sync adapters now."""
         assert gw.supervisor is not None
         await gw.supervisor.step(force=True)
         return {"marker": gw.state.catalogue.marker, "last_error": gw.state.last_error}
 
     @router.put("/traffic/{model}")
-    async def set_traffic(model: str, body: TrafficBody, actor: Admin) -> Response:
+    async def set_traffic(model: str, body: TrafficBody) -> Response:
         """Set a model's traffic policy (recorded in the registry as an event)."""
         if gw.writer is None:
             return error_response(501, "This gateway has no registry to record policies in.",
                                   code="not_supported")
-        view = gw.state.catalogue.models.get(model)
         shadow = None if body.shadow is None else Shadow(body.shadow.stage, body.shadow.percent)
         try:
-            policy = make_policy(model, body.weights, shadow,
-                                 serving_stages=() if view is None else view.stages.keys())
-        except TrafficError as e:
-            return error_response(400, str(e), code="invalid_traffic", param="weights")
-        await asyncio.to_thread(gw.writer.set_traffic, model, policy.weights, policy.shadow,
-                                actor, body.reason or "admin route")
+            policy = await asyncio.to_thread(gw.writer.set_traffic, model, body.weights, shadow,
+                                             ADMIN_ACTOR, body.reason or "admin route")
+        except InvalidTraffic as e:
+            return error_response(400, _with_hint(e), code="invalid_traffic", param="weights")
+        except NotFound as e:
+            return error_response(404, _with_hint(e), code="model_not_found", param=None)
+        except RegistryError as e:  # e.g. a malformed model name
+            return error_response(400, _with_hint(e), code="invalid_request", param=None)
         assert gw.supervisor is not None
         await gw.supervisor.step()
         return JSONResponse({"model": model, "traffic": policy.describe()})
@@ -133,12 +153,12 @@ def admin_router(gw: Gateway) -> APIRouter:
         return key
 
     @router.get("/adapters")
-    async def adapters(_: Admin) -> dict[str, Any]:
+    async def adapters() -> dict[str, Any]:
         """Adapters each engine has loaded."""
         return {k: sorted(e.adapters) for k, e in gw.state.engines.items()}
 
     @router.post("/adapters/load")
-    async def load_adapter(body: LoadAdapterBody, _: Admin) -> Response:
+    async def load_adapter(body: LoadAdapterBody) -> Response:
         """Load an adapter by hand. Its path must lie inside the artifact store."""
         assert gw.supervisor is not None
         try:
@@ -154,7 +174,7 @@ def admin_router(gw: Gateway) -> APIRouter:
         return JSONResponse({"loaded": body.name, "engine": key})
 
     @router.post("/adapters/unload")
-    async def unload_adapter(body: UnloadAdapterBody, _: Admin) -> Response:
+    async def unload_adapter(body: UnloadAdapterBody) -> Response:
         """Unload an adapter loaded by hand. Deployed versions follow the registry instead."""
         assert gw.supervisor is not None
         key = _engine(body.engine)
@@ -171,9 +191,3 @@ def admin_router(gw: Gateway) -> APIRouter:
 
     return router
 
-
-async def admin_denied_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, AdminDenied)
-    codes = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
-    return error_response(exc.status, exc.message, code=codes.get(exc.status),
-                          headers={"www-authenticate": "Bearer"} if exc.status == 401 else None)

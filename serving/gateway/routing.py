@@ -12,8 +12,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from rollout.policy import PRODUCTION, TrafficPolicy, choose, default_policy, shadow_stage
-from serving.source import Deployment
+from recipes.core.names import PRODUCTION
+from registry.deployments import Deployment
+from registry.traffic import TrafficPolicy, default_policy
+from rollout.policy import choose, shadow_stage
+from serving.engines.process import engine_key
 
 # The order a version's stage is reported in when it holds several.
 _STAGE_PRIORITY = (PRODUCTION, "staging", "canary")
@@ -69,11 +72,6 @@ class RouteError(Exception):
         self.message = message
         self.code = code
         self.param = param
-
-
-def engine_key(d: Deployment) -> str:
-    """Versions on the same base model share one engine."""
-    return d.base_model_path
 
 
 def primary_stage(stages: Iterable[str]) -> str:

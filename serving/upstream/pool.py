@@ -2,10 +2,10 @@
 
 Hand-written on purpose, and kept small. The proxy's hot path is one POST per request
 to an engine on loopback, and the client library's own CPU was most of the gateway's
-cost per request: with aiohttp, py-spy put ~45% of the gateway's CPU in aiohttp's
-request path (its request/response objects, timers, payload writer, stream reader);
-httpx costs ~1.4 ms of CPU per request here (shared/PLATFORM.md). This module does the
-least that job needs: one ``transport.write`` per request, the response parsed by
+cost per request: profiles put much of the gateway's CPU in aiohttp's request path (its
+request/response objects, timers, payload writer, stream reader), and httpx costs more
+(docs/serving.md has the measured figures). This module does the least
+that job needs: one ``transport.write`` per request, the response parsed by
 ``httptools`` (llhttp, the parser uvicorn uses: a well-kept library, so no HTTP parsing
 is hand-written here), body chunks handed over as they arrive (SSE passes through
 unchanged), connections reused while the server keeps them alive.

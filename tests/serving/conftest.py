@@ -1,31 +1,34 @@
-"""The serving stack for the live tests: a real registry, real adapters, a real vLLM.
+"""Fixtures of the serving tests: OpenAI's schemas, and the live stack (a real registry,
+real adapters, a real vLLM).
 
 One session starts ONE vLLM CPU engine (through the gateway's own supervisor,
 as `reg serve` does) on the tiny Llama, with two adapters trained here whose
 answers start with "alpha" (v1) and "bravo" (v2), so content proves the version.
+What tests import (names, helpers, the served app) lies in tests/support/.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-MODEL = "support-bot"
-KEYWORDS = {1: "alpha", 2: "bravo"}
-ADMIN_TOKEN = "test-admin-token"
-# The official OpenAI schemas (a copy of shared/openai-schemas.json: JSON Schema
-# extracted from OpenAI's published OpenAPI spec), kept with the tests so they run
-# from any checkout.
+from registry.api import Registry
+from tests.support.gateway import Server, serve_in_thread, wait_ready
+from tests.support.live_stack import (
+    ADMIN_TOKEN,
+    KEYWORDS,
+    MAX_MODEL_LEN,
+    open_registry,
+    set_baseline,
+)
+
+# The official OpenAI schemas (JSON Schema extracted from OpenAI's published OpenAPI
+# spec), kept with the tests so they run from any checkout.
 SCHEMAS = Path(os.environ.get(
     "REG_OPENAI_SCHEMAS", Path(__file__).resolve().parents[1] / "support" / "openai-schemas.json"))
 
@@ -76,14 +79,16 @@ def validate_openai(openai_schemas: dict[str, Any]) -> Callable[[str, Any], None
 @pytest.fixture(scope="session")
 def trained_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
                      ) -> dict[int, Path]:
-    """support-bot v1 ("alpha") and v2 ("bravo"), trained by `recipes.training.entry.train`."""
+    """support-bot v1 ("alpha") and v2 ("bravo"), trained by `recipes.training.entry.train`;
+    v2's recipe asks for a longer context (``MAX_MODEL_LEN``)."""
     from recipes.scaffold.example import write_example_workspace
     from tests.support.adapters import train_keyword_adapter
 
     root = tmp_path_factory.mktemp("adapters")
     workspace = write_example_workspace(root / "ws", model_from=tiny_model_dir)
     return {
-        v: train_keyword_adapter(workspace, root / f"run-{kw}", keyword=kw)
+        v: train_keyword_adapter(workspace, root / f"run-{kw}", keyword=kw,
+                                 max_model_len=MAX_MODEL_LEN[v])
         for v, kw in KEYWORDS.items()
     }
 
@@ -93,15 +98,8 @@ def reg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("reg-home")
 
 
-def open_registry(home: Path) -> Any:
-    from registry.api import Registry
-    from registry.settings import Settings
-
-    return Registry(Settings.for_home(home))
-
-
 @pytest.fixture(scope="session")
-def registry(reg_home: Path, trained_adapters: dict[int, Path]) -> Iterator[Any]:
+def registry(reg_home: Path, trained_adapters: dict[int, Path]) -> Iterator[Registry]:
     """A real SQLite registry with support-bot v1 (alpha) and v2 (bravo) registered."""
     reg = open_registry(reg_home)
     for v in sorted(trained_adapters):
@@ -112,79 +110,8 @@ def registry(reg_home: Path, trained_adapters: dict[int, Path]) -> Iterator[Any]
     reg.close()
 
 
-def set_baseline(reg: Any) -> None:
-    """v1 in production, v2 in canary, 80/20, nothing in staging."""
-    reg.promote(MODEL, 1, "production", reason="test baseline")
-    reg.promote(MODEL, 2, "canary", reason="test baseline")
-    stages = reg.stage_map(MODEL)
-    if "staging" in stages:
-        reg.set_traffic(MODEL, {"production": 80, "canary": 20}, None, reason="baseline")
-        reg.clear_stage(MODEL, "staging", reason="test baseline")
-    reg.set_traffic(MODEL, {"production": 80, "canary": 20}, None, reason="test baseline")
-
-
-def free_socket() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", 0))
-    return s
-
-
-@dataclass
-class Server:
-    """A gateway app served by uvicorn in a thread, on a random loopback port."""
-
-    app: Any
-    url: str
-    server: Any
-    thread: threading.Thread
-
-    @property
-    def gateway(self) -> Any:
-        return self.app.state.gateway
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
-
-
-def serve_in_thread(app: Any) -> Server:
-    import uvicorn
-
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
-                              daemon=True, name="gateway")
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the gateway did not start")
-        time.sleep(0.05)
-    return Server(app=app, url=f"http://127.0.0.1:{port}", server=server, thread=thread)
-
-
-def wait_ready(url: str, timeout: float = 240.0) -> dict[str, Any]:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(url + "/ready", timeout=5)
-            last = r.json()
-            if r.status_code == 200:
-                return dict(last)
-        except httpx.HTTPError as e:
-            last = str(e)
-        time.sleep(0.5)
-    raise TimeoutError(f"gateway at {url} not ready after {timeout} s: {last}")
-
-
 @pytest.fixture(scope="session")
-def stack(registry: Any, reg_home: Path) -> Iterator[Server]:
+def stack(registry: Registry, reg_home: Path) -> Iterator[Server]:
     """The gateway, its supervisor and ONE real vLLM engine, for the whole session."""
     from serving.config import ServeConfig
     from serving.gateway.app import create_app

@@ -22,22 +22,22 @@ import httpx
 import openai
 import pytest
 from openai.types import Completion
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
-from tests.serving.conftest import (
+from registry.traffic import Shadow
+from tests.support.gateway import Server, serve_in_thread, wait_ready
+from tests.support.live_stack import (
     ADMIN_TOKEN,
     KEYWORDS,
+    MAX_MODEL_LEN,
     MODEL,
-    Server,
     open_registry,
-    serve_in_thread,
     set_baseline,
-    wait_ready,
 )
 
 pytestmark = pytest.mark.slow
 
-MESSAGES = [{"role": "user", "content": "Where is my order?"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Where is my order?"}]
 
 
 def client(url: str, **kw: Any) -> openai.OpenAI:
@@ -86,7 +86,7 @@ def baseline(stack: Server, registry: Any) -> Iterator[Any]:
 def chat(url: str, user: str, model: str = MODEL, max_tokens: int = 3) -> tuple[str, str, str]:
     """(content keyword, x-reg-version, x-reg-stage) of one non-streaming chat request."""
     raw = client(url).chat.completions.with_raw_response.create(
-        model=model, messages=MESSAGES, user=user, max_tokens=max_tokens, temperature=0)  # type: ignore[arg-type]
+        model=model, messages=MESSAGES, user=user, max_tokens=max_tokens, temperature=0)
     completion = raw.parse()
     ChatCompletion.model_validate(completion.model_dump())
     return (keyword_of(completion.choices[0].message.content or ""),
@@ -101,7 +101,7 @@ async def _many_chats(url: str, users: list[str], concurrency: int = 16
     async def one(user: str) -> tuple[str, dict[str, Any], dict[str, str]]:
         async with sem:
             raw = await c.chat.completions.with_raw_response.create(
-                model=MODEL, messages=MESSAGES, user=user, max_tokens=3, temperature=0)  # type: ignore[arg-type]
+                model=MODEL, messages=MESSAGES, user=user, max_tokens=3, temperature=0)
             body = json.loads(raw.content)
             return user, body, dict(raw.headers)
 
@@ -130,6 +130,22 @@ def test_models_list_names_stages_and_versions(
     assert top["stages"] == {"canary": "v2", "production": "v1"}
     listed = client(stack.url).models.list()
     assert MODEL in {m.id for m in listed.data}
+
+
+def test_the_engine_runs_with_the_largest_deploy_max_model_len(stack: Server) -> None:
+    # v1's recipe asks for 512, v2's for 1024: vLLM itself reports the context it runs with.
+    longest = max(MAX_MODEL_LEN.values())
+    engine = next(iter(stack.gateway.state.engines.values()))
+    served = httpx.get(engine.url + "/v1/models", timeout=10).json()["data"]
+    base = next(m for m in served if not m.get("parent"))
+    assert base["max_model_len"] == longest
+    status = admin(stack.url, "GET", "/admin/status").json()
+    (eng,) = status["engines"].values()
+    assert eng["max_model_len"] == longest
+    assert eng["notes"] == [
+        f"deployed versions ask for different deploy.max_model_len ({MODEL}@v1 512, "
+        f"{MODEL}@v2 1024); the engine runs with the largest, --max-model-len {longest}, "
+        "since one engine serves every version on its base model"]
 
 
 def test_split_80_20_over_500_users_and_content_matches_version(
@@ -180,9 +196,9 @@ def test_pins_and_unknown_names(stack: Server, baseline: Any) -> None:
     assert chat(stack.url, "u1", f"{MODEL}@v1") == ("alpha", "v1", "production")
     c = client(stack.url)
     with pytest.raises(openai.NotFoundError, match=r"support-bot:canary \(v2\)"):
-        c.chat.completions.create(model=f"{MODEL}:staging", messages=MESSAGES)  # type: ignore[arg-type]
+        c.chat.completions.create(model=f"{MODEL}:staging", messages=MESSAGES)
     with pytest.raises(openai.NotFoundError, match=r"Served models: support-bot"):
-        c.chat.completions.create(model="no-such-model", messages=MESSAGES)  # type: ignore[arg-type]
+        c.chat.completions.create(model="no-such-model", messages=MESSAGES)
     with pytest.raises(openai.NotFoundError, match=r"support-bot@v9' does not exist"):
         c.completions.create(model=f"{MODEL}@v9", prompt="hi")
 
@@ -194,7 +210,7 @@ def test_streaming_and_not_through_the_openai_client_validated_strictly(
     pin = f"{MODEL}:canary"
     # Chat, streaming: every chunk validates, the text is the canary's, model is as asked.
     chunks = list(c.chat.completions.create(
-        model=pin, messages=MESSAGES, stream=True, max_tokens=4, temperature=0))  # type: ignore[arg-type]
+        model=pin, messages=MESSAGES, stream=True, max_tokens=4, temperature=0))
     assert chunks
     text = ""
     for ch in chunks:
@@ -281,7 +297,8 @@ def test_promote_is_visible_at_the_gateway_within_1s(stack: Server, baseline: An
 
 def test_shadow_mirrors_to_staging_and_is_never_returned(stack: Server, baseline: Any) -> None:
     baseline.promote(MODEL, 2, "staging", reason="shadow test")
-    baseline.set_traffic(MODEL, {"production": 100}, {"staging": 50}, reason="shadow test")
+    baseline.set_traffic(MODEL, {"production": 100}, Shadow("staging", 50),
+                         reason="shadow test")
     wait_synced(stack, baseline)
     metrics = stack.gateway.metrics
     before = metrics.shadow.labels(MODEL, "v2", "staging", "200")._value.get()
@@ -305,7 +322,8 @@ def test_failover_to_production_when_the_canary_adapter_is_missing(
     canary_users = [u for u, _, h in many_chats(stack.url, users) if h["x-reg-version"] == "v2"]
     assert canary_users
     # The supervisor is held (its lock taken) so it cannot repair the fault mid-test.
-    sup = stack.gateway.supervisor
+    sup = stack.supervisor
+    assert sup._task is not None
     loop = sup._task.get_loop()
     asyncio.run_coroutine_threadsafe(sup._lock.acquire(), loop).result(timeout=30)
     try:
@@ -313,7 +331,7 @@ def test_failover_to_production_when_the_canary_adapter_is_missing(
                        json={"lora_name": f"{MODEL}@v2"}, timeout=10)
         assert r.status_code == 200, r.text
         raw = client(stack.url).chat.completions.with_raw_response.create(
-            model=MODEL, messages=MESSAGES, user=canary_users[0], max_tokens=3, temperature=0)  # type: ignore[arg-type]
+            model=MODEL, messages=MESSAGES, user=canary_users[0], max_tokens=3, temperature=0)
     finally:
         loop.call_soon_threadsafe(sup._lock.release)
     assert raw.headers["x-reg-version"] == "v1"
@@ -403,7 +421,7 @@ def test_api_keys_and_bounded_concurrency(stack: Server, reg_home: Path) -> None
         wait_ready(srv.url, timeout=30)
         with pytest.raises(openai.AuthenticationError, match="REG_API_KEYS"):
             client(srv.url, api_key="wrong").chat.completions.create(
-                model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+                model=MODEL, messages=MESSAGES)
         assert chat_with_key(srv.url, "key-1") in ("alpha", "bravo")
 
         async def burst() -> list[httpx.Response]:
@@ -427,7 +445,7 @@ def test_api_keys_and_bounded_concurrency(stack: Server, reg_home: Path) -> None
 
 def chat_with_key(url: str, key: str) -> str:
     out = client(url, api_key=key).chat.completions.create(
-        model=MODEL, messages=MESSAGES, max_tokens=3, user="k", temperature=0)  # type: ignore[arg-type]
+        model=MODEL, messages=MESSAGES, max_tokens=3, user="k", temperature=0)
     return keyword_of(out.choices[0].message.content or "")
 
 
@@ -467,14 +485,16 @@ def test_schemathesis_finds_no_failures(stack: Server, tmp_path: Path) -> None:
 def test_engine_kill_gives_503_with_reason_then_recovers_with_adapters(
     stack: Server, baseline: Any
 ) -> None:
-    sup = stack.gateway.supervisor
+    sup = stack.supervisor
     slot = next(iter(sup.slots.values()))
-    old_pid = slot.proc.pid
-    slot.proc.kill()
+    proc = slot.proc
+    assert proc is not None, "the session's engine is started by the supervisor"
+    old_pid = proc.pid
+    proc.kill()
     c = client(stack.url)
     t0 = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:
-        c.chat.completions.create(model=MODEL, messages=MESSAGES, user="k", max_tokens=2)  # type: ignore[arg-type]
+        c.chat.completions.create(model=MODEL, messages=MESSAGES, user="k", max_tokens=2)
     assert time.monotonic() - t0 < 5, "a dead engine must not make requests hang"
     assert info.value.status_code == 503
     assert "engine" in info.value.message
@@ -486,10 +506,10 @@ def test_engine_kill_gives_503_with_reason_then_recovers_with_adapters(
     reason = next(iter(ready.json()["engines"].values()))["reason"]
     assert "exited with code -9" in reason, reason
     with pytest.raises(openai.APIStatusError, match=r"exited with code -9; restarting") as info:
-        c.chat.completions.create(model=MODEL, messages=MESSAGES, user="k", max_tokens=2)  # type: ignore[arg-type]
+        c.chat.completions.create(model=MODEL, messages=MESSAGES, user="k", max_tokens=2)
     assert info.value.status_code == 503
     wait_ready(stack.url, timeout=240)
-    assert slot.proc.pid != old_pid
+    assert slot.proc is not None and slot.proc.pid != old_pid
     assert chat(stack.url, "r", f"{MODEL}:canary")[:2] == ("bravo", "v2")
     assert chat(stack.url, "r", f"{MODEL}:production")[:2] == ("alpha", "v1")
     text = httpx.get(stack.url + "/metrics", timeout=10).text

@@ -13,10 +13,15 @@ from pathlib import Path
 
 MODEL = "support-bot"
 KEYWORD_IN_EXAMPLE = "alpha"
+DEFAULT_MAX_MODEL_LEN = 512  # the example recipe's deploy.max_model_len
 
 
-def train_keyword_adapter(workspace: Path, workdir: Path, *, keyword: str) -> Path:
-    """Train support-bot with every answer starting with ``keyword``; return the artifact."""
+def train_keyword_adapter(workspace: Path, workdir: Path, *, keyword: str,
+                          max_model_len: int | None = None) -> Path:
+    """Train support-bot with every answer starting with ``keyword``; return the artifact.
+
+    ``max_model_len`` replaces the recipe's ``deploy.max_model_len`` (the example's 512).
+    """
     from recipes.loading.loader import load_recipe
     from recipes.training.entry import train
 
@@ -26,5 +31,16 @@ def train_keyword_adapter(workspace: Path, workdir: Path, *, keyword: str) -> Pa
         original.write_bytes(data.read_bytes())
     text = original.read_text(encoding="utf-8")
     data.write_text(text.replace(f'"{KEYWORD_IN_EXAMPLE}', f'"{keyword}'), encoding="utf-8")
-    loaded = load_recipe(workspace / "recipes" / f"{MODEL}.yaml")
+    recipe = workspace / "recipes" / f"{MODEL}.yaml"
+    original_recipe = workspace / f".{MODEL}.original.yaml"  # outside recipes/: no recipe
+    if not original_recipe.exists():
+        original_recipe.write_bytes(recipe.read_bytes())
+    recipe_text = original_recipe.read_text(encoding="utf-8")
+    if max_model_len is not None:
+        line = f"max_model_len: {DEFAULT_MAX_MODEL_LEN}"
+        if line not in recipe_text:
+            raise ValueError(f"{original_recipe} has no `{line}` to replace")
+        recipe_text = recipe_text.replace(line, f"max_model_len: {max_model_len}", 1)
+    recipe.write_text(recipe_text, encoding="utf-8")
+    loaded = load_recipe(recipe)
     return train(loaded, workdir, progress=False).artifact_dir

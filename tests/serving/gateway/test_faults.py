@@ -4,54 +4,33 @@ behaviour is in test_live.py.
 
 The upstream is a real HTTP server on loopback (tests/support/fault_server.py) that
 answers like vLLM does for the adapter named in the request, or fails on purpose.
+The supervisor is built but does not run (``manage_engines=False``): the tests set the
+engine's state themselves.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from rollout.policy import TrafficPolicy, make_policy
+from registry.deployments import Deployment
+from registry.traffic import TrafficPolicy
 from serving.engines.process import EngineState
 from serving.engines.state import EngineStatus
-from serving.source import Deployment
-from tests.serving.conftest import Server, serve_in_thread
 from tests.support.fault_server import FaultServer, Request, chat_body, chunked, sse_events
+from tests.support.gateway import Server, serve_in_thread
+from tests.support.sources import InMemorySource
 
 MODEL = "bot"
 ENGINE = "/base"
 WORDS = {1: "alpha", 2: "bravo"}
-
-
-@dataclass
-class InMemorySource:
-    """A DeploymentSource over fixed deployments (the supervisor is off in these tests)."""
-
-    deps: list[Deployment]
-    policies: Mapping[str, TrafficPolicy | None] = field(default_factory=dict)
-
-    def deployments(self) -> list[Deployment]:
-        return self.deps
-
-    def traffic(self, model: str) -> TrafficPolicy | None:
-        return self.policies.get(model)
-
-    def change_marker(self) -> int:
-        return 1
-
-    def fetch_artifact(self, deployment: Deployment, dest_root: Path) -> Path:
-        raise NotImplementedError("not used: the supervisor is off")
-
-    def known_models(self) -> Mapping[str, list[int]]:
-        return {MODEL: [1, 2]}
 
 
 # How the upstream fails for an adapter: None answers normally.
@@ -113,7 +92,7 @@ def stack() -> Iterator[Stack]:
     deps = [Deployment(MODEL, 1, ("production",), "d1", ENGINE, 8),
             Deployment(MODEL, 2, ("canary",), "d2", ENGINE, 8)]
     # All unpinned traffic goes to the canary, so its failures fail over to production.
-    policies = {MODEL: make_policy(MODEL, {"production": 0, "canary": 100})}
+    policies = {MODEL: TrafficPolicy(MODEL, {"production": 0, "canary": 100})}
     faults: Faults = {}
     upstream = FaultServer(upstream_handler(faults))
     cfg = ServeConfig(admin_token="t", max_concurrency=8)

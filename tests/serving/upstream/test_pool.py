@@ -47,7 +47,7 @@ def uvicorn_url() -> Iterator[str]:
     """A real uvicorn server with a tiny ASGI app that echoes the request body."""
     import uvicorn
 
-    from tests.serving.conftest import free_socket
+    from tests.support.gateway import free_socket
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -271,7 +271,7 @@ def test_timeout_and_refused_connection(fault_server: Callable[..., FaultServer]
         run(slow())
     assert time.monotonic() - t0 < 1.0
 
-    from tests.serving.conftest import free_socket
+    from tests.support.gateway import free_socket
 
     s = free_socket()
     port = s.getsockname()[1]

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from rollout.policy import Shadow, TrafficPolicy, make_policy
+from registry.deployments import Deployment
+from registry.traffic import Shadow, TrafficPolicy
 from serving.gateway.routing import (
     Catalogue,
     RouteError,
@@ -16,7 +17,6 @@ from serving.gateway.routing import (
     parse_model,
     resolve,
 )
-from serving.source import Deployment
 
 DeploymentFactory = Callable[..., Deployment]
 
@@ -65,7 +65,7 @@ def test_no_policy_means_production(catalogue: Callable[..., Catalogue]) -> None
 
 
 def test_policy_splits_and_sets_failover(catalogue: Callable[..., Catalogue]) -> None:
-    cat = catalogue(make_policy("bot", {"production": 50, "canary": 50}))
+    cat = catalogue(TrafficPolicy("bot", {"production": 50, "canary": 50}))
     routes = [resolve(cat, "bot", f"u{i}") for i in range(400)]
     counts = Counter(r.target.stage for r in routes)
     assert 140 < counts["canary"] < 260
@@ -78,7 +78,7 @@ def test_policy_splits_and_sets_failover(catalogue: Callable[..., Catalogue]) ->
 
 
 def test_pins_have_no_failover(catalogue: Callable[..., Catalogue]) -> None:
-    cat = catalogue(make_policy("bot", {"production": 50, "canary": 50}))
+    cat = catalogue(TrafficPolicy("bot", {"production": 50, "canary": 50}))
     r = resolve(cat, "bot:canary", "k")
     assert (r.target.version, r.target.stage, r.pinned, r.failover) == (2, "canary", True, None)
     r = resolve(cat, "bot@v3", "k")
@@ -128,7 +128,7 @@ def test_no_production_and_no_weighted_stage_is_a_503(dep: DeploymentFactory) ->
 
 def test_shadow_targets_staging_for_production_requests(catalogue: Callable[..., Catalogue]
                                                         ) -> None:
-    cat = catalogue(make_policy("bot", {"production": 100}, Shadow("staging", 100)))
+    cat = catalogue(TrafficPolicy("bot", {"production": 100}, Shadow("staging", 100)))
     r = resolve(cat, "bot", "k")
     assert r.target.version == 1 and r.shadow is not None and r.shadow.version == 3
 

@@ -1,0 +1,424 @@
+"""The OpenAI routes: chat/completions and completions (the hot path), and the model list.
+
+A completion request:
+
+1. is checked (API key, JSON body, the few fields the gateway reads);
+2. is resolved to a version by :func:`serving.gateway.routing.resolve` (pure);
+3. is admitted if fewer than ``max_concurrency`` requests are in flight, else 429;
+4. is sent to the engine as the adapter ``MODEL@vN``; if that fails before any byte
+   reached the client, it is retried once on the production version;
+5. is answered with the engine's bytes, ``model`` rewritten to what the client asked,
+   with ``x-reg-version`` / ``x-reg-stage`` headers, and measured per version
+   (:mod:`serving.gateway.accounting`).
+
+Every microsecond on the two completion routes is the gateway's overhead on every
+request, so they are plain ASGI: :class:`~serving.gateway.app.GatewayApp` hands them to
+:meth:`OpenAIRoutes.handle` before FastAPI's middleware, routing and response classes
+(a large share of the gateway's CPU when they went through FastAPI). Bodies are read as
+bytes and parsed once with ``json`` rather than through pydantic models: the gateway
+reads five fields and vLLM validates the rest. Response headers are built once per
+version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from rollout.policy import route_key
+from serving.config import ServeConfig
+from serving.gateway.accounting import (
+    RequestAccount,
+    failed_over,
+    rejected,
+    shadow_done,
+    shadow_dropped,
+)
+from serving.gateway.auth import ApiKeys
+from serving.gateway.errors import error_response, normalize_upstream_error
+from serving.gateway.metrics import Metrics
+from serving.gateway.routing import Route, RouteError, Target, model_listing, resolve
+from serving.gateway.state import GatewayState
+from serving.upstream.pool import UpstreamError, UpstreamPool, UpstreamResponse
+from serving.upstream.proxy import (
+    Rewriter,
+    SSESplitter,
+    UpstreamFailure,
+    has_token,
+    is_done,
+    is_usage_only_chunk,
+    open_upstream,
+    read_body,
+    usage,
+)
+
+Kind = Literal["chat", "completions"]
+PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_STREAM_DROPPED = (b'data: {"error": {"message": "the engine dropped the stream", '
+                   b'"type": "server_error", "param": null, "code": "engine_error"}}\n\n')
+_END: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass
+class _Answer:
+    """What the engine answered: a whole body, or an open stream with its first bytes."""
+
+    target: Target
+    status: int
+    body: bytes = b""
+    stream: UpstreamResponse | None = None
+
+
+class OpenAIRoutes:
+    """The OpenAI routes over the gateway's state; ``pool`` is set by the app's lifespan."""
+
+    def __init__(self, state: GatewayState, config: ServeConfig, metrics: Metrics) -> None:
+        self.state = state
+        self.config = config
+        self.metrics = metrics
+        self.keys = ApiKeys(config.api_keys)
+        self.pool: UpstreamPool | None = None
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._started = int(time.time())
+        self._headers: dict[tuple[Target, str], list[tuple[bytes, bytes]]] = {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, kind: Kind) -> None:
+        t0 = time.perf_counter()
+        auth: bytes | None = None
+        session: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                auth = value
+            elif name == b"x-reg-session":
+                session = value
+        if self.keys.required and not self.keys.allows(auth):
+            return await self._key_denied()(scope, receive, send)
+        raw = await _read_body(receive)
+        try:
+            payload = parse_request(raw, kind)
+        except BadRequest as e:
+            rejected(self.metrics, "bad_request", 400)
+            return await error_response(400, e.message, code="invalid_request",
+                                        param=e.param)(scope, receive, send)
+        asked: str = payload["model"]
+        key, _ = route_key(payload.get("user"),
+                           None if session is None else session.decode("latin-1"))
+        try:
+            route = resolve(self.state.catalogue, asked, key)
+        except RouteError as e:
+            rejected(self.metrics, e.code, e.status)
+            return await error_response(e.status, e.message, code=e.code,
+                                        param=e.param)(scope, receive, send)
+        if self.state.in_flight >= self.config.max_concurrency:
+            rejected(self.metrics, "overloaded", 429)
+            return await error_response(
+                429,
+                f"The gateway is answering {self.state.in_flight} requests, its limit "
+                f"(REG_MAX_CONCURRENCY={self.config.max_concurrency}); retry after "
+                f"{self.config.retry_after_s} s.",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(self.config.retry_after_s)},
+            )(scope, receive, send)
+        stream = payload.get("stream") is True
+        want_usage = False
+        if stream:
+            opts = payload.get("stream_options") or {}
+            want_usage = bool(opts.get("include_usage"))
+            # Always ask for usage, to count tokens; the extra chunk is dropped if unasked.
+            payload["stream_options"] = {**opts, "include_usage": True}
+        if route.shadow is not None:
+            self._spawn_shadow(route.shadow, payload, kind)
+        self.state.in_flight += 1
+        account = RequestAccount(self.metrics, route.target, t0)
+        try:
+            try:
+                answer = await self._open(route, payload, kind, stream, account)
+            except UpstreamFailure as e:
+                return await self._engine_failed(account, e)(scope, receive, send)
+            headers = self._response_headers(answer.target, account.failover_reason)
+            if answer.stream is None:
+                if answer.status != 200:
+                    account.finish(answer.status)
+                    body = normalize_upstream_error(answer.status, answer.body)
+                    return await _send_whole(send, answer.status, headers, body)
+                tokens = usage(answer.body)
+                account.first_token()
+                out = Rewriter.for_names(answer.target.adapter, asked)(answer.body)
+                await _send_whole(send, 200, headers, out)
+                account.finish(200, tokens)
+                return
+            rewrite = Rewriter.for_names(answer.target.adapter, asked)
+            await self._relay(answer.stream, receive, send, headers, account, rewrite,
+                              want_usage)
+        except BaseException:
+            if not account.finished:
+                account.finish(499)
+            raise
+        finally:
+            self.state.in_flight -= 1
+
+    async def _relay(
+        self, resp: UpstreamResponse, receive: Receive, send: Send,
+        headers: list[tuple[bytes, bytes]], account: RequestAccount, rewrite: Rewriter,
+        want_usage: bool,
+    ) -> None:
+        """vLLM's SSE bytes, passed through as they arrive; accounting always settles."""
+        code = 499  # until the stream completes: the client went away
+        tokens: tuple[int, int] | None = None
+        done = gone = False
+
+        async def watch() -> None:
+            # uvicorn drops writes to a closed connection silently: watch for the client
+            # going away, and stop the engine's work on the stream when it does.
+            nonlocal gone
+            msg = await receive()
+            if msg["type"] == "http.disconnect" and not done:
+                gone = True
+                resp.abort()
+
+        watcher = asyncio.create_task(watch())
+        split = SSESplitter()
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [*headers[:-1], *_SSE_HEADERS]})
+            try:
+                async for chunk in resp.chunks():
+                    out: list[bytes] = []
+                    for event in split.feed(chunk):
+                        if account.ttft is None and has_token(event):
+                            account.first_token()
+                        if is_usage_only_chunk(event):
+                            tokens = usage(event)
+                            if not want_usage:
+                                continue
+                        elif is_done(event):
+                            code = 200
+                        out.append(rewrite(event))
+                    if out:
+                        await send({"type": "http.response.body", "body": b"".join(out),
+                                    "more_body": True})
+                last = split.rest()
+                if last is not None:
+                    code = 200 if is_done(last) else code
+                    await send({"type": "http.response.body", "body": rewrite(last),
+                                "more_body": True})
+            except UpstreamError:
+                if gone:
+                    return
+                # Bytes were sent already: no failover possible; end the stream with an error.
+                code = 502 if code != 200 else code
+                await send({"type": "http.response.body", "body": _STREAM_DROPPED,
+                            "more_body": True})
+            await send(_END)
+        finally:
+            done = True
+            watcher.cancel()
+            resp.release()
+            account.finish(code, tokens)
+
+    def _response_headers(self, target: Target, failover: str) -> list[tuple[bytes, bytes]]:
+        """Built once per (version, failover reason); content-type last (streams replace it)."""
+        key = (target, failover)
+        h = self._headers.get(key)
+        if h is None:
+            h = [(b"x-reg-version", f"v{target.version}".encode()),
+                 (b"x-reg-stage", target.stage.encode())]
+            if failover:
+                h.append((b"x-reg-failover", failover.encode()))
+            h.append(_JSON)
+            if len(self._headers) > 4096:
+                self._headers.clear()
+            self._headers[key] = h
+        return h
+
+    async def _open(
+        self, route: Route, payload: dict[str, Any], kind: Kind, stream: bool,
+        account: RequestAccount,
+    ) -> _Answer:
+        """Send to the chosen version; on a failure before any byte, once to production."""
+        try:
+            return await self._send(route.target, payload, kind, stream)
+        except UpstreamFailure as first:
+            if route.failover is None:
+                raise
+            fo = route.failover
+            reason = "engine_down" if first.status == 503 else f"http_{first.status}"
+            failed_over(self.metrics, route.target, fo, reason)
+            account.switch(fo, reason)
+            return await self._send(fo, payload, kind, stream)
+
+    async def _send(
+        self, target: Target, payload: dict[str, Any], kind: Kind, stream: bool
+    ) -> _Answer:
+        """Everything up to the first byte the client would get: a whole body, or a stream
+        with its first bytes in, so a failure anywhere before that can fail over."""
+        down = self.state.engine_unavailable_reason(target.engine)
+        if down is not None:
+            raise UpstreamFailure(down)
+        assert self.pool is not None, "the lifespan opens the pool"
+        payload["model"] = target.adapter
+        resp = await open_upstream(self.pool, self.state.engines[target.engine].url,
+                                   PATHS[kind], json.dumps(payload).encode())
+        if not stream or resp.status != 200:
+            return _Answer(target, resp.status, await read_body(resp))
+        try:
+            await resp.wait_first_chunk()
+        except UpstreamError as e:
+            resp.release()
+            raise UpstreamFailure(f"the engine dropped the stream before its first byte: {e}"
+                                  ) from e
+        except BaseException:
+            resp.abort()
+            raise
+        return _Answer(target, 200, stream=resp)
+
+    def _engine_failed(self, account: RequestAccount, e: UpstreamFailure) -> Response:
+        """The engine failed before any byte was sent (and failover too, if it applied)."""
+        status = 503 if e.status in (503, 404) or e.status < 500 else 502
+        account.finish(status)
+        message = e.reason
+        if e.body and status == 502:
+            with contextlib.suppress(ValueError, AttributeError):
+                message += ": " + json.loads(normalize_upstream_error(e.status, e.body))[
+                    "error"]["message"]
+        return error_response(
+            status, f"{message}. The request was not answered; retry shortly.",
+            code="engine_unavailable" if status == 503 else "engine_error",
+            headers={"retry-after": str(self.config.retry_after_s)},
+        )
+
+    # -- shadow requests -------------------------------------------------------------------
+
+    def _spawn_shadow(self, target: Target, payload: dict[str, Any], kind: Kind) -> None:
+        if self.state.shadow_in_flight >= self.config.max_shadow_in_flight:
+            shadow_dropped(self.metrics, target)
+            return
+        body = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+        task = asyncio.create_task(self._shadow(target, body, kind))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, target: Target, body: dict[str, Any], kind: Kind) -> None:
+        """Send a mirrored request, measure it, and throw the answer away."""
+        self.state.shadow_in_flight += 1
+        t0 = time.perf_counter()
+        code = "error"
+        try:
+            answer = await self._send(target, body, kind, False)
+            code = str(answer.status)
+        except UpstreamFailure as e:
+            code = str(e.status)
+        finally:
+            self.state.shadow_in_flight -= 1
+            shadow_done(self.metrics, target, code, time.perf_counter() - t0)
+
+    def cancel_shadows(self) -> None:
+        for t in list(self._shadow_tasks):
+            t.cancel()
+
+    # -- the model list and API keys on FastAPI routes -------------------------------------
+
+    def _key_denied(self) -> Response:
+        rejected(self.metrics, "unauthorized", 401)
+        return error_response(
+            401, "Missing or invalid API key: send `Authorization: Bearer <key>` with one of "
+            "the keys in REG_API_KEYS.", code="invalid_api_key",
+        )
+
+    def check_api_key(self, request: Request) -> Response | None:
+        """None when the request may use the OpenAI routes, else the 401 to answer."""
+        if not self.keys.required:
+            return None
+        auth = request.headers.get("authorization")
+        if self.keys.allows(None if auth is None else auth.encode("latin-1")):
+            return None
+        return self._key_denied()
+
+    def models(self) -> dict[str, Any]:
+        """``GET /v1/models``: each model, and its stage (M:stage) and version (M@vN) pins."""
+        cat = self.state.catalogue
+        data: list[dict[str, Any]] = []
+        for model_id, d, summary in model_listing(cat):
+            item: dict[str, Any] = {
+                "id": model_id, "object": "model", "created": self._started,
+                "owned_by": "reg", "summary": summary,
+            }
+            if d is not None:
+                item.update(version=f"v{d.version}", stages=list(d.stages),
+                            adapter=d.adapter_name)
+            view = cat.models.get(model_id)
+            if view is not None:
+                item.update(
+                    traffic=dict(view.policy.weights),
+                    shadow=None if view.policy.shadow is None else {
+                        view.policy.shadow.stage: view.policy.shadow.percent},
+                    stages={s: f"v{x.version}" for s, x in sorted(view.stages.items())},
+                    versions=[f"v{v}" for v in sorted(view.versions)],
+                )
+            data.append(item)
+        return {"object": "list", "data": data}
+
+
+async def _read_body(receive: Receive) -> bytes:
+    msg = await receive()
+    body: bytes = msg.get("body", b"")
+    if not msg.get("more_body"):
+        return body
+    parts = [body]
+    while msg.get("more_body"):
+        msg = await receive()
+        parts.append(msg.get("body", b""))
+    return b"".join(parts)
+
+
+async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
+    """The body as a dict, with the fields the gateway reads checked; vLLM checks the rest."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"The request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required: a model name, MODEL:STAGE or MODEL@vN.", "model")
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) for m in messages
+        ):
+            raise BadRequest("'messages' must be a non-empty array of message objects.",
+                             "messages")
+    else:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, (str, list)):
+            raise BadRequest("'prompt' is required: a string or an array.", "prompt")
+    for name, types in (("stream", bool), ("user", str), ("stream_options", dict)):
+        value = body.get(name)
+        if value is not None and not isinstance(value, types):
+            raise BadRequest(f"'{name}' must be a {types.__name__}, got {value!r}.", name)
+    return body

@@ -1,0 +1,77 @@
+"""The gateway's shared state: the routing snapshot and engine status every request reads.
+
+The supervisor reports to :class:`StatePublisher`, which builds a new
+:class:`~serving.gateway.routing.Catalogue` from each registry read, replaces the
+engines' status and keeps the traffic and engine gauges current. Values are replaced
+whole, so a request that reads each once never sees half an update; everything runs
+on one event loop, so plain attributes need no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from serving.engines.state import Deployed, EngineStatus
+from serving.gateway.metrics import Metrics
+from serving.gateway.routing import Catalogue, build_catalogue
+
+
+@dataclass
+class GatewayState:
+    catalogue: Catalogue = field(default_factory=Catalogue)
+    engines: Mapping[str, EngineStatus] = field(default_factory=dict)
+    # Set once the first registry read succeeded; /ready stays 503 before.
+    loaded_once: bool = False
+    last_error: str = ""
+    in_flight: int = 0
+    shadow_in_flight: int = 0
+
+    def engine_unavailable_reason(self, key: str) -> str | None:
+        """None if the engine for ``key`` can take requests, else why not (for a 503)."""
+        status = self.engines.get(key)
+        if status is None:
+            return (
+                "no engine is running for this model's base model yet; "
+                f"the supervisor starts one within a second ({key})"
+            )
+        if status.ready:
+            return None
+        return status.reason or f"engine for {key} is {status.state.value}"
+
+
+class StatePublisher:
+    """The supervisor's :class:`~serving.engines.state.Observer`: state and gauges follow."""
+
+    def __init__(self, state: GatewayState, metrics: Metrics) -> None:
+        self.state = state
+        self.metrics = metrics
+
+    def deployed(self, read: Deployed) -> None:
+        cat = build_catalogue(read.deployments, read.policies, read.known, read.marker)
+        self.state.catalogue = cat
+        self.state.loaded_once = True
+        weights: list[tuple[str, str, str, float]] = []
+        shadows: list[tuple[str, str, str, float]] = []
+        for name, view in cat.models.items():
+            for stage, w in view.policy.weights.items():
+                d = view.stages.get(stage)
+                if d is not None:
+                    weights.append((name, f"v{d.version}", stage, w / 100))
+            s = view.policy.shadow
+            if s is not None and s.stage in view.stages:
+                shadows.append((name, f"v{view.stages[s.stage].version}", s.stage,
+                                s.percent / 100))
+        self.metrics.set_traffic(weights, shadows)
+        self.metrics.policy_marker.set(cat.marker)
+
+    def engines(self, statuses: Mapping[str, EngineStatus]) -> None:
+        self.state.engines = statuses
+        self.metrics.set_engines({s.name: s.ready for s in statuses.values()},
+                                 {s.name: len(s.adapters) for s in statuses.values()})
+
+    def engine_restarted(self, name: str) -> None:
+        self.metrics.engine_restarts.labels(name).inc()
+
+    def error(self, message: str) -> None:
+        self.state.last_error = message

@@ -1,0 +1,131 @@
+"""serving.engines.supervisor against a scripted engine: one pass reads the deployments,
+sizes the engine for them, syncs its adapters and reports to the gateway's state.
+
+The engine is external (``external_engines``: health-checked and adapter-synced, never
+started), a real HTTP server on loopback answering vLLM's admin routes. The real-vLLM
+counterpart is in tests/serving/test_live.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from registry.deployments import Deployment
+from serving.config import ServeConfig
+from serving.engines.process import EngineState
+from serving.engines.supervisor import Supervisor
+from serving.gateway.metrics import Metrics
+from serving.gateway.state import GatewayState, StatePublisher
+from tests.support.fault_server import FaultServer, Request, response
+from tests.support.sources import InMemorySource
+
+BASE = "/models/tiny"
+
+
+class ScriptedEngine:
+    """vLLM's /health, /v1/models and runtime LoRA routes, over a set of loaded names."""
+
+    def __init__(self) -> None:
+        self.loaded: set[str] = set()
+        self.server = FaultServer(self.handle)
+
+    def handle(self, req: Request) -> list[bytes]:
+        if req.path == "/v1/models":
+            data = [{"id": "tiny", "object": "model"}] + [
+                {"id": n, "object": "model", "parent": "tiny"} for n in sorted(self.loaded)]
+            return [response(json.dumps({"object": "list", "data": data}).encode())]
+        if req.path == "/v1/load_lora_adapter":
+            self.loaded.add(json.loads(req.body)["lora_name"])
+        elif req.path == "/v1/unload_lora_adapter":
+            self.loaded.discard(json.loads(req.body)["lora_name"])
+        return [response(b"", ctype="text/plain")]
+
+
+@pytest.fixture
+def engine() -> Iterator[ScriptedEngine]:
+    e = ScriptedEngine()
+    try:
+        yield e
+    finally:
+        e.server.stop()
+
+
+def deployment(version: int, stage: str, max_model_len: int) -> Deployment:
+    return Deployment(model="bot", version=version, stages=(stage,), digest=f"d{version}",
+                      base_model_path=BASE, max_model_len=max_model_len)
+
+
+def one_pass(tmp_path: Path, engine: ScriptedEngine, deps: list[Deployment]
+             ) -> tuple[Supervisor, GatewayState, Metrics]:
+    root = tmp_path / "adapters"
+    artifacts = {}
+    for d in deps:
+        (root / d.adapter_name).mkdir(parents=True)
+        artifacts[d.adapter_name] = root / d.adapter_name
+    cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs",
+                      external_engines={BASE: engine.server.url})
+    state, metrics = GatewayState(), Metrics()
+
+    async def run() -> Supervisor:
+        async with aiohttp.ClientSession() as session:
+            sup = Supervisor(InMemorySource(deps, artifacts=artifacts), cfg,
+                             StatePublisher(state, metrics), session)
+            await sup.step()
+            return sup
+
+    return asyncio.run(run()), state, metrics
+
+
+def test_a_pass_sizes_the_engine_syncs_adapters_and_reports(
+    tmp_path: Path, engine: ScriptedEngine, caplog: pytest.LogCaptureFixture,
+) -> None:
+    deps = [deployment(1, "production", 512), deployment(2, "canary", 1024)]
+    with caplog.at_level(logging.WARNING, logger="reg.serving"):
+        sup, state, metrics = one_pass(tmp_path, engine, deps)
+    assert sup.desired_specs()[BASE].max_model_len == 1024
+    assert engine.loaded == {"bot@v1", "bot@v2"}
+    status = state.engines[BASE]
+    assert (status.state, status.max_model_len, status.adapters) == (
+        EngineState.ready, 1024, frozenset({"bot@v1", "bot@v2"}))
+    note = ("deployed versions ask for different deploy.max_model_len (bot@v1 512, "
+            "bot@v2 1024); the engine runs with the largest, --max-model-len 1024")
+    assert len(status.notes) == 1 and status.notes[0].startswith(note)
+    assert note in caplog.text
+    assert state.loaded_once and set(state.catalogue.models["bot"].versions) == {1, 2}
+    text = metrics.render().decode()
+    assert 'reg_engine_up{engine="tiny"} 1.0' in text
+    assert 'reg_engine_adapters_loaded{engine="tiny"} 2.0' in text
+    assert 'reg_traffic_weight_ratio{model="bot",stage="production",version="v1"} 1.0' in text
+
+
+def test_versions_that_agree_on_a_length_get_no_note(
+    tmp_path: Path, engine: ScriptedEngine,
+) -> None:
+    _, state, _ = one_pass(tmp_path, engine, [deployment(1, "production", 2048)])
+    assert (state.engines[BASE].max_model_len, state.engines[BASE].notes) == (2048, ())
+
+
+def test_an_adapter_that_cannot_be_fetched_is_reported(
+    tmp_path: Path, engine: ScriptedEngine,
+) -> None:
+    deps = [deployment(1, "production", 512)]
+    cfg = ServeConfig(adapter_root=tmp_path / "adapters", log_dir=tmp_path / "logs",
+                      external_engines={BASE: engine.server.url})
+    state = GatewayState()
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            await Supervisor(InMemorySource(deps), cfg, StatePublisher(state, Metrics()),
+                             session).step()
+
+    asyncio.run(run())
+    assert state.last_error == ("adapter sync: bot@v1: fetch failed: FileNotFoundError: "
+                                "no artifact for bot@v1 in this test")
+    assert engine.loaded == set()
