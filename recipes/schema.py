@@ -8,12 +8,14 @@ which editors use (through yaml-language-server) to validate as you type.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from recipes.core.durations import DURATION_PATTERN, duration_seconds
 from recipes.core.names import (
     MODEL_NAME_PATTERN,
     STAGE_NAME_HINT,
@@ -306,16 +308,50 @@ class EvaluationSpec(Strict):
 
 
 class RolloutStepSpec(Strict):
-    weight: int = Field(ge=0, le=100, description="Canary traffic percentage.")
-    pause: str = Field(default="60s", pattern=r"^\d+[smh]$", description="Time at this weight.")
+    weight: int = Field(ge=1, le=100, description="Canary traffic percentage at this step.")
 
 
 class RolloutSpec(Strict):
-    steps: list[RolloutStepSpec] = Field(min_length=1)
-    max_error_rate: float | None = Field(default=None, ge=0, le=1)
-    max_latency_p95_ratio: float | None = Field(default=None, gt=0)
-    min_requests: int = Field(default=50, ge=0)
-    failure_limit: int = Field(default=1, ge=0)
+    """A progressive rollout of each new version against the one production serves."""
+
+    steps: list[RolloutStepSpec] = Field(
+        min_length=1, description="Canary weights, increasing; production follows the last."
+    )
+    interval: str = Field(
+        default="10s", pattern=DURATION_PATTERN,
+        description="Longest a step waits for a verdict; it ends sooner when the evidence is "
+        "clear.",
+    )
+    min_requests: int = Field(
+        default=50, ge=1, description="Requests per side (canary, baseline) before any verdict."
+    )
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1,
+        description="Absolute ceiling on the canary's error rate; it must also not be "
+        "significantly worse than the baseline's.",
+    )
+    max_latency_ratio: float = Field(
+        default=1.25, gt=1,
+        description="Largest canary/baseline ratio of p95 latency and of time to first token.",
+    )
+    failure_limit: int = Field(
+        default=1, ge=1, description="Failed analyses before the rollout rolls back."
+    )
+    on_inconclusive: Literal["pause", "rollback"] = Field(
+        default="pause",
+        description="What a step does when its interval ends without enough evidence.",
+    )
+    approval: bool = Field(
+        default=False, description="Wait for `reg rollout promote` before the last step."
+    )
+    alpha: float = Field(
+        default=0.01, gt=0, lt=0.5,
+        description="Chance of rolling back a candidate as good as the baseline, whole rollout.",
+    )
+
+    @property
+    def interval_s(self) -> float:
+        return duration_seconds(self.interval) or 0.0
 
 
 class DeploySpec(Strict):
@@ -363,6 +399,14 @@ def cross_field_problems(spec: Spec) -> list[CrossFieldProblem]:
     def bad(path: str, message: str, got: object = None) -> None:
         out.append(CrossFieldProblem("spec." + path, message, None if got is None else str(got)))
 
+    rollout = spec.deploy.rollout
+    if rollout is not None:
+        weights = [s.weight for s in rollout.steps]
+        if any(b <= a for a, b in itertools.pairwise(weights)):
+            bad("deploy.rollout.steps", "step weights must increase (e.g. 5, 25, 50, 100)",
+                weights)
+        if spec.deploy.target == "none":
+            bad("deploy.rollout", "a rollout needs a serving target; set deploy.target: vllm")
     promote_to = spec.deploy.promote_to
     if promote_to is not None and (problem := stage_name_problem(promote_to)) is not None:
         bad("deploy.promote_to", f"{problem}; {STAGE_NAME_HINT}", promote_to)
