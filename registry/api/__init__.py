@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from registry.api.audit import AuditApi
 from registry.api.registration import RegisterOutcome, RegistrationApi
+from registry.api.rollouts import RolloutChange, RolloutsApi
 from registry.api.runs import RunsApi
 from registry.api.serving import ServingApi
 from registry.api.stages import StageResult, StagesApi
@@ -24,11 +25,11 @@ from registry.api.versions import VersionsApi
 from registry.deployments import DeployGuard
 from registry.settings import Settings
 
-__all__ = ["Clock", "RegisterOutcome", "Registry", "StageResult", "utcnow"]
+__all__ = ["Clock", "RegisterOutcome", "Registry", "RolloutChange", "StageResult", "utcnow"]
 
 
-class Registry(VersionsApi, RegistrationApi, StagesApi, TrafficApi, ServingApi, AuditApi,
-               RunsApi, UnitOfWork):
+class Registry(VersionsApi, RegistrationApi, RolloutsApi, StagesApi, TrafficApi, ServingApi,
+               AuditApi, RunsApi, UnitOfWork):
     """Facade over the registry database and artifact store."""
 
     @classmethod

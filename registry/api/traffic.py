@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from registry import events as audit
 from registry.api.unit import UnitOfWork
@@ -38,16 +38,21 @@ class TrafficApi(UnitOfWork):
         actor = actor or default_actor()
         with self._write() as s:
             m = self._lock_model(s, name)
-            assert m.id is not None
-            policy = check_policy(TrafficPolicy(name, weights, shadow), stage_targets(s, m.id))
-            now = self.clock()
-            row = store_policy(s, m.id, policy, actor=actor, reason=reason, at=now)
-            audit.record(s, kind=EventKind.traffic_set, at=now, actor=actor, model=name,
-                         message=policy.describe() + (f" ({reason})" if reason else ""),
-                         data={"weights": row.weights, "shadow": row.shadow,
-                               "revision": row.revision})
-            s.flush()
-            return policy
+            return self._put_traffic(s, m, weights, shadow, actor=actor, reason=reason)
+
+    def _put_traffic(self, s: Session, m: Model, weights: Mapping[str, int],
+                     shadow: Shadow | None, *, actor: str, reason: str) -> TrafficPolicy:
+        """Judge and store a policy inside the caller's write transaction (model locked)."""
+        assert m.id is not None
+        policy = check_policy(TrafficPolicy(m.name, weights, shadow), stage_targets(s, m.id))
+        now = self.clock()
+        row = store_policy(s, m.id, policy, actor=actor, reason=reason, at=now)
+        audit.record(s, kind=EventKind.traffic_set, at=now, actor=actor, model=m.name,
+                     message=policy.describe() + (f" ({reason})" if reason else ""),
+                     data={"weights": row.weights, "shadow": row.shadow,
+                           "revision": row.revision})
+        s.flush()
+        return policy
 
     def get_traffic(self, model: str) -> TrafficPolicy | None:
         """The stored policy, or None (the gateway then sends everything to production)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import registry.rollouts  # noqa: F401  (its table joins the metadata)
 from registry.tables import metadata
 
 config = context.config
