@@ -201,6 +201,30 @@ def test_promote_refuses_beyond_adapter_slots(
     assert "forced: expect lower throughput" in forced.stdout
 
 
+def test_rollback_beyond_adapter_slots_is_refused_unless_forced(
+    settings: Settings, make_artifact: ArtifactFactory
+) -> None:
+    """The slot guard runs in the registry, so `reg rollback` meets it as `reg promote` does."""
+    reg(settings, "register", str(make_artifact()))
+    reg(settings, "register", str(make_artifact()))
+    slots = {**_env(settings), "REG_MAX_LORAS": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "reg_cli.main", *args], cwd=REPO,
+                              env=slots, capture_output=True, text=True, timeout=120)
+
+    for args in (["v1", "production"], ["v2", "production"], ["v2", "canary"]):
+        assert run("promote", *args).returncode == 0
+    refused = run("rollback", "production")  # back to v1, beside v2 in canary
+    assert refused.returncode == 1
+    assert "2 versions would be deployed" in refused.stderr and "--force" in refused.stderr
+    forced = run("rollback", "production", "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    done = json.loads(forced.stdout)
+    assert (done["from"], done["to"], done["forced"]) == (2, 1, True)
+    assert done["warnings"][0].endswith("forced: expect lower throughput under mixed traffic")
+
+
 def test_json_output_is_the_text_json_dumps_writes() -> None:
     """--json goes through pydantic-core for speed; scripts must see the same text."""
     from reg_cli.output import to_json
