@@ -134,13 +134,28 @@ class RolloutsApi(StagesApi, TrafficApi):
                 stmt = stmt.limit(limit)
             return [self._rollout_public(row, name) for row, name in s.exec(stmt)]
 
+    def note_rollout_analysis(self, rollout_id: int,
+                              analysis: Sequence[Mapping[str, Any]]) -> None:
+        """Store the latest analysis values of an active rollout, for status displays.
+
+        Not a decision: no revision bump, no audit event (decisions carry theirs).
+        """
+        with self._write() as s:
+            row = s.get(RolloutRow, rollout_id)
+            if row is None or not row.active:
+                return
+            row.analysis = [dict(a) for a in analysis]
+            row.updated_at = self.clock()
+            s.add(row)
+
     def advance_rollout(self, rollout_id: int, change: RolloutChange) -> RolloutPublic:
         """Store ``change`` and make its effect true, in one transaction.
 
-        Order inside the transaction: the canary weight first (so a stage about to be
-        cleared carries no traffic), then the stage pointers (deploy guards included),
-        then the rollout row and its audit event. Raises :class:`StaleRollout` when the
-        stored revision is not ``change.expected_revision``.
+        Order inside the transaction: a lower canary weight before the stage pointers
+        (so a stage about to be cleared carries no traffic), a higher one after them;
+        deploy guards judge the pointers; then the rollout row and its audit event.
+        Raises :class:`StaleRollout` when the stored revision is not
+        ``change.expected_revision``.
         """
         actor = change.actor or default_actor()
         with self._write() as s:
@@ -159,17 +174,16 @@ class RolloutsApi(StagesApi, TrafficApi):
                     hint="read it again and retry")
             if not row.active:
                 raise StaleRollout(f"rollout {rollout_id} of {m.name} has ended ({row.phase})")
-            if change.canary_weight is not None:
-                current = load_policy(s, m.id, m.name)
-                weights = canary_weights(None if current is None else current.weights,
-                                         change.canary_weight)
-                if current is None or dict(current.weights) != weights:
-                    self._put_traffic(s, m, weights, None if current is None else current.shadow,
-                                      actor=actor, reason=f"rollout {rollout_id}: "
-                                      f"{change.reason}")
+            why = f"rollout {rollout_id}: {change.reason}"
+            # A stage about to be cleared must carry no traffic first; a stage about to be
+            # given traffic must point at its version first.
+            raising = change.canary_weight is not None and change.canary_weight > 0
+            if not raising:
+                self._set_canary_weight(s, m, change.canary_weight, actor=actor, reason=why)
             for stage, version in change.stages:
-                self._point(s, m, stage, version, actor=actor,
-                            reason=f"rollout {rollout_id}: {change.reason}")
+                self._point(s, m, stage, version, actor=actor, reason=why)
+            if raising:
+                self._set_canary_weight(s, m, change.canary_weight, actor=actor, reason=why)
             now = self.clock()
             row.phase, row.active, row.step = change.phase, change.active, change.step
             row.weight, row.failures = change.weight, change.failures
@@ -188,6 +202,17 @@ class RolloutsApi(StagesApi, TrafficApi):
                                "analysis": row.analysis, **dict(change.data)})
             s.flush()
             return self._rollout_public(row, m.name)
+
+    def _set_canary_weight(self, s: Session, m: Model, weight: int | None, *, actor: str,
+                           reason: str) -> None:
+        if weight is None:
+            return
+        assert m.id is not None
+        current = load_policy(s, m.id, m.name)
+        weights = canary_weights(None if current is None else current.weights, weight)
+        if current is None or dict(current.weights) != weights:
+            self._put_traffic(s, m, weights, None if current is None else current.shadow,
+                              actor=actor, reason=reason)
 
     def _point(self, s: Session, m: Model, stage: str, version: int | None, *, actor: str,
                reason: str) -> None:

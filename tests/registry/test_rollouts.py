@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from recipes.core.errors import RegError
 from registry.api import Registry, RolloutChange
 from registry.errors import Refused
 from registry.rollouts import StaleRollout, canary_weights
@@ -86,14 +87,14 @@ def test_rolling_back_clears_a_canary_that_held_nothing(
     pytest.param("active", 3, "already has an active rollout of v2", id="one-active"),
 ])
 def test_refused_starts(registry: Registry, make_artifact: ArtifactFactory, setup: str,
-                        candidate: int, message: str) -> None:
+                        candidate: int, message: str) -> None:  # each with its reason
     for _ in range(3):
         registry.register_artifact(make_artifact("support-bot"))
     if setup != "no-production":
         registry.promote("support-bot", 1, "production")
     if setup == "active":
         registry.start_rollout("support-bot", 2, PLAN)
-    with pytest.raises(Refused, match=message):
+    with pytest.raises(RegError, match=message):
         registry.start_rollout("support-bot", candidate, PLAN)
 
 
