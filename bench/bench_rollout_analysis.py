@@ -29,10 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes.schema import RolloutSpec  # noqa: E402
-from rollout.canary.analysis import Samples, Side, Window, analyze, step_verdict  # noqa: E402
-from rollout.canary.decide import RolloutState, decide, decide_verification  # noqa: E402
-from rollout.canary.phases import TERMINAL, Phase  # noqa: E402
+from recipes.schema import RolloutSpec
+from rollout.canary.analysis import Samples, Side, Window, analyze, step_verdict
+from rollout.canary.decide import RolloutState, decide, decide_verification
+from rollout.canary.phases import TERMINAL, Phase
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BASE_ERRORS = 0.005
