@@ -75,15 +75,17 @@ def build_workspace(root: Path, n: int) -> Path:
 def register_all(ws: Path, home: Path) -> int:
     """Train the first recipe for real, then register every recipe as a reconcile would."""
     from recipes.artifact import write_manifest
+    from recipes.loading.cache import LoadCache
     from registry.api import Registry
     from registry.settings import Settings
-    from rollout.gitops.desired import desired_state, digest_cache
+    from rollout.gitops.desired import desired_state
     from rollout.gitops.gitinfo import GitLineage
-    from rollout.gitops.reconciler import Reconciler, manifest_identity
+    from rollout.gitops.reconciler import Reconciler
+    from rollout.gitops.training import manifest_identity
 
     settings = Settings.for_home(home)
     with Registry.open(settings) as reg:
-        state = desired_state([ws / "recipes"], digest_cache(home), GitLineage())
+        state = desired_state([ws / "recipes"], GitLineage(), LoadCache.under(home / "cache"))
         first = state.desired[0].name
         t = time.perf_counter()
         report = Reconciler(reg, [ws / "recipes" / f"{first}.yaml"]).run_once()

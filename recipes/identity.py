@@ -29,7 +29,7 @@ from typing import Any
 
 import xxhash
 
-from recipes.loading.loader import LoadedRecipe
+from recipes.loading.recipe import LoadedRecipe
 
 TRAINING_FORMAT_VERSION = 1
 _CHUNK = 1 << 20

@@ -6,8 +6,10 @@ Thin: parse, call :mod:`rollout.gitops.reconciler`, render. `reg plan` exits lik
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,7 +20,8 @@ from reg_cli.startup import import_long_lived
 
 if TYPE_CHECKING:
     from rollout.gitops.plan import ModelPlan, Plan
-    from rollout.gitops.reconciler import Outcome, PassReport, Reconciler
+    from rollout.gitops.reconciler import Reconciler
+    from rollout.gitops.report import Outcome, PassReport
 
 PathsArg = Annotated[
     list[Path], typer.Argument(help="Recipe files or directories (e.g. recipes/).")
@@ -96,12 +99,59 @@ def _open_registry() -> Any:
 
 def _import_reconciler() -> type[Reconciler]:
     """The reconciler class, imported with the registry behind it as long-lived objects
-    (reg_cli.startup.import_long_lived: ~50 ms less, and a pass or a training run never
-    walks them again)."""
+    (reg_cli.startup.import_long_lived: a pass or a training run never walks them again)."""
     import_long_lived("registry.api", "rollout.gitops.reconciler")
     from rollout.gitops.reconciler import Reconciler
 
     return Reconciler
+
+
+# The process's settings for its reconciler, read here once and passed in: the library
+# reads no environment. REG_FAULT (crash-safety tests) is after:<step>[@model], several
+# comma-separated (rollout.controller.faults).
+FAULT_ENV = "REG_FAULT"
+LEASE_TTL_ENV = "REG_LEASE_TTL_S"
+RETRY_ENV = {"base_s": "REG_RETRY_BASE_S", "max_delay_s": "REG_RETRY_MAX_S",
+             "max_attempts": "REG_RETRY_MAX_ATTEMPTS"}
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False,
+            least: float = 0.0) -> float:
+    """``$name`` as a number of at least ``least`` (above it when ``least`` is 0), else
+    ``default`` when unset; anything else is an error naming the variable."""
+    from recipes.core.errors import RegError
+
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(int(raw)) if whole else float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value >= least and (least > 0 or value > 0)):
+        kind = "whole number" if whole else "number"
+        bound = f"of at least {least:g}" if least > 0 else "above 0"
+        raise RegError(f"${name} is {raw!r}, not a {kind} {bound}",
+                       hint=f"set a {kind} {bound}, or unset it for the default ({default:g})")
+    return value
+
+
+def reconciler_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The Reconciler's keyword arguments that the environment sets (fault points, lease ttl,
+    retry backoff); a bad value is an error naming the variable."""
+    from rollout.controller.faults import FaultPoints
+    from rollout.controller.lease import DEFAULT_TTL_S
+    from rollout.gitops.apply import STEPS
+    from rollout.gitops.plan import BackoffPolicy
+
+    d = BackoffPolicy()
+    policy = BackoffPolicy(
+        base_s=_number(env, RETRY_ENV["base_s"], d.base_s), factor=d.factor,
+        max_delay_s=_number(env, RETRY_ENV["max_delay_s"], d.max_delay_s),
+        max_attempts=int(_number(env, RETRY_ENV["max_attempts"], d.max_attempts, whole=True,
+                                 least=1)))
+    return {"faults": FaultPoints.parse(env.get(FAULT_ENV, ""), STEPS),
+            "lease_ttl_s": _number(env, LEASE_TTL_ENV, DEFAULT_TTL_S), "policy": policy}
 
 
 def plan(paths: PathsArg, json_mode: JsonOpt = False, prune: PruneOpt = False) -> None:
@@ -110,9 +160,10 @@ def plan(paths: PathsArg, json_mode: JsonOpt = False, prune: PruneOpt = False) -
     Exit code 0: in sync; 2: changes pending; 1: an error (an invalid recipe, retries exhausted).
     """
     Reconciler = _import_reconciler()
+    settings = reconciler_settings(os.environ)
     out = Output(json_mode)
     with _open_registry() as registry:
-        result, _ = Reconciler(registry, paths).plan(prune=prune)
+        result, _ = Reconciler(registry, paths, **settings).plan(prune=prune)
     out.data(result.as_json())
     render_plan(out, result)
     code = result.exit_code
@@ -192,10 +243,12 @@ def reconcile(
     if once and watch:
         raise typer.BadParameter("pick one of --once and --watch")
     Reconciler = _import_reconciler()
+    settings = reconciler_settings(os.environ)
     out = Output(json_mode)
     progress = not json_mode and console.is_terminal
     with _open_registry() as registry:
-        rec = Reconciler(registry, paths, observer=ConsoleObserver(out), progress=progress)
+        rec = Reconciler(registry, paths, observer=ConsoleObserver(out), progress=progress,
+                         **settings)
         if not watch:
             raise typer.Exit(_summary(out, rec.run_once(prune=prune, wait_lease_s=wait_lease)))
         stop = threading.Event()
@@ -226,11 +279,13 @@ def logs(
     """A run's status, its events and its log."""
     from rich.markup import escape
 
+    from rollout.gitops.runlog import LOG_NAME
+
     out = Output(json_mode)
     with _open_registry() as registry:
         r = registry.get_run(run)
         events = [e for e in registry.events(model=r.model) if e.run_id == run]
-    logfile = Path(r.workdir) / "run.log" if r.workdir else None
+    logfile = Path(r.workdir) / LOG_NAME if r.workdir else None
     if logfile is not None and logfile.is_file():
         lines = logfile.read_text(encoding="utf-8", errors="replace").splitlines()
         source = str(logfile)

@@ -1,10 +1,17 @@
-"""Named leases in the database: "one reconciler at a time", with a heartbeat.
+"""Named leases in the database: "one controller of each kind at a time", with a heartbeat.
 
-A lease row says who holds it, since when, and until when. Taking it is one
-atomic conditional statement: insert the row if absent, else update it only
-if it is ours or expired, and count the rows written. A holder renews
-(heartbeats) before ``expires_at``; a holder that died simply stops renewing
-and the next caller takes the lease over once it expires.
+The one lease helper every controller uses (through :mod:`rollout.controller.lease`):
+
+1. **acquire**: one atomic conditional statement: insert the row if absent,
+   else update it only if it is ours or expired, and count the rows written;
+2. **renew** (the heartbeat) before ``expires_at``; False once another holder
+   has taken it over;
+3. **reclaim**: a holder that is a process of this host and pid namespace and
+   has exited (``kill -9``) is freed at once; any other holder that died
+   simply stops renewing and the next caller takes the lease over at expiry;
+4. **release**, only by its holder.
+
+A lease row says who holds it (:func:`local_holder`), since when, and until when.
 
 On PostgreSQL a session-level advisory lock (``pg_try_advisory_lock``) is
 taken as well, on a connection the lease keeps open: the server drops it the
@@ -30,9 +37,40 @@ from registry.tables import LeasePublic, leases_table
 Clock = Callable[[], datetime]
 
 
-def default_holder() -> str:
-    """``host:pid``: enough for a person to find the process that holds a lease."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:")
+    except OSError:
+        return "-"
+
+
+def local_holder() -> str:
+    """``host:pid:pid-namespace``: who holds a lease, precise enough to tell it is dead."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_pid_namespace()}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True only when ``holder`` is a process of this host and pid namespace that has exited.
+
+    Any doubt (another host, another container, a reused pid, a holder name
+    not made by :func:`local_holder`) answers False, and the lease simply expires.
+    """
+    parts = holder.split(":")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or parts[2] != _pid_namespace():
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def _advisory_key(name: str) -> int:
@@ -40,7 +78,7 @@ def _advisory_key(name: str) -> int:
 
 
 class Leases:
-    """Acquire, renew, release and read leases on one database."""
+    """Acquire, renew, reclaim, release and read leases on one database."""
 
     def __init__(self, engine: Engine, clock: Clock) -> None:
         self._engine = engine
@@ -103,7 +141,7 @@ class Leases:
         return self.get(name)
 
     def renew(self, name: str, holder: str, ttl_s: float) -> bool:
-        """Heartbeat: extend our lease. False when it is no longer ours (stop working then)."""
+        """The heartbeat: extend our lease. False when it is no longer ours (stop working then)."""
         now = self._clock()
         t = leases_table
         with self._write.begin() as conn:
@@ -114,12 +152,28 @@ class Leases:
             ).rowcount
         return n == 1
 
+    def reclaim(self, name: str) -> LeasePublic | None:
+        """Free the lease when its holder is a dead process of this host (:func:`holder_is_dead`).
+
+        Returns the lease that was freed, or None when there was none or its
+        holder may be alive. Only that holder's row is deleted, so two
+        reclaimers cannot both win: the insert in :meth:`acquire` admits one.
+        """
+        held = self.get(name)
+        if held is None or not holder_is_dead(held.holder):
+            return None
+        return held if self._delete(name, held.holder) else None
+
     def release(self, name: str, holder: str) -> bool:
         """Give the lease up (only if it is ours)."""
+        released = self._delete(name, holder)
+        self._drop_advisory(name)
+        return released
+
+    def _delete(self, name: str, holder: str) -> bool:
         t = leases_table
         with self._write.begin() as conn:
             n = conn.execute(sa.delete(t).where(t.c.name == name, t.c.holder == holder)).rowcount
-        self._drop_advisory(name)
         return n == 1
 
     def close(self) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
 
 from registry import events as audit
 from registry import runs as runs_mod
@@ -13,14 +16,42 @@ from registry.tables import (
     Run,
     RunPublic,
     RunUpdate,
+    metadata,
 )
 from registry.versions import (
     check_model_name,
 )
 
 
+class RunSummary(NamedTuple):
+    """The few columns of a run a controller plans with (no log tail, workdir or lineage)."""
+
+    id: int
+    model: str
+    spec_hash: str
+    status: str
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    details: dict[str, Any]
+
+
 class RunsApi(UnitOfWork):
     """Training runs through the facade: create, update (RUN_TRANSITIONS), read."""
+
+    def run_summaries(self) -> list[RunSummary]:
+        """Every run, a few columns each (see :class:`RunSummary`), oldest first."""
+        r = metadata.tables["runs"]
+        with self.engine.connect() as conn:  # Core, as VersionsApi.version_summaries
+            rows = conn.execute(sa.select(
+                r.c.id, r.c.model, r.c.spec_hash, r.c.status, r.c.attempts, r.c.created_at,
+                r.c.finished_at, r.c.error, r.c.details).order_by(r.c.id)).all()
+            conn.rollback()
+        return [RunSummary(rid, model, spec_hash, str(status), int(attempts or 0), created_at,
+                           finished_at, error, details if isinstance(details, dict) else {})
+                for rid, model, spec_hash, status, attempts, created_at, finished_at, error,
+                details in rows]
 
     def create_run(
         self, model: str, spec_hash: str, *, status: str = runs_mod.RunStatus.training,

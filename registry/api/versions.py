@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -21,6 +22,7 @@ from registry.tables import (
     Stage,
     Version,
     VersionPublic,
+    metadata,
     models_table,
     versions_table,
 )
@@ -54,8 +56,40 @@ def _versions_from_rows(
     return out
 
 
+class VersionSummary(NamedTuple):
+    """The few columns of a version a controller plans with (no recipe, metrics or manifest)."""
+
+    model: str
+    number: int
+    spec_hash: str
+    status: str
+    created_at: datetime
+    git_commit: str | None
+    stages: tuple[str, ...]
+
+
 class VersionsApi(UnitOfWork):
     """Reading models and versions, and changing a version's status (one table of transitions)."""
+
+    def version_summaries(self) -> list[VersionSummary]:
+        """Every version of every model, a few columns each: what a controller's pass over
+        1,000s of versions reads (``list_versions`` builds full public models)."""
+        vt, mt, st = versions_table, models_table, metadata.tables["stages"]
+        # Core statements on a plain connection: the ORM's per-statement work is most of
+        # what two queries cost here.
+        with self.engine.connect() as conn:
+            stages: dict[int, list[str]] = {}
+            for vid, name in conn.execute(sa.select(st.c.version_id, st.c.name).where(
+                    st.c.version_id.is_not(None)).order_by(st.c.name)):
+                stages.setdefault(vid, []).append(name)
+            rows = conn.execute(sa.select(
+                vt.c.id, mt.c.name, vt.c.number, vt.c.spec_hash, vt.c.status, vt.c.created_at,
+                vt.c.git_commit).join(mt, vt.c.model_id == mt.c.id)).all()
+            conn.rollback()
+        # Rows unpacked as tuples: attribute access on 1,000s of rows costs more than the rest.
+        return [VersionSummary(name, number, spec_hash, str(status), created_at, git_commit,
+                               tuple(stages.get(vid, ())))
+                for vid, name, number, spec_hash, status, created_at, git_commit in rows]
 
     def list_models(self) -> list[ModelPublic]:
         with self._read() as s:

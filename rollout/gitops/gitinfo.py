@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rollout.gitops.plan import GitInfo
+from rollout.gitops.state import GitInfo
 
 _TIMEOUT_S = 30
 

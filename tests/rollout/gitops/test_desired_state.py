@@ -1,26 +1,21 @@
-"""Desired state with its caches: a cached answer is never a stale one.
+"""Desired state with the loader's cache: a cached answer is never a stale one.
 
-Every case computes the state twice with the same (warm) caches and compares
-it with what a cold, cache-free computation says.
+Every case computes the state twice with the same (warm) cache and compares
+it with what a cold, cache-free computation says. The cache itself is tested
+in tests/recipes/loading/test_cache.py.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from recipes.identity import spec_identity
-from rollout.gitops.desired import (
-    DesiredState,
-    desired_state,
-    digest_cache,
-    identity_cache,
-    recipe_cache,
-)
+from recipes.loading.cache import LoadCache
+from rollout.gitops.desired import DesiredState, desired_state
 from rollout.gitops.gitinfo import GitLineage
 from tests.support.factories import WorkspaceFactory
 
@@ -29,11 +24,10 @@ State = Callable[[Path], DesiredState]
 
 @pytest.fixture
 def state(tmp_path: Path) -> State:
-    home = tmp_path / "home"
-    caches = (digest_cache(home), recipe_cache(home), identity_cache(home))
+    cache = LoadCache.under(tmp_path / "home" / "cache")
 
     def compute(ws: Path) -> DesiredState:
-        return desired_state([ws / "recipes"], caches[0], GitLineage(), caches[1], caches[2])
+        return desired_state([ws / "recipes"], GitLineage(), cache)
 
     return compute
 
@@ -43,7 +37,7 @@ def hashes(s: DesiredState) -> dict[str, str]:
 
 
 def cold(ws: Path) -> dict[str, str]:
-    return hashes(desired_state([ws / "recipes"], None))
+    return hashes(desired_state([ws / "recipes"]))
 
 
 def test_warm_caches_agree_with_a_cold_computation(
@@ -146,120 +140,3 @@ def test_unreadable_yaml_blocks_with_unknown_name(workspace: WorkspaceFactory,
     (blocked,) = s.blocked
     assert blocked.name is None and "YAML" in blocked.problems[0].message
     assert len(s.desired) == 3
-
-
-def test_resolver_reads_the_same_files_as_the_loader(workspace: WorkspaceFactory) -> None:
-    from recipes.loading.loader import load_recipe
-    from rollout.gitops.cache import Resolver
-
-    def every_kind_of_path(text: str) -> str:
-        return text.replace(
-            "    system_prompt:",
-            "    replay:\n      path: ../data/support.jsonl\n      format: openai_chat\n"
-            "      ratio: 0.1\n    system_prompt:", 1).replace(
-            "    seed: 42\n",
-            "    seed: 42\n    ewc:\n      reference: ../data/faq.jsonl\n", 1)
-
-    ws = workspace(keep=("support-bot",), edit={"support-bot": every_kind_of_path})
-    loaded = load_recipe(ws / "recipes" / "support-bot.yaml")
-    assert loaded.recipe.spec.data.replay is not None and loaded.recipe.spec.training.ewc
-    files = Resolver().files(loaded)
-    assert files.data == loaded.data_paths() and len(files.data) == 4
-    assert files.model_dir == loaded.base_model_path
-
-
-def test_data_file_swapped_for_a_symlink_out_of_the_workspace_is_blocked(
-    workspace: WorkspaceFactory, state: State, tmp_path: Path
-) -> None:
-    ws = workspace()
-    state(ws)
-    outside = tmp_path / "elsewhere.jsonl"
-    outside.write_bytes((ws / "data" / "faq.jsonl").read_bytes())
-    (ws / "data" / "faq.jsonl").unlink()
-    (ws / "data" / "faq.jsonl").symlink_to(outside)
-    s = state(ws)
-    (blocked,) = s.blocked
-    assert blocked.name == "faq-bot"
-    assert any("outside the workspace" in p.message for p in blocked.problems)
-
-
-def test_listing_finds_the_files_the_loader_finds(tmp_path: Path) -> None:
-    from recipes.loading.loader import iter_recipe_files
-    from rollout.gitops.cache import list_recipe_files
-
-    root = tmp_path / "recipes"
-    for rel in ("b.yaml", "a.yml", "nested/deeper/c.yaml", ".hidden.yaml", ".git/d.yaml",
-                "nested/.cache/e.yaml", "notes.txt", "dir.yaml/f.yaml"):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text("x")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "g.yaml").write_text("x")
-    (root / "linked.yaml").symlink_to(root / "b.yaml")
-    (root / "linked-dir").symlink_to(outside)  # rglob does not enter symlinked folders
-    (root / "dangling.yaml").symlink_to(tmp_path / "missing.yaml")
-    single = root / "a.yml"
-
-    listed = list_recipe_files([root, single])
-    assert listed is not None
-    assert [p for p, _ in listed] == list(iter_recipe_files([root, single]))
-    assert [p.name for p, link in listed if link] == ["linked.yaml"]
-    assert list_recipe_files([root / "nope.yaml"]) is None
-
-
-def test_a_cache_hit_validates_the_recipe_only_when_asked(
-    workspace: WorkspaceFactory, state: State
-) -> None:
-    from recipes.loading.loader import load_recipe
-    from rollout.gitops.cache import CachedRecipe
-
-    ws = workspace()
-    state(ws)
-    loaded = state(ws).loaded["support-bot"]
-    assert isinstance(loaded, CachedRecipe)
-    assert loaded.__dict__["_recipe"] is None  # planning did not need the pydantic model
-    fresh = load_recipe(ws / "recipes" / "support-bot.yaml")
-    assert (loaded.name, loaded.data_refs(), loaded.base_model_ref, loaded.promote_to) == (
-        fresh.name, fresh.data_refs(), fresh.base_model_ref, fresh.promote_to)
-    assert loaded.recipe == fresh.recipe
-    assert loaded.data_paths() == fresh.data_paths()
-
-
-def test_a_damaged_cache_entry_falls_back_to_the_recipe_text(
-    workspace: WorkspaceFactory, state: State, tmp_path: Path
-) -> None:
-    import sqlite3
-
-    from recipes.loading.loader import load_recipe
-
-    ws = workspace()
-    state(ws)
-    db = sqlite3.connect(tmp_path / "home" / "cache" / "recipes.sqlite")
-    damaged = 0
-    with db:
-        for key, value in db.execute("SELECT key, json FROM recipes").fetchall():
-            bad = re.sub(r'"max_steps":\d+', '"max_steps":"many"', value)
-            damaged += bad != value
-            db.execute("UPDATE recipes SET json=? WHERE key=?", (bad, key))
-    db.close()
-    assert damaged == 3  # every example recipe sets max_steps
-    home = tmp_path / "home"
-    again = desired_state([ws / "recipes"], digest_cache(home), GitLineage(),
-                          recipe_cache(home), identity_cache(home))
-    for name in ("support-bot", "faq-bot", "polite-dpo"):
-        fresh = load_recipe(ws / "recipes" / f"{name}.yaml")
-        assert again.loaded[name].recipe == fresh.recipe
-
-
-def test_a_data_file_turned_into_a_folder_blocks_its_recipe(
-    workspace: WorkspaceFactory, state: State
-) -> None:
-    ws = workspace()
-    state(ws)
-    data = ws / "data" / "faq-billing.jsonl"
-    data.unlink()
-    data.mkdir()
-    s = state(ws)
-    (blocked,) = s.blocked
-    assert blocked.name == "faq-bot"
-    assert any("data file not found" in p.message for p in blocked.problems)

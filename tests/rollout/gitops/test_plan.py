@@ -8,18 +8,14 @@ from typing import Any
 
 import pytest
 
-from rollout.gitops.plan import (
-    Action,
-    BackoffPolicy,
+from rollout.gitops.plan import Action, BackoffPolicy, diff_fields, make_plan, run_key_for
+from rollout.gitops.state import (
     BlockedRecipe,
     DesiredModel,
     GitInfo,
     ProblemInfo,
     RunSnapshot,
     VersionSnapshot,
-    diff_fields,
-    make_plan,
-    run_key_for,
 )
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)

@@ -19,7 +19,8 @@ import pytest
 
 from registry.api import Registry
 from registry.settings import Settings
-from rollout.gitops.reconciler import STEPS, Reconciler
+from rollout.gitops.apply import STEPS
+from rollout.gitops.reconciler import Reconciler
 from tests.support.cli import cli_env, git, reg_cmd, run_reg
 from tests.support.factories import RegistryFactory, WorkspaceFactory
 

@@ -1,16 +1,15 @@
-"""The reconciler's failure paths against a real registry: failed runs, backoff, leases.
+"""The reconciler's failure paths against a real registry: failed runs, backoff, its lease,
+fault points, failed passes under --watch.
 
 The trainer here is a fault injection (it raises, as an out-of-memory error
-would); the success path trains for real in test_reconcile_e2e.py.
+would); the success path trains for real in test_reconcile_e2e.py. How a lease is
+held is tested in tests/rollout/controller/test_lease.py.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,11 @@ import pytest
 from recipes.loading.loader import LoadedRecipe
 from registry.errors import LeaseHeld
 from registry.settings import Settings
+from rollout.controller.faults import FaultPoints
+from rollout.gitops.apply import STEPS, Event
 from rollout.gitops.plan import Action, BackoffPolicy
 from rollout.gitops.reconciler import LEASE_NAME, Reconciler
+from rollout.gitops.report import PassReport
 from tests.support.clock import FakeClock
 from tests.support.factories import RegistryFactory, WorkspaceFactory
 
@@ -119,63 +121,9 @@ def test_second_reconciler_is_told_who_holds_the_lease(
     assert reg.leases.get(LEASE_NAME) is None  # released after the pass
 
 
-def test_dead_holders_lease_expires_and_is_taken_over(
-    workspace: WorkspaceFactory, sqlite_settings: Settings, open_registry: RegistryFactory,
-) -> None:
-    ws = workspace(keep=("support-bot",))
-    reg = open_registry(sqlite_settings)
-    assert reg.leases.acquire(LEASE_NAME, "dead-host:1", ttl_s=0.5) is not None
-    time.sleep(0.6)  # the holder stopped heartbeating
-    rec = Reconciler(reg, [ws / "recipes"], trainer=failing_trainer, policy=POLICY)
-    assert [o.model for o in rec.run_once().outcomes] == ["support-bot"]
-
-
-def test_heartbeat_keeps_the_lease_through_a_long_step(
-    workspace: WorkspaceFactory, sqlite_settings: Settings, open_registry: RegistryFactory,
-) -> None:
-    ws = workspace(keep=("support-bot",))
-    reg = open_registry(sqlite_settings)
-    seen: list[bool] = []
-
-    def slow_failing(loaded: LoadedRecipe, workdir: Path, **kw: Any) -> Any:
-        time.sleep(1.5)  # three lease lifetimes of 0.5 s
-        seen.append(reg.leases.acquire(LEASE_NAME, "intruder:9", ttl_s=5) is None)
-        raise InjectedFault("done")
-
-    rec = Reconciler(reg, [ws / "recipes"], trainer=slow_failing, policy=POLICY,
-                     lease_ttl_s=0.5)
-    rec.run_once()
-    assert seen == [True]  # the intruder could not take a lease that was being renewed
-
-
-def test_lease_of_a_killed_local_process_is_reclaimed_at_once(
-    workspace: WorkspaceFactory, settings: Settings, open_registry: RegistryFactory,
-) -> None:
-    import subprocess
-
-    from rollout.gitops.reconciler import holder_is_dead, local_holder
-
-    gone = subprocess.Popen(["sleep", "60"])
-    gone.kill()
-    gone.wait()
-    me = local_holder()
-    dead = me.replace(f":{os.getpid()}:", f":{gone.pid}:")
-    assert holder_is_dead(dead) and not holder_is_dead(me)
-    assert not holder_is_dead(dead.replace(socket.gethostname(), "elsewhere", 1))
-    ws = workspace(keep=("support-bot",))
-    reg = open_registry(settings)
-    assert reg.leases.acquire(LEASE_NAME, dead, ttl_s=3600) is not None
-    rec = Reconciler(reg, [ws / "recipes"], trainer=failing_trainer, policy=POLICY)
-    t = time.monotonic()
-    assert [o.model for o in rec.run_once().outcomes] == ["support-bot"]
-    assert time.monotonic() - t < 30  # not the hour the dead holder's lease had left
-
-
 def test_watch_runs_passes_until_stopped_and_stands_by_without_the_lease(
     workspace: WorkspaceFactory, sqlite_settings: Settings, open_registry: RegistryFactory,
 ) -> None:
-    from rollout.gitops.reconciler import PassReport
-
     ws = workspace(keep=("support-bot",))
     reg = open_registry(sqlite_settings)
     rec = Reconciler(reg, [ws / "recipes"], trainer=failing_trainer,
@@ -197,3 +145,68 @@ def test_watch_runs_passes_until_stopped_and_stands_by_without_the_lease(
     assert [type(x).__name__ for x in seen] == ["PassReport", "PassReport", "LeaseHeld",
                                                 "LeaseHeld"]
     assert len(reg.list_runs(model="support-bot")) == 2  # one attempt per active pass
+
+
+class Killed(BaseException):
+    """What the fault point raises here instead of exiting: nothing in the pass may catch it."""
+
+
+def kill_here(step: str, subject: str) -> None:
+    raise Killed(f"{step}@{subject}")
+
+
+def test_a_fault_point_stops_the_pass_there_and_the_next_pass_resumes(
+    workspace: WorkspaceFactory, sqlite_settings: Settings, open_registry: RegistryFactory,
+) -> None:
+    ws = workspace(keep=("support-bot", "faq-bot"))
+    reg = open_registry(sqlite_settings)
+    faults = FaultPoints.parse("after:run_created@faq-bot", STEPS, crash=kill_here)
+    rec = Reconciler(reg, [ws / "recipes"], trainer=failing_trainer, policy=POLICY,
+                     faults=faults)
+    with pytest.raises(Killed, match="run_created@faq-bot"):
+        rec.run_once()
+    (run,) = reg.list_runs()  # faq-bot comes first; nothing after its fault point ran
+    assert (run.model, run.status, run.phase) == ("faq-bot", "training", "start")
+
+    again = Reconciler(reg, [ws / "recipes"], trainer=failing_trainer, policy=POLICY)
+    report = again.run_once()
+    assert [(o.model, o.run_id) for o in report.outcomes] == [("faq-bot", run.id),
+                                                            ("support-bot", run.id + 1)]
+    kinds = [e.kind for e in reg.events(model="faq-bot") if e.run_id == run.id]
+    assert Event.run_resumed in kinds
+
+
+def test_watch_records_a_failed_pass_as_an_event_and_retries_it(
+    workspace: WorkspaceFactory, sqlite_settings: Settings, open_registry: RegistryFactory,
+) -> None:
+    import sqlalchemy as sa
+
+    ws = workspace(keep=("support-bot",))
+    reg = open_registry(sqlite_settings)
+    rec = Reconciler(reg, [ws / "recipes"], trainer=failing_trainer,
+                     policy=BackoffPolicy(base_s=0.01, max_attempts=100))
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def break_the_runs_table(rename: str) -> None:
+        with reg.engine.begin() as conn:
+            conn.execute(sa.text(rename))
+
+    def on_pass(report: PassReport | None, err: BaseException | None) -> None:
+        seen.append("ok" if report is not None else type(err).__name__)
+        if len(seen) == 1:  # the registry breaks under the controller...
+            break_the_runs_table("ALTER TABLE runs RENAME TO runs_gone")
+        elif len(seen) == 2:  # ...and is repaired
+            break_the_runs_table("ALTER TABLE runs_gone RENAME TO runs")
+        else:
+            stop.set()
+
+    worker = threading.Thread(target=rec.watch, args=(0.05, stop), kwargs={"on_pass": on_pass})
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert seen == ["ok", "OperationalError", "ok"]
+    (event,) = reg.events(kinds=[Event.pass_failed])
+    assert event.actor == "reconciler" and "no such table: runs" in event.message
+    assert len(reg.list_runs(model="support-bot")) == 2  # the pass after it went on
+

@@ -1,0 +1,1 @@
+"""What every controller shares: the pass loop, lease holding, fault points."""

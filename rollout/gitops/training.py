@@ -1,0 +1,122 @@
+"""Training dispatch: one model's run from start (or resume) to a registered version.
+
+:func:`train_model` runs the steps in order, each safe to repeat:
+start or resume the run -> train in ``$REG_HOME/runs/<run key>`` with
+checkpoints (a resumed run continues from its newest complete one) -> store
+the artifact's blobs -> register the version (``ready`` or ``rejected`` from
+the gates) -> finish the run. Any error becomes a ``failed`` run with the
+tail of its log and a retry time; it never escapes to stop the other models.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from registry.versions import VersionStatus
+from rollout.gitops.apply import Step, Steps
+from rollout.gitops.report import Outcome
+from rollout.gitops.runlog import RunLog
+
+if TYPE_CHECKING:
+    from recipes.identity import SpecIdentity
+    from recipes.loading.loader import LoadedRecipe
+    from registry.tables import VersionPublic
+    from rollout.gitops.plan import ModelPlan
+
+
+class Trainer(Protocol):
+    """``recipes.training.entry.train``'s shape; ``identity`` is the manifest's identity."""
+
+    def __call__(self, loaded: LoadedRecipe, workdir: Path, *, resume: bool = ...,
+                 progress: bool = ..., identity: dict[str, Any] | None = ...) -> Any: ...
+
+
+def default_trainer(loaded: LoadedRecipe, workdir: Path, *, resume: bool = True,
+                    progress: bool = True, identity: dict[str, Any] | None = None) -> Any:
+    # Imported here: torch and transformers take seconds to import, and
+    # `reg plan` or a no-op pass never needs them.
+    from recipes.training.entry import train
+
+    return train(loaded, workdir, resume=resume, progress=progress, identity=identity)
+
+
+def manifest_identity(loaded: LoadedRecipe, ident: SpecIdentity) -> dict[str, Any]:
+    """The identity the artifact records, carrying the spec hash this pass planned.
+
+    If a data file changes between planning and training, the version is
+    registered under the planned hash and the next pass sees the new hash and
+    trains again: never a version whose hash nobody asked for.
+    """
+    from recipes.training.entry import default_identity
+
+    return {**default_identity(loaded), "spec_hash": ident.spec_hash,
+            "data_digests": dict(ident.data_digests), "base_model": dict(ident.base_model)}
+
+
+def workdir_for(home: Path, run_key: str) -> Path:
+    """``$REG_HOME/runs/<run key>``; the key is made of ``[a-z0-9-]`` only, so it cannot escape."""
+    if not run_key or os.sep in run_key or run_key.startswith("."):
+        raise ValueError(f"bad run key {run_key!r}")
+    return home / "runs" / run_key
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What training one model came to: its outcome, and the version when one was registered."""
+
+    outcome: Outcome
+    version: VersionPublic | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.version is not None and (
+            VersionStatus(self.version.status) is VersionStatus.ready)
+
+
+def train_model(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIdentity, *,
+                trainer: Trainer, home: Path, progress: bool = False) -> Trained:
+    """Train, store and register ``m``'s spec hash; a failure is a failed run, not an error."""
+    assert m.run_key is not None and m.spec_hash is not None  # the planner sets both for train
+    registry, actor, faults = steps.registry, steps.actor, steps.faults
+    workdir = workdir_for(home, m.run_key)
+    runlog = RunLog.in_workdir(workdir)
+    steps.observer.step(m.model, "run", m.reason)
+    run_id = steps.start_run(m, loaded, workdir).id
+    runlog.write(f"run {run_id} ({m.run_key}) {'resumed' if m.resume else 'started'}: "
+                 f"{m.reason}; spec {m.spec_hash}")
+    faults.after(Step.run_created, m.model)
+    phase = "train"
+    try:
+        registry.update_run(run_id, phase="train", actor=actor)
+        steps.observer.step(m.model, "train", str(workdir))
+        with runlog.capture():
+            result = trainer(loaded, workdir, resume=True, progress=progress,
+                             identity=manifest_identity(loaded, ident))
+        artifact_dir = Path(result.artifact_dir)
+        runlog.write(f"trained: artifact {artifact_dir}")
+        faults.after(Step.trained, m.model)
+
+        phase = "register"
+        registry.update_run(run_id, phase="register", actor=actor)
+        steps.observer.step(m.model, "register", str(artifact_dir))
+        # Blobs first (content-addressed, idempotent): a crash after this leaves
+        # only unreferenced blobs, which the registration below reuses.
+        digest, _, _ = registry.store.put_artifact(artifact_dir)
+        runlog.write(f"artifact stored: {digest}")
+        faults.after(Step.artifact_stored, m.model)
+        git = m.git
+        version = registry.register_artifact(
+            artifact_dir, run_id=run_id, git_commit=git.commit if git else None,
+            git_dirty=git.dirty if git else None, recipe_path=m.recipe_path, creator=actor)
+        runlog.write(f"registered {version.ref} ({version.status})")
+        faults.after(Step.registered, m.model)
+    except Exception as e:
+        return Trained(steps.fail_run(m, run_id, runlog, phase, e))
+
+    ready = VersionStatus(version.status) is VersionStatus.ready
+    steps.finish_run(run_id, m.model, version.number, ready, runlog)
+    return Trained(Outcome(m.model, m.action, "registered" if ready else "rejected",
+                           version=version.number, run_id=run_id, trained=True), version)
