@@ -114,8 +114,9 @@ def reg_train(loaded: Any, workdir: Path) -> tuple[float, int]:
     from recipes.training.entry import train
 
     result = train(loaded, workdir, resume=False, progress=False)
-    info = result.metrics["train"]
-    return float(info["runtime_s"]), int(info["tokens"])
+    info = result.report.train
+    assert info is not None and info.runtime_s is not None and info.tokens is not None
+    return info.runtime_s, info.tokens
 
 
 def main() -> int:

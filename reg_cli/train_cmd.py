@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from reg_cli.output import JsonOpt, Output
+
+if TYPE_CHECKING:
+    from recipes.evaluation.report import EvaluationReport
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -24,40 +27,39 @@ def _improvement(tuned: float | None, base: float | None) -> str:
     return f"{(base - tuned) / base:+.1%}"
 
 
-def render_metrics(out: Output, metrics: dict[str, Any]) -> None:
+def render_metrics(out: Output, report: EvaluationReport) -> None:
     """The evaluation tables: base vs tuned per split, generation, general, gates."""
     rows = []
-    for split in ("validation", "test", "general"):
-        m = metrics.get(split)
-        if isinstance(m, dict) and m.get("loss") is not None:
-            rows.append((split, m["examples"], _fmt(m["base_loss"]), _fmt(m["loss"]),
-                         _fmt(m["base_perplexity"]), _fmt(m["perplexity"]),
-                         _improvement(m["perplexity"], m["base_perplexity"])))
+    for name in ("validation", "test", "general"):
+        m = report.split(name)
+        if m is not None and m.loss is not None:
+            rows.append((name, m.examples, _fmt(m.base_loss), _fmt(m.loss),
+                         _fmt(m.base_perplexity), _fmt(m.perplexity),
+                         _improvement(m.perplexity, m.base_perplexity)))
     out.table("Evaluation: base vs tuned", ["split", "rows", "base loss", "tuned loss",
                                             "base ppl", "tuned ppl", "ppl drop"], rows)
-    gen = metrics.get("generation")
-    if isinstance(gen, dict) and gen.get("examples"):
-        out.table(f"Greedy generation on {gen['examples']} test rows",
+    gen = report.generation
+    if gen is not None and gen.examples:
+        out.table(f"Greedy generation on {gen.examples} test rows",
                   ["metric", "base", "tuned"],
-                  [(k, _fmt(gen[f"base_{k}"], 3), _fmt(gen[k], 3))
-                   for k in ("exact_match", "contains", "rouge_l")]
-                  + [("latency mean (s)", "", _fmt(gen["latency_s_mean"], 3)),
-                     ("tokens/s", "", _fmt(gen["tokens_per_s"], 3))])
+                  [("exact_match", _fmt(gen.base_exact_match, 3), _fmt(gen.exact_match, 3)),
+                   ("contains", _fmt(gen.base_contains, 3), _fmt(gen.contains, 3)),
+                   ("rouge_l", _fmt(gen.base_rouge_l, 3), _fmt(gen.rouge_l, 3)),
+                   ("latency mean (s)", "", _fmt(gen.latency_s_mean, 3)),
+                   ("tokens/s", "", _fmt(gen.tokens_per_s, 3))])
         out.table("Samples", ["prompt", "reference", "base", "tuned"], [
-            (s["prompt"], s["reference"], s["base_output"], s["output"])
-            for s in gen.get("samples", [])[:3]])
-    pref = metrics.get("preference")
-    if isinstance(pref, dict) and pref.get("examples"):
+            (s.prompt, s.reference, s.base_output, s.output) for s in gen.samples[:3]])
+    pref = report.preference
+    if pref is not None and pref.examples:
         out.table("Preferences (test)", ["metric", "base", "tuned"], [
-            ("chosen preferred", _fmt(pref["base_chosen_preferred"], 3),
-             _fmt(pref["chosen_preferred"], 3)),
-            ("reward accuracy", "", _fmt(pref["reward_accuracy"], 3)),
+            ("chosen preferred", _fmt(pref.base_chosen_preferred, 3),
+             _fmt(pref.chosen_preferred, 3)),
+            ("reward accuracy", "", _fmt(pref.reward_accuracy, 3)),
         ])
-    gates = metrics.get("gates") or []
-    if gates:
+    if report.gates:
         out.table("Gates", ["gate", "value", "threshold", "result"], [
-            (g["gate"], _fmt(g["value"]), _fmt(g["threshold"]),
-             "[green]pass[/green]" if g["passed"] else "[red]FAIL[/red]") for g in gates])
+            (g.gate, _fmt(g.value), _fmt(g.threshold),
+             "[green]pass[/green]" if g.passed else "[red]FAIL[/red]") for g in report.gates])
 
 
 def train(
@@ -68,24 +70,26 @@ def train(
     json_mode: JsonOpt = False,
 ) -> None:
     """Train a recipe once: data, training (resumable), evaluation vs base, artifact."""
+    from recipes.evaluation.report import TrainSummary
     from recipes.loading.loader import load_recipe
     from recipes.training.entry import train as run
 
     output = Output(json_mode)
     loaded = load_recipe(recipe)
     result = run(loaded, out, resume=not fresh, progress=not json_mode)
+    metrics = result.report.to_json()
     output.data({
         "artifact_dir": str(result.artifact_dir), "steps": result.steps,
         "resumed_from_step": result.resumed_from_step, "gates_passed": result.gates_passed,
-        "gates": result.gate_results, "metrics": result.metrics,
+        "gates": metrics.get("gates", []), "metrics": metrics,
     })
-    t = result.metrics.get("train", {})
+    t = result.report.train or TrainSummary()
     resumed = (f", resumed from step {result.resumed_from_step}"
                if result.resumed_from_step else "")
     output.message(f"Trained {loaded.name}: {result.steps} steps{resumed}, "
-                   f"{_fmt(t.get('tokens_per_s'), 4)} tokens/s, "
-                   f"loss {_fmt(t.get('first_loss'))} -> {_fmt(t.get('last_loss'))}")
-    render_metrics(output, result.metrics)
+                   f"{_fmt(t.tokens_per_s, 4)} tokens/s, "
+                   f"loss {_fmt(t.first_loss)} -> {_fmt(t.last_loss)}")
+    render_metrics(output, result.report)
     verdict = "[green]passed[/green]" if result.gates_passed else "[red]failed[/red]"
     output.message(f"Gates {verdict}. Artifact: {result.artifact_dir}")
     output.hint(f"serve it with vLLM: --lora-modules {loaded.name}={result.artifact_dir}")

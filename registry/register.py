@@ -8,16 +8,21 @@ the next registration reuses, never a version pointing at missing bytes.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recipes.artifact import ArtifactError, read_manifest
+from recipes.evaluation.report import EvaluationReport
 from registry.versions import VersionStatus
 
+if TYPE_CHECKING:
+    from recipes.schema import Metadata
+    from registry.tables import ModelBase
+
 REQUIRED_IDENTITY = ("name", "spec_hash")
+METRICS_FILE = "metrics.json"
+RECIPE_FILE = "recipe.yaml"
 
 
 @dataclass(frozen=True)
@@ -27,15 +32,27 @@ class ArtifactFacts:
     name: str
     spec_hash: str
     identity: dict[str, Any]
-    metrics: dict[str, Any]
-    gates_passed: bool | None
-    gate_results: Any
+    report: EvaluationReport
     recipe_text: str
     status: VersionStatus
+    metadata: Metadata | None  # the recipe's metadata, when its recipe.yaml has one
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The report as the registry stores it (JSON; NaN and infinities as null)."""
+        return self.report.to_json()
+
+    @property
+    def gates_passed(self) -> bool | None:
+        return self.report.gates_passed
+
+    @property
+    def gate_results(self) -> list[dict[str, Any]] | None:
+        return self.report.gate_results()
 
 
 def read_facts(root: Path, status_override: VersionStatus | None = None) -> ArtifactFacts:
-    """Read identity, metrics and recipe text; the status follows the gates unless overridden."""
+    """Read identity, metrics and recipe; the status follows the gates unless overridden."""
     manifest = read_manifest(root)
     identity = manifest.get("identity")
     if not isinstance(identity, dict):
@@ -46,48 +63,61 @@ def read_facts(root: Path, status_override: VersionStatus | None = None) -> Arti
             f"{root / 'manifest.json'}: identity lacks {', '.join(missing)}",
             hint="the artifact was not written by `reg train`; train it again",
         )
-    metrics: dict[str, Any] = {}
-    metrics_path = root / "metrics.json"
-    if metrics_path.is_file():
-        try:
-            loaded = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"{metrics_path}: not valid JSON: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ArtifactError(f"{metrics_path}: expected a JSON object")
-        metrics = finite_json(loaded)
-    gates = metrics.get("gates_passed")
-    gates_passed = gates if isinstance(gates, bool) else None
-    recipe_path = root / "recipe.yaml"
+    metrics_path = root / METRICS_FILE
+    report = EvaluationReport.read(metrics_path) if metrics_path.is_file() else (
+        EvaluationReport())
+    recipe_path = root / RECIPE_FILE
     recipe_text = recipe_path.read_text(encoding="utf-8") if recipe_path.is_file() else ""
     status = status_override or (
-        VersionStatus.rejected if gates_passed is False else VersionStatus.ready
+        VersionStatus.rejected if report.gates_passed is False else VersionStatus.ready
     )
     return ArtifactFacts(
         name=identity["name"],
         spec_hash=identity["spec_hash"],
         identity=identity,
-        metrics=metrics,
-        gates_passed=gates_passed,
-        # metrics.json (written by recipes.evaluation.evaluate) lists each gate under "gates".
-        gate_results=metrics.get("gates"),
+        report=report,
         recipe_text=recipe_text,
         status=status,
+        metadata=recipe_metadata(recipe_path, recipe_text),
     )
 
 
-def finite_json(value: Any) -> Any:
-    """``value`` with NaN and infinities as None: a diverged run writes ``NaN`` losses, which
-    Python's json reads and SQLite stores, but PostgreSQL's JSON type refuses (JSON has no such
-    token), so the same artifact would register on one database and not the other. The
-    artifact's own metrics.json keeps the original text."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite_json(v) for v in value]
-    return value
+def recipe_metadata(path: Path, text: str) -> Metadata | None:
+    """The ``metadata`` of the recipe an artifact was trained from.
+
+    None when the text is not a recipe with a ``metadata`` mapping (an artifact put
+    together by hand): its model keeps what it has. A metadata mapping with a bad field
+    is an error naming the file and the field.
+    """
+    if "metadata" not in text:
+        return None
+    from pydantic import ValidationError
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    from recipes.schema import Metadata
+
+    try:
+        doc = YAML(typ="safe").load(text)
+    except YAMLError:
+        return None
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    try:
+        return Metadata.model_validate(meta)
+    except ValidationError as e:
+        problems = "; ".join(f"metadata.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                             for err in e.errors())
+        raise ArtifactError(f"{path}: {problems}",
+                            hint="fix the recipe and train again (`reg validate` checks it)"
+                            ) from e
+
+
+def metadata_changes(model: ModelBase, meta: Metadata) -> dict[str, tuple[Any, Any]]:
+    """``{field: (stored, new)}`` for each of description, labels and owner that differs."""
+    new = {"description": meta.description, "labels": dict(meta.labels), "owner": meta.owner}
+    return {k: (getattr(model, k), v) for k, v in new.items() if getattr(model, k) != v}
 
 
 def as_str_dict(value: Any) -> dict[str, str]:

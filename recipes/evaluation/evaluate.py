@@ -24,6 +24,14 @@ import torch
 
 from recipes.evaluation.gates import check_gates
 from recipes.evaluation.metrics import perplexity, quantile, score_generations
+from recipes.evaluation.report import (
+    EvaluationReport,
+    GeneralMetrics,
+    GenerationMetrics,
+    GenerationSample,
+    PreferenceMetrics,
+    SplitMetrics,
+)
 from recipes.training.sft import IGNORE_INDEX, PadCollator, TokenRows, token_rows
 
 if TYPE_CHECKING:
@@ -129,15 +137,15 @@ def _split_rows(kind: str, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerB
 
 
 def loss_metrics(model: Any, base_model: Any | None, rows: TokenRows, pad_id: int,
-                 batch_size: int) -> dict[str, Any]:
+                 batch_size: int) -> SplitMetrics:
     loss, tokens = token_loss(model, rows, pad_id, batch_size)
     with base_of(model, base_model) as base:
         base_loss, _ = token_loss(base, rows, pad_id, batch_size)
-    out: dict[str, Any] = {"examples": len(rows), "tokens": tokens, "loss": loss,
-                           "base_loss": base_loss}
-    out["perplexity"] = perplexity(loss) if loss is not None else None
-    out["base_perplexity"] = perplexity(base_loss) if base_loss is not None else None
-    return out
+    return SplitMetrics(
+        examples=len(rows), tokens=tokens, loss=loss, base_loss=base_loss,
+        perplexity=perplexity(loss) if loss is not None else None,
+        base_perplexity=perplexity(base_loss) if base_loss is not None else None,
+    )
 
 
 def generation_cases(kind: str, ds: datasets.Dataset, limit: int) -> list[GenerationCase]:
@@ -187,9 +195,9 @@ def generate(model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Gen
 
 
 def generation_metrics(model: Any, base_model: Any | None, tokenizer: PreTrainedTokenizerBase,
-                       cases: Sequence[GenerationCase], max_new_tokens: int) -> dict[str, Any]:
+                       cases: Sequence[GenerationCase], max_new_tokens: int) -> GenerationMetrics:
     if not cases:
-        return {"examples": 0}
+        return GenerationMetrics(examples=0)
     refs = [c.reference for c in cases]
     outs, latencies, new_tokens = generate(model, tokenizer, cases, max_new_tokens)
     with base_of(model, base_model) as base:
@@ -197,19 +205,20 @@ def generation_metrics(model: Any, base_model: Any | None, tokenizer: PreTrained
     tuned = score_generations(outs, refs)
     base_scores = score_generations(base_outs, refs)
     total_s = sum(latencies)
-    return {
-        "examples": tuned.examples,
-        **tuned.to_json(),
-        **base_scores.to_json("base_"),
-        "latency_s_mean": total_s / len(latencies),
-        "latency_s_p95": quantile(latencies, 0.95),
-        "tokens_per_s": new_tokens / total_s if total_s > 0 else 0.0,
-        "samples": [
-            {"prompt": c.prompt[-1]["content"] if c.prompt else "", "reference": c.reference,
-             "output": o, "base_output": b}
+    return GenerationMetrics(
+        examples=tuned.examples,
+        exact_match=tuned.exact_match, contains=tuned.contains, rouge_l=tuned.rouge_l,
+        base_exact_match=base_scores.exact_match, base_contains=base_scores.contains,
+        base_rouge_l=base_scores.rouge_l,
+        latency_s_mean=total_s / len(latencies),
+        latency_s_p95=quantile(latencies, 0.95),
+        tokens_per_s=new_tokens / total_s if total_s > 0 else 0.0,
+        samples=[
+            GenerationSample(prompt=c.prompt[-1]["content"] if c.prompt else "",
+                             reference=c.reference, output=o, base_output=b)
             for c, o, b in list(zip(cases, outs, base_outs, strict=True))[:_SAMPLES_KEPT]
         ],
-    }
+    )
 
 
 @torch.no_grad()
@@ -233,10 +242,10 @@ def _sequence_logps(model: Any, rows: TokenRows, pad_id: int) -> list[float]:
 
 def preference_metrics(model: Any, base_model: Any | None, ds: datasets.Dataset,
                        tokenizer: PreTrainedTokenizerBase, max_len: int,
-                       pad_id: int) -> dict[str, Any]:
+                       pad_id: int) -> PreferenceMetrics:
     """Chosen-over-rejected rates for tuned and base, and the DPO reward accuracy."""
     if len(ds) == 0:
-        return {"examples": 0}
+        return PreferenceMetrics(examples=0)
     chosen = preference_rows_as_tokens(ds, tokenizer, max_len, "chosen")
     rejected = preference_rows_as_tokens(ds, tokenizer, max_len, "rejected")
     tc, tr = _sequence_logps(model, chosen, pad_id), _sequence_logps(model, rejected, pad_id)
@@ -244,26 +253,26 @@ def preference_metrics(model: Any, base_model: Any | None, ds: datasets.Dataset,
         bc, br = _sequence_logps(base, chosen, pad_id), _sequence_logps(base, rejected, pad_id)
     n = len(tc)
     margins = [(tc[i] - bc[i]) - (tr[i] - br[i]) for i in range(n)]
-    return {
-        "examples": n,
-        "chosen_preferred": sum(tc[i] > tr[i] for i in range(n)) / n,
-        "base_chosen_preferred": sum(bc[i] > br[i] for i in range(n)) / n,
-        "reward_accuracy": sum(m > 0 for m in margins) / n,
-        "reward_margin_mean": sum(margins) / n,
-    }
+    return PreferenceMetrics(
+        examples=n,
+        chosen_preferred=sum(tc[i] > tr[i] for i in range(n)) / n,
+        base_chosen_preferred=sum(bc[i] > br[i] for i in range(n)) / n,
+        reward_accuracy=sum(m > 0 for m in margins) / n,
+        reward_margin_mean=sum(margins) / n,
+    )
 
 
 def general_metrics(model: Any, base_model: Any | None, tokenizer: PreTrainedTokenizerBase,
                     texts: Sequence[str], max_len: int, pad_id: int,
-                    batch_size: int) -> dict[str, Any]:
+                    batch_size: int) -> GeneralMetrics:
     ids = [torch.tensor(_encode(tokenizer, t)[:max_len], dtype=torch.long) for t in texts]
     ids = [t for t in ids if t.numel() > 1]
     rows = TokenRows(ids, [t.clone() for t in ids])
     m = loss_metrics(model, base_model, rows, pad_id, batch_size)
     regression = None
-    if m["perplexity"] is not None and m["base_perplexity"]:
-        regression = m["perplexity"] / m["base_perplexity"] - 1.0
-    return {**m, "regression": regression}
+    if m.perplexity is not None and m.base_perplexity:
+        regression = m.perplexity / m.base_perplexity - 1.0
+    return GeneralMetrics(**dict(m), regression=regression)
 
 
 def evaluate(
@@ -277,29 +286,28 @@ def evaluate(
     batch_size: int,
     general_texts: Sequence[str] | None = None,
     base_model: Any | None = None,
-) -> dict[str, Any]:
-    """All evaluation metrics plus gate verdicts, as stored in metrics.json."""
+) -> EvaluationReport:
+    """All evaluation metrics plus gate verdicts: what metrics.json holds, less training's part."""
     pad_id = int(tokenizer.pad_token_id)
-    metrics: dict[str, Any] = {}
+    report = EvaluationReport()
     started = time.perf_counter()
     for split in ("validation", "test"):
         ds = splits.get(split)
         if ds is not None and len(ds) > 0:
             rows = _split_rows(kind, ds, tokenizer, max_len)
-            metrics[split] = loss_metrics(model, base_model, rows, pad_id, batch_size)
+            setattr(report, split, loss_metrics(model, base_model, rows, pad_id, batch_size))
     test = splits.get("test")
     if test is not None and spec.generation_examples > 0:
         cases = generation_cases(kind, test, spec.generation_examples)
-        metrics["generation"] = generation_metrics(
+        report.generation = generation_metrics(
             model, base_model, tokenizer, cases, spec.max_new_tokens)
     if kind == "preference" and test is not None:
-        metrics["preference"] = preference_metrics(model, base_model, test, tokenizer, max_len,
-                                                   pad_id)
+        report.preference = preference_metrics(model, base_model, test, tokenizer, max_len,
+                                               pad_id)
     if general_texts:
-        metrics["general"] = general_metrics(model, base_model, tokenizer, general_texts, max_len,
-                                             pad_id, batch_size)
-    gates = check_gates(spec.gates, metrics)
-    metrics["gates"] = [g.to_json() for g in gates]
-    metrics["gates_passed"] = all(g.passed for g in gates)
-    metrics["evaluation_s"] = time.perf_counter() - started
-    return metrics
+        report.general = general_metrics(model, base_model, tokenizer, general_texts, max_len,
+                                         pad_id, batch_size)
+    report.gates = check_gates(spec.gates, report)
+    report.gates_passed = all(g.passed for g in report.gates)
+    report.evaluation_s = time.perf_counter() - started
+    return report

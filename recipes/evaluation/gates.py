@@ -1,6 +1,6 @@
-"""Quality gates: pure verdicts over the evaluation metrics.
+"""Quality gates: pure verdicts over the evaluation report.
 
-``check_gates(spec.evaluation.gates, metrics)`` returns one result per gate
+``check_gates(spec.evaluation.gates, report)`` returns one result per gate
 that the recipe sets. A gate whose metric could not be measured (say,
 ``min_exact_match`` on a test split without reference answers) fails with a
 reason, so a missing measurement never passes silently.
@@ -9,85 +9,62 @@ reason, so a missing measurement never passes silently.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
+from recipes.evaluation.report import EvaluationReport, GateResult
 from recipes.schema import GatesSpec
 
-
-@dataclass(frozen=True)
-class GateResult:
-    gate: str
-    value: float | None
-    threshold: float
-    passed: bool
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "gate": self.gate,
-            "value": self.value,
-            "threshold": self.threshold,
-            "passed": self.passed,
-            "reason": self.reason,
-        }
+Reading = Callable[[EvaluationReport], tuple[float | None, str]]
 
 
-def primary_split(metrics: dict[str, Any]) -> str | None:
-    """The split the loss gates judge: test when it has tokens, else validation."""
-    for split in ("test", "validation"):
-        m = metrics.get(split)
-        if isinstance(m, dict) and m.get("loss") is not None:
-            return split
-    return None
-
-
-def _split_value(key: str) -> Callable[[dict[str, Any]], tuple[float | None, str]]:
-    def get(metrics: dict[str, Any]) -> tuple[float | None, str]:
-        split = primary_split(metrics)
+def _split_value(key: str) -> Reading:
+    def get(report: EvaluationReport) -> tuple[float | None, str]:
+        split = report.primary_split()
         if split is None:
             return None, "no validation or test split to measure"
-        value = metrics[split].get(key)
+        value = getattr(report.split(split), key)
         return (None if value is None else float(value)), f"{key} on the {split} split"
 
     return get
 
 
-def _improvement(metrics: dict[str, Any]) -> tuple[float | None, str]:
-    split = primary_split(metrics)
+def _improvement(report: EvaluationReport) -> tuple[float | None, str]:
+    split = report.primary_split()
     if split is None:
         return None, "no validation or test split to measure"
-    m = metrics[split]
-    tuned, base = m.get("perplexity"), m.get("base_perplexity")
+    m = report.split(split)
+    assert m is not None
+    tuned, base = m.perplexity, m.base_perplexity
     if tuned is None or base is None or base <= 0:
         return None, f"no base perplexity on the {split} split"
-    return (float(base) - float(tuned)) / float(base), (
+    return (base - tuned) / base, (
         f"(base - tuned) / base perplexity on the {split} split ({base:.4g} -> {tuned:.4g})"
     )
 
 
-def _generation(key: str) -> Callable[[dict[str, Any]], tuple[float | None, str]]:
-    def get(metrics: dict[str, Any]) -> tuple[float | None, str]:
-        gen = metrics.get("generation")
-        if not isinstance(gen, dict) or not gen.get("examples"):
+def _generation(key: str) -> Reading:
+    def get(report: EvaluationReport) -> tuple[float | None, str]:
+        gen = report.generation
+        if gen is None or not gen.examples:
             return None, "no test rows with reference answers were decoded"
-        return float(gen[key]), f"{key} over {gen['examples']} greedy test generations"
+        value = getattr(gen, key)
+        return (None if value is None else float(value)), (
+            f"{key} over {gen.examples} greedy test generations")
 
     return get
 
 
-def _general(metrics: dict[str, Any]) -> tuple[float | None, str]:
-    gen = metrics.get("general")
-    if not isinstance(gen, dict) or gen.get("regression") is None:
+def _general(report: EvaluationReport) -> tuple[float | None, str]:
+    gen = report.general
+    if gen is None or gen.regression is None:
         return None, "evaluation.general was not measured"
-    return float(gen["regression"]), (
+    return gen.regression, (
         f"tuned / base perplexity - 1 on evaluation.general "
-        f"({gen['base_perplexity']:.4g} -> {gen['perplexity']:.4g})"
+        f"({gen.base_perplexity or 0:.4g} -> {gen.perplexity or 0:.4g})"
     )
 
 
 # gate name -> (how to read its value, True when the value must stay at or below the threshold)
-_GATES: dict[str, tuple[Callable[[dict[str, Any]], tuple[float | None, str]], bool]] = {
+_GATES: dict[str, tuple[Reading, bool]] = {
     "max_perplexity": (_split_value("perplexity"), True),
     "max_eval_loss": (_split_value("loss"), True),
     "min_improvement_vs_base": (_improvement, False),
@@ -98,7 +75,7 @@ _GATES: dict[str, tuple[Callable[[dict[str, Any]], tuple[float | None, str]], bo
 }
 
 
-def check_gates(gates: GatesSpec, metrics: dict[str, Any]) -> list[GateResult]:
+def check_gates(gates: GatesSpec, report: EvaluationReport) -> list[GateResult]:
     """One result per configured gate, in the schema's field order. Pure."""
     out: list[GateResult] = []
     for name in GatesSpec.model_fields:
@@ -106,13 +83,15 @@ def check_gates(gates: GatesSpec, metrics: dict[str, Any]) -> list[GateResult]:
         if threshold is None:
             continue
         read, is_max = _GATES[name]
-        value, how = read(metrics)
+        value, how = read(report)
         if value is None:
-            out.append(GateResult(name, None, float(threshold), False, f"not measured: {how}"))
+            out.append(GateResult(gate=name, value=None, threshold=float(threshold),
+                                  passed=False, reason=f"not measured: {how}"))
             continue
         passed = value <= threshold if is_max else value >= threshold
         op = "<=" if is_max else ">="
         verdict = "ok" if passed else "FAILED"
         reason = f"{verdict}: {value:.4g} {op} {threshold:g} ({how})"
-        out.append(GateResult(name, value, float(threshold), passed, reason))
+        out.append(GateResult(gate=name, value=value, threshold=float(threshold),
+                              passed=passed, reason=reason))
     return out

@@ -58,13 +58,6 @@ class GenerationScores:
     contains: float
     rouge_l: float
 
-    def to_json(self, prefix: str = "") -> dict[str, float | int]:
-        return {
-            f"{prefix}exact_match": self.exact_match,
-            f"{prefix}contains": self.contains,
-            f"{prefix}rouge_l": self.rouge_l,
-        }
-
 
 def score_generations(predictions: Sequence[str], references: Sequence[str]) -> GenerationScores:
     """Mean of each metric over aligned prediction/reference pairs."""

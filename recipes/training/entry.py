@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
-import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from recipes.artifact import ArtifactError, verify_manifest, write_manifest
 from recipes.core.errors import RegError
 from recipes.core.fsutil import atomic_write_text, publish_dir, remove_dir
+from recipes.evaluation.report import EvaluationReport, GateResult, TrainSummary
 from recipes.loading.loader import LoadedRecipe
 from recipes.schema import AdapterMethod
 from recipes.training.checkpoint import (
@@ -50,6 +50,7 @@ ARTIFACT_DIR = "artifact"
 FINAL_DIR = "final"
 RUN_FILE = "run.json"
 SUMMARY_FILE = "train_summary.json"
+METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 # Files of final/ that are not part of the artifact (PEFT's generated model card).
 _NOT_IN_ARTIFACT = {SUMMARY_FILE, "README.md"}
@@ -62,11 +63,23 @@ class WorkdirConflict(RegError):
 @dataclass
 class TrainResult:
     artifact_dir: Path
-    metrics: dict[str, Any]
-    gates_passed: bool
-    gate_results: list[dict[str, Any]]
-    steps: int
-    resumed_from_step: int | None
+    report: EvaluationReport  # what the artifact's metrics.json holds
+
+    @property
+    def gates_passed(self) -> bool:
+        return self.report.gates_passed is not False
+
+    @property
+    def gates(self) -> list[GateResult]:
+        return self.report.gates
+
+    @property
+    def steps(self) -> int:
+        return self.report.train.steps if self.report.train else 0
+
+    @property
+    def resumed_from_step(self) -> int | None:
+        return self.report.train.resumed_from_step if self.report.train else None
 
 
 def default_identity(loaded: LoadedRecipe) -> dict[str, Any]:
@@ -84,6 +97,10 @@ def default_identity(loaded: LoadedRecipe) -> dict[str, Any]:
         "method": spec.adapter.method.value,
         "adapter_rank": spec.adapter.r,
         "objective": spec.training.objective.value,
+        # Where the version is served, and with what context length; deploy is not part of
+        # the spec hash, so these are the recipe's when this version was trained.
+        "deploy_target": spec.deploy.target,
+        "max_model_len": spec.deploy.max_model_len,
     }
 
 
@@ -134,20 +151,7 @@ def finished_result(workdir: Path, spec_hash: str) -> TrainResult | None:
         return None
     if manifest.get("identity", {}).get("spec_hash") != spec_hash:
         return None
-    metrics = json.loads((artifact / "metrics.json").read_text(encoding="utf-8"))
-    return _result(artifact, metrics)
-
-
-def _result(artifact: Path, metrics: dict[str, Any]) -> TrainResult:
-    train_info = metrics.get("train", {})
-    return TrainResult(
-        artifact_dir=artifact,
-        metrics=metrics,
-        gates_passed=bool(metrics.get("gates_passed", True)),
-        gate_results=list(metrics.get("gates", [])),
-        steps=int(train_info.get("steps", 0)),
-        resumed_from_step=train_info.get("resumed_from_step"),
-    )
+    return TrainResult(artifact, EvaluationReport.read(artifact / METRICS_FILE))
 
 
 @contextmanager
@@ -256,11 +260,10 @@ def _run(s: _Setup, identity: dict[str, Any], *, progress: bool) -> TrainResult:
             _save_final(model, info, s, final)
         summary = json.loads((final / SUMMARY_FILE).read_text(encoding="utf-8"))
         model, base_model = _evaluation_models(s, final, model)
-        metrics = _evaluate(s, model, base_model)
-    metrics["train"] = summary
-    metrics["device"] = s.settings.to_json()
-    artifact = _package(s, final, metrics, identity)
-    return _result(artifact, metrics)
+        report = _evaluate(s, model, base_model)
+    report.train = TrainSummary.model_validate(summary)
+    report.device = s.settings.to_json()
+    return TrainResult(_package(s, final, report, identity), report)
 
 
 def _save_final(model: Any, info: dict[str, Any], s: _Setup, final: Path) -> None:
@@ -312,7 +315,7 @@ def _evaluation_models(s: _Setup, final: Path, trained: Any | None) -> tuple[Any
     return trained, None
 
 
-def _evaluate(s: _Setup, model: Any, base_model: Any | None) -> dict[str, Any]:
+def _evaluate(s: _Setup, model: Any, base_model: Any | None) -> EvaluationReport:
     from recipes.data.pipeline import load_eval_texts
     from recipes.evaluation.evaluate import evaluate
 
@@ -325,7 +328,8 @@ def _evaluate(s: _Setup, model: Any, base_model: Any | None) -> dict[str, Any]:
     )
 
 
-def _package(s: _Setup, final: Path, metrics: dict[str, Any], identity: dict[str, Any]) -> Path:
+def _package(s: _Setup, final: Path, report: EvaluationReport,
+             identity: dict[str, Any]) -> Path:
     """Assemble the artifact in a temp dir, write its manifest last, rename it into place."""
     from recipes.training.progress import LOG_NAME
 
@@ -340,9 +344,7 @@ def _package(s: _Setup, final: Path, metrics: dict[str, Any], identity: dict[str
     (tmp / "recipe.yaml").write_text(s.loaded.text, encoding="utf-8")
     (tmp / "data_report.json").write_text(
         json.dumps(s.data.report.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (tmp / "metrics.json").write_text(
-        json.dumps(metrics, indent=2, sort_keys=True, default=_json_default) + "\n",
-        encoding="utf-8")
+    report.write(tmp / METRICS_FILE)
     log = s.workdir / LOG_NAME
     if log.is_file():
         shutil.copy2(log, tmp / LOG_NAME)
@@ -351,9 +353,3 @@ def _package(s: _Setup, final: Path, metrics: dict[str, Any], identity: dict[str
     write_manifest(tmp, identity)
     publish_dir(tmp, artifact)
     return artifact
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)

@@ -55,9 +55,10 @@ def test_two_sft_adapters_answer_with_their_keywords_where_the_base_does_not(
         answers = [_greedy(tuned, tokenizer, q) for q in questions]
         assert all(a.startswith(keyword) for a in answers), answers
         assert not any(other in a for a in answers), answers
-        m = result.metrics
-        assert m["test"]["perplexity"] < m["test"]["base_perplexity"]
-        assert m["generation"]["examples"] > 0
+        m = result.report
+        assert m.test is not None and m.test.base_perplexity is not None
+        assert m.test.perplexity is not None and m.test.perplexity < m.test.base_perplexity
+        assert m.generation is not None and m.generation.examples > 0
         assert result.steps == recipes[keyword].recipe.spec.training.max_steps
         assert result.resumed_from_step is None
 
@@ -88,7 +89,7 @@ def test_a_finished_artifact_is_returned_without_training_again(
     second = train(loaded, tmp_path / "w", progress=False)
     assert second.artifact_dir == first.artifact_dir
     assert adapter.stat().st_mtime_ns == mtime
-    assert second.metrics == first.metrics
+    assert second.report.to_json() == first.report.to_json()
     manifest = verify_manifest(first.artifact_dir)
     ident = manifest["identity"]
     assert ident["adapter_rank"] == 8 and ident["objective"] == "sft"
@@ -107,11 +108,12 @@ def test_gates_pass_and_fail_as_configured(
         "spec.evaluation.gates": {"min_improvement_vs_base": 0.05, "max_perplexity": 1.5},
     })
     result = train(loaded, tmp_path / "w", progress=False)
-    by = {g["gate"]: g for g in result.gate_results}
-    assert by["min_improvement_vs_base"]["passed"] is True
-    assert by["min_improvement_vs_base"]["value"] > 0.05
-    assert by["max_perplexity"]["passed"] is False
-    assert by["max_perplexity"]["value"] == pytest.approx(result.metrics["test"]["perplexity"])
+    by = {g.gate: g for g in result.gates}
+    assert by["min_improvement_vs_base"].passed is True
+    assert (by["min_improvement_vs_base"].value or 0) > 0.05
+    assert by["max_perplexity"].passed is False
+    assert result.report.test is not None
+    assert by["max_perplexity"].value == pytest.approx(result.report.test.perplexity)
     assert result.gates_passed is False
     stored = json.loads((result.artifact_dir / "metrics.json").read_text())
     assert stored["gates_passed"] is False
@@ -129,7 +131,8 @@ def test_dpo_reduces_its_loss_and_prefers_chosen(make_recipe: LoadedRecipeFactor
     losses = _losses(result)
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # log 2: policy == reference
     assert losses[-1] < 0.5
-    assert result.metrics["preference"]["reward_accuracy"] > 0.8
+    assert result.report.preference is not None
+    assert (result.report.preference.reward_accuracy or 0) > 0.8
 
 
 def test_cpt_with_packing_reduces_its_loss(
@@ -145,11 +148,12 @@ def test_cpt_with_packing_reduces_its_loss(
         "spec.training.batch_size": 4,
     })
     result = train(loaded, tmp_path / "w", progress=False)
-    assert result.metrics["train"]["packing"] is True
+    assert result.report.train is not None and result.report.train.packing is True
     losses = _losses(result)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
-    split = result.metrics.get("test") or result.metrics["validation"]
-    assert split["perplexity"] < split["base_perplexity"]
+    split = result.report.test or result.report.validation
+    assert split is not None and split.perplexity is not None and split.base_perplexity
+    assert split.perplexity < split.base_perplexity
 
 
 @pytest.mark.parametrize(
@@ -177,7 +181,7 @@ def test_every_adapter_method_trains_into_a_loadable_artifact(
     verify_manifest(result.artifact_dir)
     assert result.steps == 3
     assert not any(p.suffix in (".bin", ".pt", ".pth") for p in result.artifact_dir.iterdir())
-    assert result.metrics["test"]["loss"] is not None
+    assert result.report.test is not None and result.report.test.loss is not None
     from transformers import AutoModelForCausalLM
 
     if method == "full":
