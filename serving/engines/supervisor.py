@@ -378,6 +378,3 @@ class Supervisor:
             )
             for k, s in self.slots.items()
         })
-
-    def engine_keys(self) -> Iterable[str]:
-        return self.slots.keys()
