@@ -22,6 +22,7 @@ class EventKind(StrEnum):
     """The registry's own event kinds; other layers may record kinds of their own."""
 
     model_created = "model.created"
+    model_updated = "model.updated"  # description, labels or owner changed at a registration
     version_registered = "version.registered"
     version_status = "version.status"
     stage_promote = "stage.promote"

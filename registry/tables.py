@@ -1,16 +1,19 @@
 """The registry's tables and their public roles (SQLModel: Base / table / Public).
 
 Timestamps are timezone-aware UTC everywhere (SQLite stores them naive; the
-column type puts the zone back). JSON columns hold manifests, metrics, gate
-results and digests. Stage and audit events are append-only: nothing here
-updates or deletes them.
+column type puts the zone back). Statuses and stage actions are ``StrEnum``
+columns: the value string is stored (as before they were typed),
+a value outside the enum is refused when written, and rows read back as
+members. JSON columns hold manifests, metrics, gate results and digests.
+Stage and audit events are append-only: nothing here updates or deletes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic import computed_field
@@ -18,7 +21,11 @@ from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 from sqlmodel._compat import SQLModelConfig  # SQLModel's own config type, not re-exported
 
+from registry.runs import RunStatus
+from registry.stages import StageAction
 from registry.versions import VersionStatus
+
+E = TypeVar("E", bound=StrEnum)
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -52,6 +59,44 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return parse
 
 
+class StrEnumText(sa.types.TypeDecorator[E]):
+    """A ``StrEnum`` stored as its value string (VARCHAR: no database enum type to migrate).
+
+    Writing refuses a value outside the enum; reading gives the member back, and names the
+    column's enum when the database holds a value the code does not know.
+    """
+
+    impl = sa.String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+        self._members: dict[str, E] = {m.value: m for m in enum}
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        member = self._members.get(str(value))
+        if member is None:
+            raise ValueError(f"{value!r} is not a {self.enum.__name__} "
+                             f"(one of {', '.join(self._members)})")
+        return member.value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        if value is None:
+            return None
+        member = self._members.get(value)
+        if member is None:
+            raise ValueError(f"the database holds {value!r}, which is not a "
+                             f"{self.enum.__name__}: written by a newer reg? upgrade reg")
+        return member
+
+
+def _enum(enum: type[StrEnum], length: int, *, index: bool = False) -> Any:
+    return Field(sa_column=sa.Column(StrEnumText(enum, length), nullable=False, index=index))
+
+
 def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
@@ -76,7 +121,12 @@ class RegistryModel(SQLModel):
 
 class ModelBase(RegistryModel):
     name: str = Field(max_length=63, unique=True, index=True)
+    # From the recipe's metadata, updated at each registration (registry.register).
     description: str = Field(default="")
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=sa.Column(
+        sa.JSON(), nullable=False, server_default=sa.text("'{}'")))
+    owner: str = Field(default="", sa_column=sa.Column(
+        sa.String(), nullable=False, server_default=""))
 
 
 class Model(ModelBase, table=True):
@@ -114,7 +164,7 @@ class Artifact(RegistryModel, table=True):
 
 class VersionBase(RegistryModel):
     number: int
-    status: VersionStatus = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    status: VersionStatus = _enum(VersionStatus, 16)
     spec_hash: str = Field(max_length=80, index=True)
     artifact_digest: str | None = Field(default=None, foreign_key="artifacts.digest")
     recipe_text: str = ""
@@ -180,7 +230,7 @@ class Stage(RegistryModel, table=True):
 
 class StageEventBase(RegistryModel):
     stage: str = Field(max_length=32)
-    action: str = Field(max_length=16)
+    action: StageAction = _enum(StageAction, 16)
     from_version: int | None = None
     to_version: int | None = None
     actor: str = ""
@@ -224,7 +274,7 @@ class TrafficPolicyRow(RegistryModel, table=True):
 class RunBase(RegistryModel):
     model: str = Field(max_length=63, index=True)
     spec_hash: str = Field(max_length=80, index=True)
-    status: str = Field(max_length=16, index=True)
+    status: RunStatus = _enum(RunStatus, 16, index=True)
     phase: str = ""
     attempts: int = 0
     workdir: str = ""
@@ -258,7 +308,7 @@ class RunPublic(RunBase):
 class RunUpdate(RegistryModel):
     """Partial update of a run: only the fields set are written (``exclude_unset``)."""
 
-    status: str | None = None
+    status: RunStatus | None = None
     phase: str | None = None
     attempts: int | None = None
     workdir: str | None = None
@@ -278,6 +328,8 @@ class RunUpdate(RegistryModel):
 
 class EventBase(RegistryModel):
     at: datetime = _ts(index=True)
+    # Open on purpose: the registry's own kinds are registry.events.EventKind, other layers
+    # name theirs (rollout.gitops's ReconcileEvent); the registry knows no controller.
     kind: str = Field(max_length=48, index=True)
     actor: str = ""
     model: str | None = Field(default=None, max_length=63, index=True)

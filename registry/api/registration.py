@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -25,6 +25,11 @@ from registry.versions import (
     VersionStatus,
     check_model_name,
 )
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from recipes.schema import Metadata
 
 
 @dataclass(frozen=True)
@@ -50,13 +55,15 @@ class RegistrationApi(UnitOfWork):
         recipe_path: str | None = None,
         creator: str | None = None,
         status_override: VersionStatus | None = None,
-        description: str | None = None,
+        metadata: Metadata | None = None,
     ) -> RegisterOutcome:
         """Verify, store and record an artifact as the model's next version (idempotent).
 
         The same spec hash registered twice returns the existing version
         (``created=False``). The status is ``ready`` when the gates passed and
-        ``rejected`` when not, unless ``status_override`` says otherwise.
+        ``rejected`` when not, unless ``status_override`` says otherwise. The model's
+        description, labels and owner become ``metadata`` (default: the artifact's
+        recipe's), on every registration, the idempotent one included.
         """
         from registry.register import as_int, as_str_dict, read_facts
 
@@ -64,11 +71,15 @@ class RegistrationApi(UnitOfWork):
             raise Refused(f"a version cannot be created as {status_override.value}")
         facts = read_facts(artifact_dir, status_override)
         check_model_name(facts.name)
+        meta = metadata if metadata is not None else facts.metadata
+        creator = creator or default_actor()
         existing = self._by_spec(facts.name, facts.spec_hash)
         if existing is not None:
+            if meta is not None:
+                with self._write() as s:
+                    self._set_metadata(s, self._lock_model(s, facts.name), meta, creator)
             return RegisterOutcome(existing, False)
         digest, manifest, size = self.store.put_artifact(artifact_dir)
-        creator = creator or default_actor()
         ident = facts.identity
         with self._write() as s:
             m = self._lock_model(s, facts.name, create=True, actor=creator)
@@ -77,14 +88,13 @@ class RegistrationApi(UnitOfWork):
                                                  col(Version.spec_hash) == facts.spec_hash)).first()
             if again is not None:  # registered by a concurrent caller meanwhile
                 return RegisterOutcome(self._public(s, again, facts.name), False)
-            if description is not None:
-                m.description = description
-                s.add(m)
+            last = s.exec(select(sa.func.max(Version.number)).where(
+                col(Version.model_id) == m.id)).one()
+            if meta is not None:  # a model's first version: its model.created says enough
+                self._set_metadata(s, m, meta, creator, record=last is not None)
             if s.get(Artifact, digest) is None:
                 s.add(Artifact(digest=digest, manifest=manifest, size_bytes=size,
                                file_count=len(manifest["files"]), created_at=self.clock()))
-            last = s.exec(select(sa.func.max(Version.number)).where(
-                col(Version.model_id) == m.id)).one()
             now = self.clock()
             v = Version(
                 model_id=m.id, number=int(last or 0) + 1, status=facts.status,
@@ -107,6 +117,23 @@ class RegistrationApi(UnitOfWork):
                          data={"artifact": digest, "spec_hash": facts.spec_hash,
                                "git_commit": git_commit, "status": facts.status.value})
             return RegisterOutcome(self._public(s, v, facts.name), True)
+
+    def _set_metadata(self, s: Session, m: Model, meta: Metadata, actor: str, *,
+                      record: bool = True) -> None:
+        """Give the model ``meta``'s description, labels and owner; an event says what changed."""
+        from registry.register import metadata_changes
+
+        changes = metadata_changes(m, meta)
+        if not changes:
+            return
+        for key, (_, new) in changes.items():
+            setattr(m, key, new)
+        s.add(m)
+        if record:
+            audit.record(
+                s, kind=EventKind.model_updated, at=self.clock(), actor=actor, model=m.name,
+                message=f"model {m.name}: {', '.join(changes)} changed",
+                data={k: {"from": old, "to": new} for k, (old, new) in changes.items()})
 
     def _by_spec(self, model: str, spec_hash: str) -> VersionPublic | None:
         with self._read() as s:

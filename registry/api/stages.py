@@ -113,7 +113,7 @@ class StagesApi(UnitOfWork):
         if d.to_version is not None:
             version_id = s.exec(select(Version.id).where(
                 col(Version.model_id) == m.id, col(Version.number) == d.to_version)).one()
-        ev = StageEvent(model_id=m.id, stage=d.stage, action=d.action.value,
+        ev = StageEvent(model_id=m.id, stage=d.stage, action=d.action,
                         from_version=d.from_version, to_version=d.to_version, actor=actor,
                         reason=reason, forced=forced, at=now)
         s.add(ev)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from reg_cli.startup import gc_paused
 from registry import events as audit
 from registry.api.unit import UnitOfWork
 from registry.errors import NotFound
@@ -31,8 +30,6 @@ from registry.versions import (
     check_status_transition,
 )
 
-_STATUSES = {s.value: s for s in VersionStatus}
-
 
 def _versions_from_rows(
     keys: list[str], rows: Iterable[Sequence[Any]], stages: dict[int, list[str]]
@@ -49,7 +46,6 @@ def _versions_from_rows(
     out: list[VersionPublic] = []
     for row in rows:
         values = dict(zip(keys, row, strict=True))
-        values["status"] = _STATUSES[values["status"]]
         values["stages"] = stages.get(values["id"], [])
         out.append(out[0].model_copy(update=values) if out
                    else VersionPublic.model_construct(**values))
@@ -91,7 +87,8 @@ class VersionsApi(UnitOfWork):
                                tuple(stages.get(vid, ())))
                 for vid, name, number, spec_hash, status, created_at, git_commit in rows]
 
-    def list_models(self) -> list[ModelPublic]:
+    def list_models(self, *, labels: Mapping[str, str] | None = None) -> list[ModelPublic]:
+        """Models by name; with ``labels``, only those carrying every one of them."""
         with self._read() as s:
             counts = {
                 mid: (n, latest) for mid, n, latest in s.exec(
@@ -108,11 +105,18 @@ class VersionsApi(UnitOfWork):
             out = []
             for m in s.exec(select(Model).order_by(col(Model.name))):
                 assert m.id is not None
+                if labels and any(m.labels.get(k) != v for k, v in labels.items()):
+                    continue
                 n, latest = counts.get(m.id, (0, None))
-                out.append(ModelPublic(id=m.id, name=m.name, description=m.description,
-                                       created_at=m.created_at, versions=n, latest=latest,
-                                       stages=pointers.get(m.id, {})))
+                out.append(ModelPublic.model_validate(m, from_attributes=True, update={
+                    "versions": n, "latest": latest, "stages": pointers.get(m.id, {})}))
             return out
+
+    def get_model(self, name: str | None) -> ModelPublic:
+        """One model (the only one when ``name`` is None), as ``list_models`` lists it."""
+        name = self.resolve_model(name)
+        (model,) = [m for m in self.list_models() if m.name == name]
+        return model
 
     def list_versions(
         self, model: str | None = None, *, status: VersionStatus | None = None,
@@ -126,7 +130,7 @@ class VersionsApi(UnitOfWork):
             if model is not None:
                 stmt = stmt.where(mt.c.name == model)
             if status is not None:
-                stmt = stmt.where(vt.c.status == status.value)
+                stmt = stmt.where(vt.c.status == status)
             stmt = stmt.order_by(vt.c.id.desc())
             if limit is not None:
                 stmt = stmt.limit(limit)
@@ -135,10 +139,9 @@ class VersionsApi(UnitOfWork):
                     col(Stage.version_id).is_not(None)).order_by(col(Stage.name))):
                 if vid is not None:
                     by_version.setdefault(vid, []).append(name)
-            with gc_paused():
-                rows = s.execute(stmt).all()
-                return _versions_from_rows([c.name for c in columns] + ["model"],
-                                           reversed(rows), by_version)
+            rows = s.execute(stmt).all()
+            return _versions_from_rows([c.name for c in columns] + ["model"], reversed(rows),
+                                       by_version)
 
     def count_versions(self, model: str | None = None) -> int:
         with self._read() as s:

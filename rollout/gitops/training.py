@@ -110,7 +110,8 @@ def train_model(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIde
         git = m.git
         version = registry.register_artifact(
             artifact_dir, run_id=run_id, git_commit=git.commit if git else None,
-            git_dirty=git.dirty if git else None, recipe_path=m.recipe_path, creator=actor)
+            git_dirty=git.dirty if git else None, recipe_path=m.recipe_path, creator=actor,
+            metadata=loaded.recipe.metadata)  # the recipe as it is now, not as it was trained
         runlog.write(f"registered {version.ref} ({version.status})")
         faults.after(Step.registered, m.model)
     except Exception as e:
