@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from reg_cli.output import JsonOpt, Output, console
-from reg_cli.startup import import_long_lived
 
 if TYPE_CHECKING:
+    from registry.api import Registry
     from rollout.gitops.plan import ModelPlan, Plan
     from rollout.gitops.reconciler import Reconciler
     from rollout.gitops.report import Outcome, PassReport
@@ -91,16 +91,16 @@ def render_plan(out: Output, plan: Plan) -> None:
     out.message(f"Plan: {summary or 'no recipes'}.")
 
 
-def _open_registry() -> Any:
-    from registry.api import Registry
+def _open_registry() -> Registry:
+    # The shared opener, so deploy.promote_to passes the same deploy guards as `reg promote`.
+    from reg_cli._common import open_registry
 
-    return Registry.open()
+    return open_registry()
 
 
 def _import_reconciler() -> type[Reconciler]:
-    """The reconciler class, imported with the registry behind it as long-lived objects
-    (reg_cli.startup.import_long_lived: a pass or a training run never walks them again)."""
-    import_long_lived("registry.api", "rollout.gitops.reconciler")
+    """The reconciler class, imported when a command needs it (the process's garbage
+    collection policy is reg_cli.startup's, applied at start)."""
     from rollout.gitops.reconciler import Reconciler
 
     return Reconciler
@@ -139,7 +139,7 @@ def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = 
 def reconciler_settings(env: Mapping[str, str]) -> dict[str, Any]:
     """The Reconciler's keyword arguments that the environment sets (fault points, lease ttl,
     retry backoff); a bad value is an error naming the variable."""
-    from rollout.controller.faults import FaultPoints
+    from rollout.controller.faults import BadFaultSpec, FaultPoints
     from rollout.controller.lease import DEFAULT_TTL_S
     from rollout.gitops.apply import STEPS
     from rollout.gitops.plan import BackoffPolicy
@@ -150,8 +150,12 @@ def reconciler_settings(env: Mapping[str, str]) -> dict[str, Any]:
         max_delay_s=_number(env, RETRY_ENV["max_delay_s"], d.max_delay_s),
         max_attempts=int(_number(env, RETRY_ENV["max_attempts"], d.max_attempts, whole=True,
                                  least=1)))
-    return {"faults": FaultPoints.parse(env.get(FAULT_ENV, ""), STEPS),
-            "lease_ttl_s": _number(env, LEASE_TTL_ENV, DEFAULT_TTL_S), "policy": policy}
+    try:
+        faults = FaultPoints.parse(env.get(FAULT_ENV, ""), STEPS)
+    except BadFaultSpec as e:
+        raise BadFaultSpec(f"${FAULT_ENV}: {e}", hint=e.hint) from None
+    return {"faults": faults, "lease_ttl_s": _number(env, LEASE_TTL_ENV, DEFAULT_TTL_S),
+            "policy": policy}
 
 
 def plan(paths: PathsArg, json_mode: JsonOpt = False, prune: PruneOpt = False) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from recipes.core.errors import Problem, ValidationFailed
 from recipes.loading.cache import CachedRecipe, RecipeCache, recipe_key
@@ -45,8 +46,7 @@ class LoadResult:
         self.problems.setdefault(str(file), []).extend(problems)
 
 
-@dataclass(frozen=True)
-class _Key:
+class _Key(NamedTuple):
     """Where a recipe is and what the cache knows it by."""
 
     path: Path  # the file, symlinks and folders resolved
