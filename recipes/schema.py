@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recipes.core.durations import DURATION_PATTERN, duration_seconds
 from recipes.core.names import (
@@ -348,6 +348,17 @@ class RolloutSpec(Strict):
         default=0.01, gt=0, lt=0.5,
         description="Chance of rolling back a candidate as good as the baseline, whole rollout.",
     )
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[RolloutStepSpec]) -> list[RolloutStepSpec]:
+        weights = [s.weight for s in steps]
+        if any(b <= a for a, b in itertools.pairwise(weights)):
+            raise ValueError(
+                f"step weights must increase (got {', '.join(map(str, weights))}); "
+                "e.g. 5, 25, 50, 100"
+            )
+        return steps
 
     @property
     def interval_s(self) -> float:

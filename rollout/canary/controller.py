@@ -38,11 +38,15 @@ from rollout.canary.decide import (
     decide_command,
     decide_verification,
 )
-from rollout.canary.phases import TERMINAL, Phase
+from rollout.canary.phases import TERMINAL, Phase, TransitionRefused
 from rollout.canary.records import MetricSource
 
 Clock = Callable[[], datetime]
 ACTOR = "rollout-controller"
+# The registry lease whose holder runs the passes: one controller at a time, wherever it
+# runs (inside `reg serve`, or `reg rollout run`).
+LEASE_NAME = "canary"
+_COMMAND_ATTEMPTS = 3
 
 
 class IdentityCheck(Protocol):
@@ -89,18 +93,13 @@ def _event_kind(before: Phase, d: Decision) -> str:
     return f"rollout.{d.state.phase.value}"
 
 
-class CanaryController:
-    """Runs passes over every active rollout; hosted by ``reg serve`` or run alone."""
+class RolloutCommands:
+    """Starting a rollout (superseding another) and a person's commands: what needs no
+    metrics and no engine, so `reg rollout pause` and the reconciler use it as it is."""
 
-    def __init__(self, registry: Registry, source: MetricSource, identity: IdentityCheck,
-                 *, clock: Clock | None = None) -> None:
+    def __init__(self, registry: Registry, *, clock: Clock | None = None) -> None:
         self.registry = registry
-        self.source = source
-        self.identity = identity
         self.clock = clock or (lambda: datetime.now(UTC))
-        self._last_error: dict[int, str] = {}
-
-    # -- starting, superseding, commands -----------------------------------------------------
 
     def start(self, model: str, version: int, spec: RolloutSpec, *, origin: str = "manual",
               actor: str | None = None, reason: str = "") -> RolloutPublic:
@@ -115,17 +114,57 @@ class CanaryController:
 
     def command(self, model: str, command: Command, *, actor: str,
                 reason: str = "") -> RolloutPublic:
-        """A person's pause / resume / promote / abort of the model's active rollout."""
-        active = self.registry.list_rollouts(model, active=True)
-        if not active:
-            raise RegError(f"{model} has no active rollout",
-                           hint="`reg rollout history` lists past ones; `reg rollout start` "
-                           "begins one")
-        row = active[0]
-        spec = RolloutSpec.model_validate(row.plan)
-        d = decide_command(state_of(row), spec, command, self.clock())
-        why = d.reason + (f": {reason}" if reason else "")
-        return self._write(row, d, actor=actor, reason=why, data={"command": command.value})
+        """A person's pause / resume / promote / abort of the model's active rollout.
+
+        A controller pass that moves the rollout in between is not the person's mistake:
+        the command is decided again on what it wrote (a few times, then the refusal).
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            active = self.registry.list_rollouts(model, active=True)
+            if not active:
+                raise RegError(f"{model} has no active rollout",
+                               hint="`reg rollout history` lists past ones; `reg rollout "
+                               "start` begins one")
+            row = active[0]
+            spec = RolloutSpec.model_validate(row.plan)
+            try:
+                d = decide_command(state_of(row), spec, command, self.clock())
+            except TransitionRefused as e:
+                raise Refused(f"cannot {command.value} the rollout of {model} v{row.candidate}: "
+                              f"{e}", hint=f"`reg rollout status {model}` shows where it "
+                              "is") from None
+            why = d.reason + (f": {reason}" if reason else "")
+            try:
+                return self._write(row, d, actor=actor, reason=why,
+                                   data={"command": command.value})
+            except StaleRollout:
+                if attempt >= _COMMAND_ATTEMPTS:
+                    raise
+
+    def _write(self, row: RolloutPublic, d: Decision, *, actor: str, reason: str,
+               results: Sequence[CheckResult] = (),
+               data: Mapping[str, Any] | None = None) -> RolloutPublic:
+        change = RolloutChange(
+            expected_revision=row.revision, phase=d.state.phase.value,
+            active=d.state.phase not in TERMINAL, step=d.state.step, weight=d.state.weight,
+            failures=d.state.failures, step_started_at=d.state.step_started_at,
+            reason=reason, event=_event_kind(Phase(row.phase), d),
+            analysis=[_as_json(r) for r in results] if results else None,
+            data=dict(data or {}), actor=actor, **_effect_change(row, d))
+        return self.registry.advance_rollout(row.id, change)
+
+
+class CanaryController(RolloutCommands):
+    """Runs passes over every active rollout; hosted by ``reg serve`` or run alone."""
+
+    def __init__(self, registry: Registry, source: MetricSource, identity: IdentityCheck,
+                 *, clock: Clock | None = None) -> None:
+        super().__init__(registry, clock=clock)
+        self.source = source
+        self.identity = identity
+        self._last_error: dict[int, str] = {}
 
     # -- one pass ----------------------------------------------------------------------------
 
@@ -180,18 +219,6 @@ class CanaryController:
             r.describe() for r in results))
         self._write(row, d, actor=ACTOR, reason=why, results=results)
         return PassOutcome(row.model, row.id, d.state.phase, why, results)
-
-    def _write(self, row: RolloutPublic, d: Decision, *, actor: str, reason: str,
-               results: Sequence[CheckResult] = (),
-               data: Mapping[str, Any] | None = None) -> RolloutPublic:
-        change = RolloutChange(
-            expected_revision=row.revision, phase=d.state.phase.value,
-            active=d.state.phase not in TERMINAL, step=d.state.step, weight=d.state.weight,
-            failures=d.state.failures, step_started_at=d.state.step_started_at,
-            reason=reason, event=_event_kind(Phase(row.phase), d),
-            analysis=[_as_json(r) for r in results] if results else None,
-            data=dict(data or {}), actor=actor, **_effect_change(row, d))
-        return self.registry.advance_rollout(row.id, change)
 
     def _abort_on_error(self, row: RolloutPublic, error: RegError) -> PassOutcome:
         spec = RolloutSpec.model_validate(row.plan)
