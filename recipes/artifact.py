@@ -8,6 +8,8 @@ Layout (written by ``recipes.training.entry``, verified by ``registry``):
     recipe.yaml                  the exact recipe text that was trained
     data_report.json             the data pipeline's report
     metrics.json                 evaluation results and gate verdicts
+    probes.json                  greedy answers to a few test prompts (the rollout's
+                                 identity check); absent without a test split
     train_log.jsonl              one JSON object per logged step
     manifest.json                sha256 and size of every other file, plus
                                  identity fields (name, spec_hash, ...)

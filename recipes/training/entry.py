@@ -4,7 +4,9 @@
 
 reads top to bottom as: reuse a finished artifact -> set up (tokenizer,
 data, device) -> train (resuming from the newest complete checkpoint) ->
-evaluate against the base -> assemble the artifact. The workdir holds
+evaluate against the base -> record the identity probes (the tuned model's greedy
+answers to a few test prompts, which serving asks the engine again before a rollout
+gives the version traffic) -> assemble the artifact. The workdir holds
 
     checkpoint-N/        complete checkpoints (written as .tmp-*, then renamed)
     final/               the trained weights and train_summary.json, once training ended
@@ -44,6 +46,7 @@ from recipes.training.checkpoint import (
 
 if TYPE_CHECKING:
     from recipes.data.pipeline import PreparedData
+    from recipes.evaluation.probes import ProbeSet
     from recipes.training.model import DeviceSettings
 
 ARTIFACT_DIR = "artifact"
@@ -261,9 +264,10 @@ def _run(s: _Setup, identity: dict[str, Any], *, progress: bool) -> TrainResult:
         summary = json.loads((final / SUMMARY_FILE).read_text(encoding="utf-8"))
         model, base_model = _evaluation_models(s, final, model)
         report = _evaluate(s, model, base_model)
+        probes = _probes(s, model)
     report.train = TrainSummary.model_validate(summary)
     report.device = s.settings.to_json()
-    return TrainResult(_package(s, final, report, identity), report)
+    return TrainResult(_package(s, final, report, identity, probes), report)
 
 
 def _save_final(model: Any, info: dict[str, Any], s: _Setup, final: Path) -> None:
@@ -328,9 +332,25 @@ def _evaluate(s: _Setup, model: Any, base_model: Any | None) -> EvaluationReport
     )
 
 
+def _probes(s: _Setup, model: Any) -> ProbeSet | None:
+    """The tuned model's greedy answers to the first test prompts evaluation decodes, which
+    the rollout's identity check asks the engine again; None without a test split."""
+    from recipes.evaluation.evaluate import generation_cases
+    from recipes.evaluation.probes import PROBE_COUNT, record_probes
+
+    test = s.data.splits.get("test")
+    if test is None or len(test) == 0:
+        return None
+    cases = generation_cases(s.data.kind, test, PROBE_COUNT)
+    if not cases:
+        return None
+    return record_probes(model, s.tokenizer, [c.prompt for c in cases])
+
+
 def _package(s: _Setup, final: Path, report: EvaluationReport,
-             identity: dict[str, Any]) -> Path:
+             identity: dict[str, Any], probes: ProbeSet | None = None) -> Path:
     """Assemble the artifact in a temp dir, write its manifest last, rename it into place."""
+    from recipes.evaluation.probes import write_probes
     from recipes.training.progress import LOG_NAME
 
     artifact = s.workdir / ARTIFACT_DIR
@@ -345,6 +365,8 @@ def _package(s: _Setup, final: Path, report: EvaluationReport,
     (tmp / "data_report.json").write_text(
         json.dumps(s.data.report.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     report.write(tmp / METRICS_FILE)
+    if probes is not None:
+        write_probes(tmp, probes)
     log = s.workdir / LOG_NAME
     if log.is_file():
         shutil.copy2(log, tmp / LOG_NAME)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from recipes.artifact import verify_manifest
+from recipes.evaluation.probes import PROBE_COUNT, read_probes, record_probes
 from recipes.training.entry import TrainResult, train
 from recipes.training.progress import read_log
 from tests.support.factories import LoadedRecipeFactory
@@ -55,6 +56,16 @@ def test_two_sft_adapters_answer_with_their_keywords_where_the_base_does_not(
         answers = [_greedy(tuned, tokenizer, q) for q in questions]
         assert all(a.startswith(keyword) for a in answers), answers
         assert not any(other in a for a in answers), answers
+        # The identity probes: the tuned model's greedy answers to the first test prompts,
+        # listed in the manifest, recorded again the same from the artifact's weights.
+        probes = read_probes(result.artifact_dir)
+        assert probes is not None and len(probes.probes) == PROBE_COUNT
+        assert all(p.answer.startswith(keyword) for p in probes.probes), probes
+        assert "probes.json" in {f["path"] for f in verify_manifest(result.artifact_dir)[
+            "files"]}
+        again = record_probes(tuned, tokenizer, [p.messages for p in probes.probes],
+                              max_new_tokens=probes.max_tokens)
+        assert again == probes
         m = result.report
         assert m.test is not None and m.test.base_perplexity is not None
         assert m.test.perplexity is not None and m.test.perplexity < m.test.base_perplexity
@@ -96,7 +107,7 @@ def test_a_finished_artifact_is_returned_without_training_again(
     assert Path(ident["base_model_path"]).is_absolute()
     names = {f["path"] for f in manifest["files"]}
     assert {"adapter_config.json", "adapter_model.safetensors", "recipe.yaml",
-            "data_report.json", "metrics.json", "train_log.jsonl"} <= names
+            "data_report.json", "metrics.json", "train_log.jsonl", "probes.json"} <= names
     assert (first.artifact_dir / "recipe.yaml").read_text() == loaded.text
 
 
