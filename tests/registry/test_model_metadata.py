@@ -99,6 +99,11 @@ def test_the_migration_gives_existing_models_empty_metadata(
         with engine.begin() as conn:
             conn.execute(sa.text("INSERT INTO models (name, description, created_at) "
                                  "VALUES ('old-bot', 'from before', CURRENT_TIMESTAMP)"))
+            # A row that points at the model: the migration must not rebuild its table.
+            conn.execute(sa.text(
+                "INSERT INTO stage_events (stage, action, actor, reason, forced, at, model_id) "
+                "SELECT 'production', 'clear', 'old', '', false, CURRENT_TIMESTAMP, id "
+                "FROM models"))
         upgrade(engine)
         with engine.connect() as conn:
             rev = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
@@ -108,3 +113,4 @@ def test_the_migration_gives_existing_models_empty_metadata(
     with Registry(settings) as reg:
         (m,) = reg.list_models()
         assert (m.name, m.description, m.labels, m.owner) == ("old-bot", "from before", {}, "")
+        assert [e.actor for e in reg.history("old-bot")] == ["old"]

@@ -17,14 +17,14 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    # Server defaults fill the rows already there (SQLite adds a NOT NULL column only with one).
-    with op.batch_alter_table("models") as batch:
-        batch.add_column(sa.Column("labels", sa.JSON(), nullable=False,
-                                   server_default=sa.text("'{}'")))
-        batch.add_column(sa.Column("owner", sa.String(), nullable=False, server_default=""))
+    # Plain ADD COLUMN on every backend (SQLite takes a NOT NULL column with a default): a
+    # batch rebuild of `models` would drop a table that versions and stages point at.
+    # The server defaults fill the rows already there.
+    op.add_column("models", sa.Column("labels", sa.JSON(), nullable=False,
+                                      server_default=sa.text("'{}'")))
+    op.add_column("models", sa.Column("owner", sa.String(), nullable=False, server_default=""))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("models") as batch:
-        batch.drop_column("owner")
-        batch.drop_column("labels")
+    op.drop_column("models", "owner")
+    op.drop_column("models", "labels")
