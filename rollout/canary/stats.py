@@ -24,8 +24,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from scipy import special, stats
-
 # A flat prior over the alternative's side: no tuning to an expected effect size, and
 # the ratio still grows fast for the gross failures a rollback must catch.
 PRIOR_A = 1.0
@@ -55,6 +53,10 @@ class SequentialResult:
 
 def _log_mass(a: float, b: float, p0: float, side: Literal["above", "below"]) -> float:
     """log of the integral of x^(a-1)(1-x)^(b-1) over (p0, 1) or (0, p0)."""
+    # Imported on first use: scipy is slow to import, and the commands that
+    # start or steer a rollout (`reg rollout pause`, the reconciler) compute no statistic.
+    from scipy import special, stats
+
     mass = float(special.betaincc(a, b, p0) if side == "above" else special.betainc(a, b, p0))
     if mass > 1e-280:
         tail = math.log(mass)
