@@ -5,7 +5,9 @@ Each pass, for every active rollout in the registry:
 1. read its stored state and plan (nothing is held in memory between passes, so a
    restarted ``reg serve`` resumes at the same step);
 2. gather what the decision needs: nothing (``pending``), the engine's probe answers
-   (``verifying``), or the analysis window since the step began (serving phases);
+   (``verifying``), or, in serving phases, the probe answers again (the identity check
+   answers from its cache until an engine restart) and the analysis window since the
+   step began;
 3. decide (:mod:`rollout.canary.decide`, pure);
 4. write the decision and its effect in one registry transaction, compare-and-set on
    the revision it was read at (a stale write is dropped; the next pass reads again).
@@ -38,7 +40,7 @@ from rollout.canary.decide import (
     decide_command,
     decide_verification,
 )
-from rollout.canary.phases import TERMINAL, Phase, TransitionRefused
+from rollout.canary.phases import SERVING, TERMINAL, Phase, TransitionRefused
 from rollout.canary.records import MetricSource
 
 Clock = Callable[[], datetime]
@@ -196,12 +198,14 @@ class CanaryController(RolloutCommands):
         spec = RolloutSpec.model_validate(row.plan)
         state, now = state_of(row), self.clock()
         results: tuple[CheckResult, ...] = ()
-        if state.phase is Phase.verifying:
-            matched, detail = self.identity.verify(row.model, row.candidate)
-            d = decide_verification(state, spec, matched, detail, now)
-        elif state.phase is Phase.pending:
+        if state.phase is Phase.pending:
             d = decide(state, spec, StepVerdict.waiting, now)
         else:
+            # Verifying: may the first step begin? Serving: does the engine still serve the
+            # candidate's weights (the check answers from its cache until an engine restart)?
+            matched, detail = self.identity.verify(row.model, row.candidate)
+            d = decide_verification(state, spec, matched, detail, now)
+        if state.phase in SERVING and d.effect is None:
             assert row.baseline is not None
             # At 100% the baseline serves nothing beside the canary: compare with what it
             # served during the whole rollout instead.

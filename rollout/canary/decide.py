@@ -111,7 +111,16 @@ def decide(state: RolloutState, spec: RolloutSpec, verdict: StepVerdict,
 
 def decide_verification(state: RolloutState, spec: RolloutSpec, matched: bool, detail: str,
                         now: datetime) -> Decision:
-    """After the engine's probe answers were compared with the artifact's."""
+    """After the engine's probe answers were compared with the artifact's.
+
+    In ``verifying`` a match lets the first step begin. While the candidate serves, the
+    check is made again after every engine restart: a mismatch then rolls back too.
+    """
+    if state.phase in SERVING:
+        if matched:
+            return Decision(state, None, "")
+        return Decision(_to(state, Phase.rolled_back, now, weight=0), Effect.roll_back,
+                        f"the engine no longer serves the candidate's weights: {detail}")
     if state.phase is not Phase.verifying:
         return Decision(state, None, "")
     if not matched:

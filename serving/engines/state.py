@@ -26,6 +26,9 @@ class EngineStatus:
     pid: int | None = None
     adapters: frozenset[str] = frozenset()
     restarts: int = 0
+    # Which launch of the engine this is (1 = the first); a restart bumps it, so checks of
+    # what the engine serves (the rollout's identity probes) are made again.
+    generation: int = 0
     name: str = ""  # the served model name (the engine's metric label)
     max_model_len: int = 0
     # Why a flag is what it is when the deployed versions asked for different values.

@@ -68,6 +68,9 @@ class _Slot:
     reason: str = ""
     attempts: int = 0
     restarts: int = 0
+    # Bumped at every launch (start, restart, a new external process): what an engine
+    # answered before says nothing about what this process serves.
+    generation: int = 0
     next_start_at: float = 0.0
     health_failures: int = 0
     last_health_at: float = 0.0
@@ -213,6 +216,7 @@ class Supervisor:
             self._launch(slot, reason="starting")
 
     def _launch(self, slot: _Slot, *, reason: str) -> None:
+        slot.generation += 1
         slot.state = EngineState.starting
         slot.health_failures = 0
         slot.needs_sync = True
@@ -372,7 +376,7 @@ class Supervisor:
             k: EngineStatus(
                 key=k, url=s.url, state=s.state, reason=s.reason,
                 pid=None if s.proc is None else s.proc.pid,
-                adapters=frozenset(s.adapters), restarts=s.restarts,
+                adapters=frozenset(s.adapters), restarts=s.restarts, generation=s.generation,
                 name=s.spec.served_name, max_model_len=s.spec.max_model_len,
                 notes=self._notes.get(k, ()),
             )

@@ -134,6 +134,20 @@ def test_a_probe_mismatch_never_gets_traffic(world: World) -> None:
     assert all(rec.version == 1 for rec in world.log._by_model[MODEL])
 
 
+def test_a_mismatch_after_an_engine_restart_rolls_back_a_serving_candidate(
+    world: World,
+) -> None:
+    world.controller.start(MODEL, 2, plan())
+    world.traffic(3)
+    assert world.rollout().phase == "progressing"
+    world.probes.mismatch[2] = "probe 1: the artifact recorded 'alpha', the engine answered 'x'"
+    world.traffic(1)
+    r = world.rollout()
+    assert r.phase == "rolled_back" and "no longer serves the candidate's weights" in r.reason
+    policy = world.registry.get_traffic(MODEL)
+    assert policy is not None and policy.weights.get("canary", 0) == 0
+
+
 def test_too_little_traffic_pauses_at_the_deadline_then_resumes(world: World) -> None:
     world.controller.start(MODEL, 2, plan(on_inconclusive="pause"))
     world.traffic(12, rps=20)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -126,6 +127,21 @@ def test_a_probe_mismatch_never_gets_traffic() -> None:
     d = decide_verification(verifying, spec, False, "answer 'x' != 'y'", T0)
     assert (d.state.phase, d.state.weight, d.effect) == (Phase.rolled_back, 0, Effect.roll_back)
     assert "answer 'x' != 'y'" in d.reason
+
+
+@pytest.mark.parametrize("phase", [
+    pytest.param(Phase.progressing, id="progressing"),
+    pytest.param(Phase.paused, id="paused"),
+    pytest.param(Phase.awaiting_approval, id="awaiting-approval"),
+])
+def test_the_identity_check_again_while_serving_rolls_back_on_a_mismatch(phase: Phase) -> None:
+    spec = plan()
+    serving = replace(verified(spec), phase=phase)
+    assert decide_verification(serving, spec, True, "3/3 equal", T0) == Decision(
+        serving, None, "")
+    d = decide_verification(serving, spec, False, "probe 1: 'alpha' != 'bravo'", T0)
+    assert (d.state.phase, d.state.weight, d.effect) == (Phase.rolled_back, 0, Effect.roll_back)
+    assert "no longer serves the candidate's weights: probe 1: 'alpha' != 'bravo'" in d.reason
 
 
 @pytest.mark.parametrize(("phase", "command", "message"), [

@@ -34,9 +34,12 @@ class ScriptedEngine:
 
     def __init__(self) -> None:
         self.loaded: set[str] = set()
+        self.healthy = True
         self.server = FaultServer(self.handle)
 
     def handle(self, req: Request) -> list[bytes]:
+        if req.path == "/health" and not self.healthy:
+            return [response(b"", status="500 Internal Server Error", ctype="text/plain")]
         if req.path == "/v1/models":
             data = [{"id": "tiny", "object": "model"}] + [
                 {"id": n, "object": "model", "parent": "tiny"} for n in sorted(self.loaded)]
@@ -129,3 +132,31 @@ def test_an_adapter_that_cannot_be_fetched_is_reported(
     assert state.last_error == ("adapter sync: bot@v1: fetch failed: FileNotFoundError: "
                                 "no artifact for bot@v1 in this test")
     assert engine.loaded == set()
+
+
+def test_every_launch_of_an_engine_is_a_new_generation(
+    tmp_path: Path, engine: ScriptedEngine,
+) -> None:
+    """What was checked against an engine (the rollout's identity probes) is checked again
+    after a restart: the status says which launch it is."""
+    deps = [deployment(1, "production", 512)]
+    root = tmp_path / "adapters"
+    (root / "bot@v1").mkdir(parents=True)
+    cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs", health_interval_s=0.0,
+                      restart_backoff_s=(0.0, 0.0), external_engines={BASE: engine.server.url})
+    state = GatewayState()
+    seen: list[tuple[str, int, int]] = []
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            sup = Supervisor(InMemorySource(deps, artifacts={"bot@v1": root / "bot@v1"}), cfg,
+                             StatePublisher(state, Metrics()), session)
+            for healthy in (True, False, False, False, False, True):
+                engine.healthy = healthy
+                await sup.step()
+                s = state.engines[BASE]
+                seen.append((s.state.value, s.generation, s.restarts))
+
+    asyncio.run(run())
+    assert seen == [("ready", 1, 0), ("ready", 1, 0), ("ready", 1, 0), ("down", 1, 0),
+                    ("starting", 2, 1), ("ready", 2, 1)]
