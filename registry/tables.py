@@ -21,6 +21,7 @@ from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 from sqlmodel._compat import SQLModelConfig  # SQLModel's own config type, not re-exported
 
+from recipes.core.names import adapter_name
 from registry.runs import RunStatus
 from registry.stages import StageAction
 from registry.versions import VersionStatus
@@ -207,11 +208,12 @@ class VersionPublic(VersionBase):
     @property
     def adapter_name(self) -> str:
         """The name the serving engine loads this version under; in every dump of it."""
-        return f"{self.model}@v{self.number}"
+        return adapter_name(self.model, self.number)
 
     @property
     def ref(self) -> str:
-        return f"{self.model}@v{self.number}"
+        """How commands name this version (``MODEL@vN``), the same text as the adapter name."""
+        return adapter_name(self.model, self.number)
 
 
 # ---- stages ---------------------------------------------------------------------------------

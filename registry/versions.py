@@ -95,8 +95,3 @@ def check_model_name(name: str) -> str:
     if problem is not None:
         raise InvalidName(problem, hint=MODEL_NAME_HINT)
     return name
-
-
-def adapter_name(model: str, number: int) -> str:
-    """The engine's name for a version: never reused, so no cache serves stale weights."""
-    return f"{model}@v{number}"

@@ -64,8 +64,9 @@ def adapter_name(model: str, version: int) -> str:
 def vllm_serving_problem(method: str, rank: int | None) -> str | None:
     """Why vLLM's multi-LoRA engine cannot serve an adapter of ``method``/``rank``, or None."""
     if method not in VLLM_SERVABLE_METHODS:
+        what = "a full fine-tune" if method == "full" else f"a {method} adapter"
         return (
-            f"vLLM's multi-LoRA engine cannot serve a {method} adapter "
+            f"vLLM's multi-LoRA engine cannot serve {what} "
             f"(it serves {', '.join(sorted(VLLM_SERVABLE_METHODS))})"
         )
     if rank is not None and rank not in VLLM_LORA_RANKS:

@@ -130,7 +130,7 @@ def test_versions_not_served_by_vllm_take_no_slot(
 
 @pytest.mark.parametrize(("method", "rank", "why"), [
     pytest.param("ia3", 8, r"cannot serve a ia3 adapter \(it serves lora, qlora\)", id="ia3"),
-    pytest.param("full", 8, r"cannot serve a full adapter", id="full"),
+    pytest.param("full", 8, r"cannot serve a full fine-tune", id="full"),
     pytest.param("prefix_tuning", 8, r"cannot serve a prefix_tuning adapter", id="prefix"),
     pytest.param("prompt_tuning", 8, r"cannot serve a prompt_tuning adapter", id="prompt"),
     pytest.param("dora", 8, r"cannot serve a dora adapter", id="dora"),
