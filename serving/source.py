@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from registry.deployments import VLLM, Deployment
 from registry.traffic import Shadow, TrafficPolicy
@@ -39,15 +39,21 @@ class DeploymentSource(Protocol):
 
 
 class PolicyWriter(Protocol):
-    """Where admin routes record a policy change: validated and audited by the registry.
+    """Where admin routes record a change: validated and audited by the registry.
 
-    Raises ``registry.traffic.InvalidTraffic`` (listing every fault) for a bad policy.
+    ``set_traffic`` raises ``registry.traffic.InvalidTraffic`` (listing every fault) for
+    a bad policy; ``audit`` raises ``registry.errors.NotFound`` for an unknown version.
     """
 
     def set_traffic(
         self, model: str, weights: Mapping[str, int], shadow: Shadow | None, actor: str,
         reason: str,
     ) -> TrafficPolicy: ...
+
+    def audit(self, kind: str, *, model: str, version: int, actor: str, message: str,
+              data: Mapping[str, Any]) -> None:
+        """Record an event about an existing version (e.g. a fault injected into it)."""
+        ...
 
 
 class RegistrySource:
@@ -80,3 +86,9 @@ class RegistrySource:
         reason: str,
     ) -> TrafficPolicy:
         return self.registry.set_traffic(model, weights, shadow, actor=actor, reason=reason)
+
+    def audit(self, kind: str, *, model: str, version: int, actor: str, message: str,
+              data: Mapping[str, Any]) -> None:
+        v = self.registry.get_version(model, version)  # NotFound names what exists
+        self.registry.record_event(kind, actor=actor, model=v.model, version=v.number,
+                                   message=message, data=dict(data))

@@ -1,4 +1,4 @@
-"""Admin routes: status, reload, traffic policy, adapters. All need the admin token.
+"""Admin routes: status, reload, traffic policy, adapters, faults. All need the admin token.
 
 ``Authorization: Bearer $REG_ADMIN_TOKEN`` (checked by :mod:`serving.gateway.auth`, on
 every route of the router); with no token configured the routes are disabled (403),
@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 from starlette.responses import JSONResponse, Response
 
 from registry.deployments import Deployment
 from registry.errors import NotFound, RegistryError
 from registry.traffic import InvalidTraffic, Shadow
+from registry.versions import parse_version_ref
 from serving.config import ServeConfig
 from serving.engines.adapters import AdapterPathError, ensure_inside
 from serving.gateway.auth import ADMIN_ACTOR, AdminDenied, admin_guard
 from serving.gateway.errors import error_response
+from serving.gateway.faults import MAX_LATENCY_MS, Fault, Faults
 from serving.gateway.state import GatewayState
 from serving.source import PolicyWriter
 
@@ -59,6 +61,9 @@ class AdminContext(Protocol):
     @property
     def supervisor(self) -> EngineControl | None: ...
 
+    @property
+    def faults(self) -> Faults: ...
+
 
 # Types only: the values are judged by the registry's one policy validator, as `reg traffic`'s.
 class ShadowBody(BaseModel):
@@ -72,6 +77,17 @@ class TrafficBody(BaseModel):
     weights: dict[str, StrictInt]
     shadow: ShadowBody | None = None
     reason: str = ""
+
+
+class FaultBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    error_rate: StrictFloat | StrictInt = Field(default=0, ge=0, le=1,
+                                                description="Share of requests failed, 0-1.")
+    latency_ms: StrictInt = Field(default=0, ge=0, le=MAX_LATENCY_MS,
+                                  description="Delay added before each request.")
+    reason: str = ""
+    actor: str | None = Field(default=None, max_length=200,
+                              description="Who asks (`reg fault` sends the user); audited.")
 
 
 class LoadAdapterBody(BaseModel):
@@ -144,6 +160,63 @@ def admin_router(gw: AdminContext) -> APIRouter:
         await gw.supervisor.step()
         return JSONResponse({"model": model, "traffic": policy.describe()})
 
+    @router.get("/faults")
+    async def faults() -> dict[str, Any]:
+        """Faults injected now (game days), by version."""
+        return {"faults": [_fault_json(m, v, f) for (m, v), f in sorted(gw.faults.all().items())]}
+
+    @router.put("/faults/{model}/{version}")
+    async def set_fault(model: str, version: str, body: FaultBody) -> Response:
+        """Make a version fail or slow on purpose (recorded in the registry as an event)."""
+        fault = Fault(float(body.error_rate), body.latency_ms / 1000)
+        if not fault.error_rate and not fault.latency_s:
+            return error_response(
+                400, "Nothing to inject: give error_rate (0-1) or latency_ms; "
+                f"`DELETE /admin/faults/{model}/{version}` clears a fault.",
+                code="invalid_request", param="error_rate")
+        return await _record_fault(model, version, fault, body, "fault.set")
+
+    @router.delete("/faults/{model}/{version}")
+    async def clear_fault(model: str, version: str, reason: str = "",
+                          actor: str | None = None) -> Response:
+        """Stop injecting a version's fault (recorded in the registry as an event)."""
+        return await _record_fault(model, version, None,
+                                   FaultBody(reason=reason, actor=actor), "fault.cleared")
+
+    async def _record_fault(model: str, version: str, fault: Fault | None, body: FaultBody,
+                            kind: str) -> Response:
+        # Recorded first: a fault nobody can find in the audit log is never injected.
+        if gw.writer is None:
+            return error_response(501, "This gateway has no registry to record faults in.",
+                                  code="not_supported")
+        try:
+            number = parse_version_ref(version).number
+        except RegistryError as e:
+            return error_response(400, _with_hint(e), code="invalid_request", param="version")
+        current = gw.faults.get(model, number)
+        if fault is None and current is None:
+            return error_response(
+                404, f"No fault is injected into {model} v{number}; `GET /admin/faults` "
+                "lists them.", code="fault_not_found")
+        shown = fault or current
+        assert shown is not None
+        data = {**_fault_json(model, number, shown), "via": ADMIN_ACTOR}
+        what = "injected" if fault is not None else "cleared"
+        message = f"fault {what}: {shown.describe()}" + (f" ({body.reason})" if body.reason
+                                                         else "")
+        try:
+            await asyncio.to_thread(gw.writer.audit, kind, model=model, version=number,
+                                    actor=body.actor or ADMIN_ACTOR, message=message, data=data)
+        except NotFound as e:
+            return error_response(404, _with_hint(e), code="model_not_found")
+        except RegistryError as e:  # e.g. a malformed model name
+            return error_response(400, _with_hint(e), code="invalid_request")
+        if fault is None:
+            gw.faults.clear(model, number)
+            return JSONResponse({"cleared": _fault_json(model, number, shown)})
+        gw.faults.set(model, number, fault)
+        return JSONResponse({"fault": _fault_json(model, number, fault)})
+
     def _engine(key: str | None) -> str:
         keys = list(gw.state.engines)
         if key is None and len(keys) == 1:
@@ -191,3 +264,7 @@ def admin_router(gw: AdminContext) -> APIRouter:
 
     return router
 
+
+def _fault_json(model: str, version: int, fault: Fault) -> dict[str, Any]:
+    return {"model": model, "version": f"v{version}", "error_rate": fault.error_rate,
+            "latency_ms": round(fault.latency_s * 1000)}

@@ -32,12 +32,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from rollout.canary.records import RequestLog
 from serving.config import ServeConfig
 from serving.engines.supervisor import Supervisor
 from serving.gateway import openapi
 from serving.gateway.admin import admin_router
 from serving.gateway.auth import AdminDenied, admin_denied_handler
 from serving.gateway.errors import error_response
+from serving.gateway.faults import Faults
 from serving.gateway.metrics import CONTENT_TYPE, Metrics
 from serving.gateway.openai_api import PATHS, Kind, OpenAIRoutes
 from serving.gateway.state import GatewayState, StatePublisher
@@ -60,6 +62,11 @@ class Gateway:
     session: aiohttp.ClientSession | None = None  # the supervisor's calls to engines
     supervisor: Supervisor | None = None
 
+    @property
+    def faults(self) -> Faults:
+        """Faults injected for game days (the admin routes set them, the hot path applies)."""
+        return self.api.faults
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         engines = {
             k: {"state": s.state.value, "reason": s.reason, "adapters": sorted(s.adapters)}
@@ -72,6 +79,12 @@ class Gateway:
         if self.state.last_error:
             body["last_error"] = self.state.last_error
         return ready, body
+
+    @property
+    def records(self) -> RequestLog:
+        """Every finished routed request, by the version routing chose: the canary
+        controller's default metric source when it runs in the same process."""
+        return self.api.records
 
 
 class GatewayApp(FastAPI):

@@ -5,6 +5,8 @@ A completion request:
 1. is checked (API key, JSON body, the few fields the gateway reads);
 2. is resolved to a version by :func:`serving.gateway.routing.resolve` (pure);
 3. is admitted if fewer than ``max_concurrency`` requests are in flight, else 429;
+   a fault injected for its version (:mod:`serving.gateway.faults`, game days) delays
+   or fails it here;
 4. is sent to the engine as the adapter ``MODEL@vN``; if that fails before any byte
    reached the client, it is retried once on the production version;
 5. is answered with the engine's bytes, ``model`` rewritten to what the client asked,
@@ -33,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from rollout.canary.records import RequestLog
 from rollout.policy import route_key
 from serving.config import ServeConfig
 from serving.gateway.accounting import (
@@ -44,6 +47,7 @@ from serving.gateway.accounting import (
 )
 from serving.gateway.auth import ApiKeys
 from serving.gateway.errors import error_response, normalize_upstream_error
+from serving.gateway.faults import Faults
 from serving.gateway.metrics import Metrics
 from serving.gateway.routing import Route, RouteError, Target, model_listing, resolve
 from serving.gateway.state import GatewayState
@@ -89,10 +93,14 @@ class _Answer:
 class OpenAIRoutes:
     """The OpenAI routes over the gateway's state; ``pool`` is set by the app's lifespan."""
 
-    def __init__(self, state: GatewayState, config: ServeConfig, metrics: Metrics) -> None:
+    def __init__(self, state: GatewayState, config: ServeConfig, metrics: Metrics,
+                 faults: Faults | None = None) -> None:
         self.state = state
         self.config = config
         self.metrics = metrics
+        # The canary analysis's per-request records (the app exposes them as Gateway.records).
+        self.records = RequestLog()
+        self.faults = faults or Faults(metrics.registry)
         self.keys = ApiKeys(config.api_keys)
         self.pool: UpstreamPool | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -146,8 +154,20 @@ class OpenAIRoutes:
         if route.shadow is not None:
             self._spawn_shadow(route.shadow, payload, kind)
         self.state.in_flight += 1
-        account = RequestAccount(self.metrics, route.target, t0)
+        account = RequestAccount(self.metrics, self.records, route.target, t0, stream=stream)
         try:
+            fault = self.faults.get(route.target.model, route.target.version)
+            if fault is not None:
+                if fault.latency_s:
+                    await asyncio.sleep(fault.latency_s)
+                if self.faults.fails(fault):
+                    account.finish(500)
+                    return await error_response(
+                        500, f"Injected fault: {fault.describe()} for "
+                        f"{route.target.adapter} (`reg fault clear` ends it).",
+                        code="injected_fault", headers={
+                            "x-reg-version": f"v{route.target.version}",
+                            "x-reg-stage": route.target.stage})(scope, receive, send)
             try:
                 answer = await self._open(route, payload, kind, stream, account)
             except UpstreamFailure as e:
