@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from reg_cli.output import JsonOpt, Output, console
-from reg_cli.startup import import_long_lived
 
 if TYPE_CHECKING:
     from registry.api import Registry
@@ -94,15 +93,14 @@ def render_plan(out: Output, plan: Plan) -> None:
 
 def _open_registry() -> Registry:
     # The shared opener, so deploy.promote_to passes the same deploy guards as `reg promote`.
-    from reg_cli._registry import open_registry
+    from reg_cli._common import open_registry
 
     return open_registry()
 
 
 def _import_reconciler() -> type[Reconciler]:
-    """The reconciler class, imported with the registry behind it as long-lived objects
-    (reg_cli.startup.import_long_lived: a pass or a training run never walks them again)."""
-    import_long_lived("registry.api", "rollout.gitops.reconciler")
+    """The reconciler class, imported when a command needs it (the process's garbage
+    collection policy is reg_cli.startup's, applied at start)."""
     from rollout.gitops.reconciler import Reconciler
 
     return Reconciler

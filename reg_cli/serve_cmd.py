@@ -32,7 +32,7 @@ def serve(
     """
     import uvicorn
 
-    from reg_cli._registry import open_registry
+    from reg_cli._common import open_registry
     from serving.config import ServeConfig
     from serving.gateway.app import create_app
     from serving.source import RegistrySource
@@ -109,7 +109,7 @@ def traffic(
     json_mode: JsonOpt = False,
 ) -> None:
     """Show or set a model's traffic split over its stages (recorded as an event)."""
-    from reg_cli._registry import open_registry
+    from reg_cli._common import open_registry
     from registry.traffic import Shadow, TrafficPolicy, default_policy
     from rollout.policy import stage_order
 

@@ -36,3 +36,26 @@ def run_reg(settings: Settings, *args: str, cwd: Path | None = None, timeout: fl
             **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(reg_cmd(*args), cwd=cwd or REPO, env=cli_env(settings, **env),
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+
+def _as_tester(settings: Settings, args: tuple[str, ...],
+               env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(reg_cmd(*args), cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False,
+                          env=cli_env(settings, **{"REG_ACTOR": "tester", "COLUMNS": "200",
+                                                   **env}))
+
+
+def reg_ok(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`reg ARGS` as a user named ``tester`` runs it in a wide terminal; it must succeed."""
+    p = _as_tester(settings, args, env)
+    assert p.returncode == 0, f"reg {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def reg_fails(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`reg ARGS`, which must fail (its exit code and stderr are the test's to check)."""
+    p = _as_tester(settings, args, env)
+    assert p.returncode != 0, f"reg {' '.join(args)} succeeded:\n{p.stdout}"
+    return p

@@ -1,0 +1,38 @@
+"""The `reg` typer app: one module per noun, each adding its commands.
+
+Heavy libraries (torch, transformers, peft, trl, vllm) are imported inside the
+commands that need them, so registry commands start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from reg_cli import (
+    db_cmd,
+    events_cmd,
+    export_cmd,
+    models_cmd,
+    recipes_cmd,
+    reconcile_cmd,
+    rollout_cmd,
+    runs_cmd,
+    serve_cmd,
+    stages_cmd,
+    train_cmd,
+    versions_cmd,
+)
+
+app = typer.Typer(
+    name="reg",
+    help="Declarative model registry and deployment manager for fine-tuned LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# In the order `reg --help` lists them.
+for module in (recipes_cmd, train_cmd, versions_cmd, models_cmd, stages_cmd, runs_cmd,
+               events_cmd, export_cmd, db_cmd, reconcile_cmd, rollout_cmd,
+               serve_cmd):
+    module.register(app)
