@@ -9,7 +9,7 @@ stale entry can never be used; pass a :class:`LoadCache` to
 - :class:`RecipeCache` maps (recipe path, workspace, allowed roots, xxh3 of
   the file's text, fingerprint of the validating code: :func:`recipe_key`)
   to what a caller needs of the validated recipe (name, data files, base
-  model, deploy stage) and the recipe as JSON. A hit builds no pydantic
+  model, deploy actions) and the recipe as JSON. A hit builds no pydantic
   model: the :class:`CachedRecipe` validates that JSON only when something
   asks for the full recipe (training). The files it names are still checked
   on every load (one ``lstat`` each); any doubt falls back to the one
@@ -271,7 +271,7 @@ class JsonMapping(Mapping[str, Any]):
 class CachedRecipe(LoadedRecipe):
     """A valid recipe served from :class:`RecipeCache` without building its pydantic model.
 
-    A pass needs only the name, the files and the deploy stage, which were
+    A pass needs only the name, the files and the deploy actions, which were
     taken from the validated recipe when it was cached; validating the cached
     JSON costs ~0.1 ms a recipe, so it waits until something asks for
     :attr:`recipe` (training one model, not planning 1,000). The entry is
@@ -297,7 +297,7 @@ class CachedRecipe(LoadedRecipe):
         """The cache entry of a recipe the validator has just accepted."""
         facts = json.dumps({"name": loaded.name, "data": loaded.data_refs(),
                             "base_model": loaded.base_model_ref,
-                            "promote_to": loaded.promote_to})
+                            "promote_to": loaded.promote_to, "rolls_out": loaded.rolls_out})
         return f"{facts}\n{loaded.recipe.model_dump_json()}"
 
     @property
@@ -333,6 +333,10 @@ class CachedRecipe(LoadedRecipe):
     def promote_to(self) -> str | None:
         stage = self._facts["promote_to"]
         return None if stage is None else str(stage)
+
+    @property
+    def rolls_out(self) -> bool:
+        return bool(self._facts["rolls_out"])
 
     def data_refs(self) -> list[str]:
         return [str(r) for r in self._facts["data"]]

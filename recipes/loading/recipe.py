@@ -56,6 +56,11 @@ class LoadedRecipe:
         """The stage ``deploy.promote_to`` names, if any."""
         return self.recipe.spec.deploy.promote_to
 
+    @property
+    def rolls_out(self) -> bool:
+        """Whether ``deploy.rollout`` asks for a progressive rollout of each new version."""
+        return self.recipe.spec.deploy.rollout is not None
+
     def data_fields(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Every data file the recipe reads, with the field that names it, in a stable order.
 

@@ -1,9 +1,10 @@
 """Actual state: the registry's versions and runs, shaped as the planner's snapshots.
 
 Reads only, through the registry facade: the lean summaries
-(``Registry.run_summaries``, ``version_summaries``) for every row, and the
-full version only for a model whose desired spec hash is new (`reg plan`
-shows what changed since it).
+(``Registry.run_summaries``, ``version_summaries``) for every row, the full
+version only for a model whose desired spec hash is new (`reg plan` shows
+what changed since it), and rollouts only for a model whose deploy actions are
+pending (a version rolled back is not rolled out again).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def snapshot(
     # Only a model whose desired hash is new gets its diff: fetch that one version in full.
     full = {name: registry.get_version(name, newest[name])
             for name, h in wanted.items() if name in newest and (name, h) not in known}
+    ended = _ended_rollouts(registry, {model for model, _ in pending if model in newest})
 
     versions = []
     for v in version_rows:
@@ -67,9 +69,22 @@ def snapshot(
             data_digests=dict(detail.data_digests) if detail else {},
             base_model=dict(detail.base_model) if detail else {},
             git_commit=v.git_commit,
-            deploy_done=(v.model, v.spec_hash) not in pending))
+            deploy_done=(v.model, v.spec_hash) not in pending,
+            rollout_ended=ended.get((v.model, v.number))))
     runs = [RunSnapshot(run_id=str(r.id), model=r.model, spec_hash=r.spec_hash, status=r.status,
                         attempt=max(r.attempts, 1), created_at=r.created_at,
                         finished_at=r.finished_at, error=r.error or None)
             for r in run_rows]
     return versions, runs
+
+
+def _ended_rollouts(registry: Registry,
+                    models: Iterable[str]) -> dict[tuple[str, int], str | None]:
+    """How each version's newest rollout ended (None: still running), for models whose deploy
+    actions are pending only (rare: a pass killed between registering and deploying), so a
+    no-op pass reads no rollout."""
+    out: dict[tuple[str, int], str | None] = {}
+    for model in sorted(models):
+        for r in reversed(registry.list_rollouts(model)):  # oldest first: the newest wins
+            out[(model, r.candidate)] = None if r.active else r.phase
+    return out

@@ -89,12 +89,14 @@ class Steps:
                        run_id=run.id)
             return run
         git = m.git
-        deploy = DeployState.pending if loaded.promote_to else DeployState.none
+        deploy = (DeployState.pending if loaded.promote_to or loaded.rolls_out
+                  else DeployState.none)
         run = self.registry.create_run(
             m.model, m.spec_hash or "", status="training", phase="start", workdir=str(workdir),
             recipe_path=m.recipe_path, git_commit=git.commit if git else None,
             git_dirty=git.dirty if git else None, creator=self.actor, attempts=m.attempt,
-            details={"deploy": deploy, "run_key": m.run_key, "promote_to": loaded.promote_to})
+            details={"deploy": deploy, "run_key": m.run_key, "promote_to": loaded.promote_to,
+                     "rollout": loaded.rolls_out})
         self.event(Event.run_started, m.model, f"run {run.id}: {m.reason} (attempt {m.attempt})",
                    run_id=run.id, data={"spec_hash": m.spec_hash, "attempt": m.attempt,
                                         "diff": m.diff is not None and not m.diff.empty})

@@ -88,7 +88,7 @@ def desired_state(paths: Sequence[Path], lineage: GitLineage | None = None,
             name=loaded.name, recipe_path=str(loaded.path), spec_hash=ident.spec_hash,
             normalized_spec=ident.normalized_spec, data_digests=ident.data_digests,
             base_model=ident.base_model, promote_to=loaded.promote_to,
-            git=git))
+            rolls_out=loaded.rolls_out, git=git))
     return state
 
 

@@ -12,10 +12,12 @@ Per model, exactly one :class:`Action`:
 in_sync    a ready (or gate-rejected) version with this spec hash exists
 train      a new spec hash, or an interrupted run of it to resume
 retry      the newest run for this hash failed; retried with backoff
-deploy     the version is registered but its deploy action has not run
+deploy     the version is registered but its deploy actions have not run
 blocked    the recipe is invalid, or retries are exhausted
 orphaned   the registry has the model but no recipe names it any more
 ========== ===========================================================
+
+A ready version's deploy actions are :func:`rollout.gitops.deploy_rules.deploy_steps`'s.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from recipes.core.names import PRODUCTION
+from rollout.gitops.deploy_rules import (
+    ROLLOUT_NOT_RESTARTED,
+    DeployKind,
+    deploy_steps,
+    describe_deploy,
+)
 from rollout.gitops.state import (
     RUN_ACTIVE,
     RUN_DONE,
@@ -47,7 +56,7 @@ class Action(StrEnum):
     in_sync = "in_sync"  # nothing to do
     train = "train"  # create (or resume) a run and train the desired spec hash
     retry = "retry"  # the last run for this hash failed; try again when due
-    deploy = "deploy"  # registered and ready, but deploy.promote_to has not been applied
+    deploy = "deploy"  # registered and ready, but its deploy actions have not been applied
     blocked = "blocked"  # invalid recipe, or the retry limit is reached; needs a person
     orphaned = "orphaned"  # registered, but no recipe any more; archived only with --prune
 
@@ -128,6 +137,7 @@ class ModelPlan:
     due: bool = True  # retry: whether the backoff has elapsed at ``now``
     last_error: str | None = None
     promote_to: str | None = None
+    deploy: str | None = None  # the deploy actions a new ready version gets, as people read them
     git: GitInfo | None = None
     problems: tuple[ProblemInfo, ...] = ()
 
@@ -227,6 +237,7 @@ def _model_json(m: ModelPlan) -> dict[str, Any]:
         "due": m.due,
         "last_error": m.last_error,
         "promote_to": m.promote_to,
+        "deploy": m.deploy,
         "git": None if m.git is None else {
             "commit": m.git.commit, "dirty": m.git.dirty, "repo_root": m.git.repo_root},
         "problems": [p.rendered for p in m.problems],
@@ -301,6 +312,7 @@ def _plan_desired(
     policy: BackoffPolicy,
 ) -> ModelPlan:
     newest = max(versions, key=lambda v: v.version, default=None)
+    production = next((v.version for v in versions if PRODUCTION in v.stages), None)
     common: dict[str, Any] = {
         "model": d.name, "recipe_path": d.recipe_path, "spec_hash": d.spec_hash,
         "newest_version": newest.label if newest else None, "promote_to": d.promote_to,
@@ -311,12 +323,24 @@ def _plan_desired(
         v = max(match, key=lambda v: v.version)
         note = {"ready": "", "rejected": " (rejected by its gates; change the recipe to retrain)",
                 "archived": " (archived)"}.get(v.status, "")
-        if v.status == "ready" and not v.deploy_done and d.promote_to:
-            return ModelPlan(action=Action.deploy, current_version=v.label,
-                             reason=f"promote {v.label} to {d.promote_to} (deploy.promote_to)",
-                             **common)
+        steps = deploy_steps(d.promote_to, d.rolls_out, v.version, production)
+        if v.status == "ready" and not v.deploy_done and steps:
+            if v.rollout_ended in ROLLOUT_NOT_RESTARTED and any(
+                    s.kind is DeployKind.rollout for s in steps):
+                return ModelPlan(
+                    action=Action.in_sync, current_version=v.label,
+                    reason=f"{v.label} has this spec hash; its rollout was {v.rollout_ended}"
+                    ", so it is not started again (a recipe change trains a new version; "
+                    f"`reg rollout start {d.name} {v.label}` retries it)", **common)
+            deploy = describe_deploy(steps, v.version, production)
+            return ModelPlan(action=Action.deploy, current_version=v.label, deploy=deploy,
+                             reason=f"{deploy} (deploy in the recipe)", **common)
         return ModelPlan(action=Action.in_sync, current_version=v.label,
                          reason=f"{v.label} has this spec hash{note}", **common)
+    # A new version takes the next number: what its deploy actions will be if it is ready.
+    number = newest.version + 1 if newest else 1
+    common["deploy"] = describe_deploy(
+        deploy_steps(d.promote_to, d.rolls_out, number, production), number, production)
 
     mine = sorted((r for r in runs if r.spec_hash == d.spec_hash),
                   key=lambda r: (r.attempt, r.created_at))
@@ -359,6 +383,8 @@ def _plan_desired(
             reason=f"attempt {nxt} of {policy.max_attempts} "
             + ("now" if due else f"at {at.isoformat(timespec='seconds')}"), **common)
     reason = "new model" if newest is None else f"spec changed since {newest.label}"
+    if common["deploy"]:
+        reason += f"; then {common['deploy']}"
     return ModelPlan(action=Action.train, diff=diff, run_key=run_key_for(d.name, d.spec_hash, 1),
                      attempt=1, reason=reason, **common)
 

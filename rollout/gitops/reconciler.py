@@ -8,9 +8,10 @@ One pass (:meth:`Reconciler.run_once`):
    state (the registry), and decide with :func:`~rollout.gitops.plan.make_plan` (pure);
 3. close runs whose spec hash is no longer wanted (:mod:`rollout.gitops.apply`);
 4. for each model whose action is due, in order: train it
-   (:mod:`rollout.gitops.training`), then apply its deploy action
-   (:mod:`rollout.gitops.deploy`); a failure becomes a ``failed`` run and the
-   next model goes on;
+   (:mod:`rollout.gitops.training`), then apply its deploy actions
+   (:mod:`rollout.gitops.deploy`: ``deploy.promote_to``'s stage; with
+   ``deploy.rollout``, a rollout against production, which the canary controller
+   runs); a failure becomes a ``failed`` run and the next model goes on;
 5. archive what ``--prune`` decided; release the lease.
 
 Every step is safe to repeat, so a pass killed at any moment is repaired by
@@ -134,14 +135,14 @@ class Reconciler:
     def _apply(self, m: ModelPlan, state: DesiredState) -> Outcome:
         """One model's due action: deploy what an earlier pass registered, or train, then
         deploy what this one registered."""
-        if m.action is Action.deploy:
-            return deploy_registered(self.steps, m)
         loaded = state.loaded[m.model]
+        if m.action is Action.deploy:
+            return deploy_registered(self.steps, m, loaded)
         trained = train_model(self.steps, m, loaded, state.identities[m.model],
                               trainer=self.trainer, home=self.home, progress=self.progress)
-        if trained.ready and trained.version is not None and loaded.promote_to:
-            trained.outcome.error = deploy(self.steps, m.model, trained.version,
-                                           loaded.promote_to, str(loaded.path))
+        if trained.ready and trained.version is not None and (
+                loaded.promote_to or loaded.rolls_out):
+            trained.outcome.error = deploy(self.steps, trained.version, loaded)
         return trained.outcome
 
     def watch(self, interval_s: float, stop: threading.Event, *, prune: bool = False,

@@ -22,14 +22,13 @@ RUN_DONE = frozenset({"succeeded", "rejected"})
 VERSION_SETTLED = frozenset({"ready", "rejected", "archived"})
 
 
-
-
 class DeployState(StrEnum):
-    """A run's deploy action (``deploy.promote_to``), stored in its ``details["deploy"]``."""
+    """A run's deploy actions (``deploy.promote_to``, ``deploy.rollout``), stored in its
+    ``details["deploy"]``."""
 
-    none = "none"  # the recipe names no stage
-    pending = "pending"  # recorded before training; the stage is not yet known to point there
-    done = "done"  # promoted (or found already promoted) and recorded
+    none = "none"  # the recipe asks for no deploy action
+    pending = "pending"  # recorded before training; not yet known to have been applied
+    done = "done"  # applied (or found already applied) and recorded
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,7 @@ class DesiredModel:
     data_digests: Mapping[str, str]
     base_model: Mapping[str, str]
     promote_to: str | None = None
+    rolls_out: bool = False  # deploy.rollout: each new version rolls out against production
     git: GitInfo | None = None
 
 
@@ -93,6 +93,9 @@ class VersionSnapshot:
     # actions (a kill between registering and promoting); versions registered
     # by hand have no deploy actions and count as done.
     deploy_done: bool = True
+    # How its last rollout ended ("rolled_back", "aborted", ...), read only while its deploy
+    # actions are pending; None when it never rolled out or one is still running.
+    rollout_ended: str | None = None
 
     @property
     def label(self) -> str:
