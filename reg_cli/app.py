@@ -12,6 +12,7 @@ from reg_cli import (
     db_cmd,
     events_cmd,
     export_cmd,
+    fault_cmd,
     models_cmd,
     recipes_cmd,
     reconcile_cmd,
@@ -34,5 +35,5 @@ app = typer.Typer(
 # In the order `reg --help` lists them.
 for module in (recipes_cmd, train_cmd, versions_cmd, models_cmd, stages_cmd, runs_cmd,
                events_cmd, export_cmd, db_cmd, reconcile_cmd, rollout_cmd,
-               serve_cmd):
+               serve_cmd, fault_cmd):
     module.register(app)

@@ -25,10 +25,15 @@ def serve(
     max_loras: Annotated[int | None, typer.Option(
         help="Adapter slots per engine (default $REG_MAX_LORAS or 4).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    no_controller: Annotated[bool, typer.Option(
+        "--no-controller", help="Do not host the canary controller (rollouts then advance "
+        "only where `reg rollout run --watch` runs).")] = False,
 ) -> None:
-    """Start an engine per base model with deployed versions, and the OpenAI gateway.
+    """Start an engine per base model with deployed versions, the OpenAI gateway, and the
+    canary controller that advances rollouts (one across replicas, by a lease).
 
-    Stops everything it started on Ctrl-C or SIGTERM.
+    Stops everything it started on Ctrl-C or SIGTERM; a restart resumes every rollout at
+    its stored step.
     """
     import uvicorn
 
@@ -49,7 +54,7 @@ def serve(
         log_dir=reg.settings.home / "serving" / "logs",
     )
     source = RegistrySource(reg)
-    app = create_app(source, cfg, writer=source)
+    app = create_app(source, cfg, writer=source, controller=None if no_controller else reg)
     out = Output()
     base = f"http://{host}:{port}"
     out.message(f"[bold]reg gateway[/bold] on {base}")
@@ -58,6 +63,8 @@ def serve(
     out.message(f"  engine logs: {cfg.log_dir}")
     if not cfg.admin_token:
         out.message("  admin routes disabled (set REG_ADMIN_TOKEN to enable them)")
+    out.message("  canary controller: " + ("off (--no-controller)" if no_controller else
+                                           f"a pass every {cfg.controller_interval_s:g} s"))
     out.hint(f"curl {base}/ready  (engines take ~30-60 s to start on CPU); Ctrl-C stops all")
     kw: dict[str, Any] = {}
     try:

@@ -46,8 +46,16 @@ class ServeConfig:
     connect_timeout_s: float = 2.0
     request_timeout_s: float = 300.0
     max_shadow_in_flight: int = 16
+    # The canary controller `reg serve` hosts: seconds between its passes.
+    controller_interval_s: float = 1.0
     # Engines already running elsewhere: base model path -> URL (not started or supervised).
     external_engines: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """Where a client on this machine reaches the gateway (``reg fault`` uses it)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> ServeConfig:

@@ -8,8 +8,10 @@ or there). Its lifespan:
 2. starts the :class:`~serving.engines.supervisor.Supervisor`, which starts the engines
    and reports to a :class:`~serving.gateway.state.StatePublisher` that keeps the
    routing snapshot current;
-3. on shutdown, cancels shadow requests, stops the supervisor (and its engines) and
-   closes both clients.
+3. given a registry to host it over, starts the canary controller beside them
+   (:class:`~serving.gateway.rollouts.RolloutHost`, `reg serve`'s default);
+4. on shutdown, stops the controller, cancels shadow requests, stops the supervisor (and
+   its engines) and closes both clients.
 
 The parts: :mod:`~serving.gateway.openai_api` (the OpenAI routes; the two completion
 routes are plain ASGI, dispatched by :class:`GatewayApp` before FastAPI),
@@ -20,10 +22,11 @@ routes are plain ASGI, dispatched by :class:`GatewayApp` before FastAPI),
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from fastapi import FastAPI, Request
@@ -42,9 +45,13 @@ from serving.gateway.errors import error_response
 from serving.gateway.faults import Faults
 from serving.gateway.metrics import CONTENT_TYPE, Metrics
 from serving.gateway.openai_api import PATHS, Kind, OpenAIRoutes
+from serving.gateway.rollouts import RolloutHost
 from serving.gateway.state import GatewayState, StatePublisher
 from serving.source import DeploymentSource, PolicyWriter
 from serving.upstream.pool import UpstreamPool
+
+if TYPE_CHECKING:
+    from registry.api import Registry
 
 _FAST_ROUTES: dict[str, Kind] = {v: k for k, v in PATHS.items()}
 
@@ -61,6 +68,7 @@ class Gateway:
     api: OpenAIRoutes
     session: aiohttp.ClientSession | None = None  # the supervisor's calls to engines
     supervisor: Supervisor | None = None
+    rollouts: RolloutHost | None = None  # the canary controller, when this app hosts it
 
     @property
     def faults(self) -> Faults:
@@ -120,12 +128,14 @@ def create_app(
     writer: PolicyWriter | None = None,
     metrics: Metrics | None = None,
     manage_engines: bool = True,
+    controller: Registry | None = None,
 ) -> FastAPI:
     """The gateway app. Nothing starts at import or here: the lifespan starts the supervisor.
 
     ``writer`` records policy changes made through the admin routes (the registry);
     without it those routes answer 501. With ``manage_engines=False`` the supervisor is
-    built but never runs a pass by itself (tests set the state directly).
+    built but never runs a pass by itself (tests set the state directly). With
+    ``controller`` the app hosts the canary controller over that registry.
     """
     state = GatewayState()
     m = metrics or Metrics()
@@ -141,9 +151,14 @@ def create_app(
                                                 session)
         if manage_engines:
             supervisor.start()
+        if controller is not None:
+            gw.rollouts = RolloutHost.for_gateway(controller, state, gw.records, source, config)
+            gw.rollouts.start()
         try:
             yield
         finally:
+            if gw.rollouts is not None:
+                await asyncio.to_thread(gw.rollouts.stop)
             gw.api.cancel_shadows()
             await supervisor.stop()
             await session.close()

@@ -28,6 +28,7 @@ from registry.traffic import TrafficPolicy
 from serving.engines.process import EngineState
 from serving.engines.state import EngineStatus
 from serving.gateway.faults import Fault, Faults
+from tests.support.cli import reg_fails, reg_ok
 from tests.support.factories import ArtifactFactory
 from tests.support.fault_server import FaultServer, Request, chat_body, response
 from tests.support.gateway import Server, serve_in_thread
@@ -48,6 +49,7 @@ def upstream(req: Request) -> list[bytes]:
 class Stack:
     srv: Server
     registry: Registry
+    settings: Settings
     http: httpx.Client
 
     def put(self, version: str, **body: Any) -> httpx.Response:
@@ -74,7 +76,8 @@ def stack(tmp_path: Path, make_artifact: ArtifactFactory) -> Iterator[Stack]:
     from serving.gateway.routing import build_catalogue
     from serving.source import RegistrySource
 
-    reg = Registry(Settings.for_home(tmp_path / "home"))
+    settings = Settings.for_home(tmp_path / "home")
+    reg = Registry(settings)
     for _ in range(2):
         reg.register_artifact(make_artifact(MODEL))
     deps = [Deployment(MODEL, 1, ("production",), "d1", ENGINE, 8),
@@ -90,7 +93,7 @@ def stack(tmp_path: Path, make_artifact: ArtifactFactory) -> Iterator[Stack]:
         ENGINE: EngineStatus(key=ENGINE, url=engine.url, state=EngineState.ready)}
     http = httpx.Client(timeout=30)
     try:
-        yield Stack(srv, reg, http)
+        yield Stack(srv, reg, settings, http)
     finally:
         http.close()
         srv.stop()
@@ -180,3 +183,25 @@ def test_the_share_failed_follows_the_draw() -> None:
     fault = Fault(error_rate=0.2)
     assert [faults.fails(fault) for _ in range(4)] == [True, False, True, False]
     assert faults.fails(Fault(latency_s=0.1)) is False  # no draw needed, none taken
+
+
+def test_reg_fault_sets_lists_and_clears_through_the_running_gateway(stack: Stack) -> None:
+    env = {"REG_GATEWAY_URL": stack.srv.url, "REG_ADMIN_TOKEN": TOKEN}
+    p = reg_ok(stack.settings, "fault", "support-bot", "v2", "--error-rate", "0.25",
+               "--latency-ms", "10", "-r", "game day", **env)
+    assert "support-bot v2: injecting 25% errors, +10 ms" in p.stdout
+    assert stack.srv.gateway.faults.all() == {(MODEL, 2): Fault(0.25, 0.01)}
+    listed = json.loads(reg_ok(stack.settings, "fault", "--json", **env).stdout)
+    assert listed == [{"model": MODEL, "version": "v2", "error_rate": 0.25, "latency_ms": 10}]
+    reg_ok(stack.settings, "fault", "clear", "v2", **env)
+    assert stack.srv.gateway.faults.all() == {}
+    assert [(e.kind, e.actor) for e in stack.registry.events(model=MODEL)
+            if e.kind.startswith("fault.")] == [("fault.set", "tester"),
+                                                 ("fault.cleared", "tester")]
+    p = reg_fails(stack.settings, "fault", "v2", "--error-rate", "0.5",
+                  **{**env, "REG_ADMIN_TOKEN": "wrong"})
+    assert "refused: Admin routes need" in p.stderr and "set REG_ADMIN_TOKEN" in p.stderr
+    p = reg_fails(stack.settings, "fault", "v2", "--error-rate", "0.5",
+                  **{**env, "REG_GATEWAY_URL": "http://127.0.0.1:9"})
+    assert "cannot reach the gateway at http://127.0.0.1:9" in p.stderr
+    assert stack.srv.gateway.faults.all() == {}
