@@ -115,6 +115,7 @@ def show(
         m = reg.get_model(v.model)
         art = reg.get_artifact(v.artifact_digest) if v.artifact_digest else None
     files = art.manifest.get("files", []) if art else []
+    revision = (art.manifest.get("identity") or {}).get("base_model_revision") if art else None
     out.data({**version_json(v), "artifact": None if art is None else {
         "digest": art.digest, "size_bytes": art.size_bytes, "files": files}})
     out.table(f"{v.ref}", ["field", "value"], [
@@ -123,7 +124,8 @@ def show(
         ("labels", ", ".join(f"{k}={val}" for k, val in sorted(m.labels.items())) or "-"),
         ("adapter name", v.adapter_name), ("spec hash", v.spec_hash),
         ("artifact", v.artifact_digest or "-"), ("method / rank", f"{v.method} / {v.adapter_rank}"),
-        ("objective", v.objective), ("base model", v.base_model_path),
+        ("objective", v.objective),
+        ("base model", v.base_model_path + (f" (revision {revision})" if revision else "")),
         ("parent", vref(v.parent_number)), ("run", v.run_id if v.run_id is not None else "-"),
         ("git commit", (v.git_commit or "-") + (" (dirty)" if v.git_dirty else "")),
         ("recipe", v.recipe_path or "-"), ("creator", v.creator), ("created", ts(v.created_at)),

@@ -96,6 +96,7 @@ def default_identity(loaded: LoadedRecipe) -> dict[str, Any]:
         "spec_hash": ident.spec_hash,
         "base_model": ident.base_model,
         "base_model_path": str(loaded.base_model_path),
+        "base_model_revision": spec.base_model.revision,  # informational: `reg show` shows it
         "data_digests": ident.data_digests,
         "method": spec.adapter.method.value,
         "adapter_rank": spec.adapter.r,

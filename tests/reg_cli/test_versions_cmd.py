@@ -50,12 +50,16 @@ def test_a_hand_made_flat_loss_fills_the_loss_column(
     assert "1.75" in reg_ok(settings, "versions").stdout
 
 
-def test_show_lists_the_models_metadata(settings: Settings, make_artifact: ArtifactFactory) -> None:
+def test_show_lists_the_models_metadata_and_the_base_models_revision(
+    settings: Settings, make_artifact: ArtifactFactory
+) -> None:
     recipe = ("apiVersion: reg/v1\nkind: Recipe\nmetadata:\n  name: support-bot\n"
               "  description: Answers tickets\n  owner: support-team\n"
               "  labels: {team: support, tier: gold}\nspec: {}\n")
-    reg_ok(settings, "register", str(make_artifact(recipe_text=recipe)))
+    reg_ok(settings, "register", str(make_artifact(
+        recipe_text=recipe, deploy={"base_model_revision": "2024-06"})))
     rows = _rows(reg_ok(settings, "show", "v1").stdout, 2)
+    assert rows["base model"] == ["/models/tiny-llama (revision 2024-06)"]
     assert rows["description"] == ["Answers tickets"]
     assert rows["owner"] == ["support-team"]
     assert rows["labels"] == ["team=support, tier=gold"]
