@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from recipes.core.names import CANARY, PRODUCTION
 from reg_cli._common import ModelOpt, ReasonOpt, open_registry, parse_time, split_args, ts, vref
 from reg_cli.output import JsonOpt, Output
 
@@ -73,7 +74,8 @@ def history(
     model: ModelOpt = None,
     json_mode: JsonOpt = False,
 ) -> None:
-    """The stage timeline: every promote and rollback, who, when, why."""
+    """The stage timeline: every promote and rollback, and each rollout's steps, who, when,
+    why."""
     out = Output(json_mode)
     when = parse_time(at) if at else None
     with open_registry() as reg:
@@ -81,15 +83,25 @@ def history(
         events = reg.history(name, stage=stage, at=when)
         pointers = reg.stages_at(name, when) if when else {
             s: v.number for s, v in reg.stage_map(name).items()}
+        # A rollout moves the canary and production: its steps belong to their timeline.
+        rollouts = [] if stage not in (None, CANARY, PRODUCTION) else [
+            e for e in reg.events(model=name)
+            if e.kind.startswith("rollout.") and (when is None or e.at <= when)]
     if stage is not None:
         pointers = {k: v for k, v in pointers.items() if k == stage}
     out.data({"model": name, "at": None if when is None else when.isoformat(),
-              "events": [e.model_dump(mode="json") for e in events], "stages": pointers})
+              "events": [e.model_dump(mode="json") for e in events], "stages": pointers,
+              "rollout_events": [e.model_dump(mode="json") for e in rollouts]})
     out.table(f"Stage history of {name}" + (f" up to {ts(when)}" if when else ""),
               ["#", "time", "stage", "action", "change", "actor", "reason"], [
         (e.id, ts(e.at), e.stage, e.action + (" (forced)" if e.forced else ""),
          f"{vref(e.from_version)} -> {vref(e.to_version)}", e.actor, e.reason) for e in events
     ])
+    if rollouts:
+        out.table("Rollout steps", ["#", "time", "event", "version", "weight", "actor", "why"], [
+            (e.id, ts(e.at), e.kind.removeprefix("rollout."), vref(e.version),
+             "" if e.data.get("weight") is None else f"{e.data['weight']}%", e.actor, e.message)
+            for e in rollouts])
     out.table("Stages" + (f" at {ts(when)}" if when else " now"), ["stage", "version"],
               [(s, vref(n)) for s, n in sorted(pointers.items())])
 

@@ -116,6 +116,16 @@ def test_start_status_pause_resume_abort_history(settings: Settings,
     table = " ".join(reg_ok(settings, "rollout", "history").stdout.split())
     assert "aborted: saw errors" in table and "manual" in table
 
+    # `reg history` shows the rollout's steps beside the stage changes they made.
+    stages = json.loads(reg_ok(settings, "history", "--json").stdout)
+    assert [e["kind"] for e in stages["rollout_events"]] == [
+        "rollout.started", "rollout.verifying", "rollout.progressing", "rollout.paused",
+        "rollout.progressing", "rollout.aborted"]
+    assert [e["data"].get("weight") for e in stages["rollout_events"]][1:] == [
+        0, 10, 10, 10, 0]
+    timeline = " ".join(reg_ok(settings, "history").stdout.split())
+    assert "Rollout steps" in timeline and "aborted: saw errors" in timeline
+
     # Ended: a command that cannot apply says so, and changes nothing.
     before = len(reg.events(model=MODEL))
     again = reg_fails(settings, "rollout", "pause")
