@@ -159,14 +159,29 @@ class RolloutCommands:
 
 
 class CanaryController(RolloutCommands):
-    """Runs passes over every active rollout; hosted by ``reg serve`` or run alone."""
+    """Runs passes over every active rollout; hosted by ``reg serve`` or run alone.
+
+    ``drain(model, version)``, when given, is told just before a decision that takes the
+    candidate's traffic away is committed: a gateway in the same process stops routing to
+    it at once, rather than when it next reads the registry, so no request is routed to a
+    rolled-back version after its verdict.
+    """
 
     def __init__(self, registry: Registry, source: MetricSource, identity: IdentityCheck,
-                 *, clock: Clock | None = None) -> None:
+                 *, clock: Clock | None = None,
+                 drain: Callable[[str, int], None] | None = None) -> None:
         super().__init__(registry, clock=clock)
         self.source = source
         self.identity = identity
+        self.drain = drain
         self._last_error: dict[int, str] = {}
+
+    def _write(self, row: RolloutPublic, d: Decision, *, actor: str, reason: str,
+               results: Sequence[CheckResult] = (),
+               data: Mapping[str, Any] | None = None) -> RolloutPublic:
+        if d.effect is Effect.roll_back and self.drain is not None:
+            self.drain(row.model, row.candidate)
+        return super()._write(row, d, actor=actor, reason=reason, results=results, data=data)
 
     # -- one pass ----------------------------------------------------------------------------
 

@@ -134,6 +134,9 @@ class OpenAIRoutes:
             rejected(self.metrics, e.code, e.status)
             return await error_response(e.status, e.message, code=e.code,
                                         param=e.param)(scope, receive, send)
+        if self.state.drained and route.failover is not None and not route.pinned and (
+                (route.target.model, route.target.version) in self.state.drained):
+            route = Route(route.failover, pinned=False)  # being rolled back: production
         if self.state.in_flight >= self.config.max_concurrency:
             rejected(self.metrics, "overloaded", 429)
             return await error_response(

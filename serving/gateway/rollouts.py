@@ -7,7 +7,10 @@ and stops it before the engines. Over its life:
 1. metrics come from the gateway's own per-request records (``Gateway.records``): no
    other service is needed;
 2. the identity check (:class:`~serving.engines.identity.EngineIdentityCheck`) asks the
-   engines this gateway's supervisor runs, found as routing finds them;
+   engines this gateway's supervisor runs, found as routing finds them; a rollback
+   first drains the candidate in this gateway's routing
+   (:meth:`~serving.gateway.state.GatewayState.drain`), then commits, so no request is
+   routed to it after the verdict;
 3. a pass runs every ``interval_s`` (:func:`rollout.controller.loop.watch`: a failed pass
    is recorded and retried after a backoff), each under the shared ``canary`` lease, so
    across replicas one controller acts at a time while the others stand by;
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from registry.deployments import Deployment
@@ -66,10 +69,11 @@ class RolloutHost:
 
     def __init__(self, registry: Registry, source: MetricSource, identity: IdentityCheck, *,
                  interval_s: float = 1.0, lease_ttl_s: float = DEFAULT_TTL_S,
-                 holder: str | None = None) -> None:
+                 holder: str | None = None,
+                 drain: Callable[[str, int], None] | None = None) -> None:
         self.registry = registry
         self.identity = identity
-        self.controller = CanaryController(registry, source, identity)
+        self.controller = CanaryController(registry, source, identity, drain=drain)
         self.interval_s = interval_s
         self.lease_ttl_s = lease_ttl_s
         self.holder = holder or local_holder()
@@ -83,7 +87,9 @@ class RolloutHost:
     def for_gateway(cls, registry: Registry, state: GatewayState, records: MetricSource,
                     artifacts: ArtifactFetcher, config: ServeConfig) -> RolloutHost:
         identity = EngineIdentityCheck(GatewayView(state), artifacts, config.adapter_root)
-        return cls(registry, records, identity, interval_s=config.controller_interval_s)
+        # A rollback stops this gateway's routing to the candidate before it commits.
+        return cls(registry, records, identity, interval_s=config.controller_interval_s,
+                   drain=state.drain)
 
     def run_pass(self) -> list[PassOutcome]:
         with hold_lease(self.registry.leases, LEASE_NAME, self.holder,

@@ -9,6 +9,7 @@ on one event loop, so plain attributes need no lock.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -26,6 +27,14 @@ class GatewayState:
     last_error: str = ""
     in_flight: int = 0
     shadow_in_flight: int = 0
+    # Versions a rollback is taking traffic from (model, version) -> until when (monotonic):
+    # routing sends their weighted share to production until a registry read says they
+    # have none (or the time passes: the rollback was not committed after all).
+    drained: Mapping[tuple[str, int], float] = field(default_factory=dict)
+
+    def drain(self, model: str, version: int, seconds: float = 30.0) -> None:
+        """Route no weighted traffic to ``version`` from now on (called from any thread)."""
+        self.drained = {**self.drained, (model, version): time.monotonic() + seconds}
 
     def engine_unavailable_reason(self, key: str) -> str | None:
         """None if the engine for ``key`` can take requests, else why not (for a 503)."""
@@ -51,6 +60,10 @@ class StatePublisher:
         cat = build_catalogue(read.deployments, read.policies, read.known, read.marker)
         self.state.catalogue = cat
         self.state.loaded_once = True
+        if self.state.drained:
+            now = time.monotonic()
+            self.state.drained = {k: until for k, until in self.state.drained.items()
+                                  if until > now and _weighted(cat, *k)}
         weights: list[tuple[str, str, str, float]] = []
         shadows: list[tuple[str, str, str, float]] = []
         for name, view in cat.models.items():
@@ -75,3 +88,12 @@ class StatePublisher:
 
     def error(self, message: str) -> None:
         self.state.last_error = message
+
+
+def _weighted(cat: Catalogue, model: str, version: int) -> bool:
+    """Whether the model's policy still gives ``version`` a share of its traffic."""
+    view = cat.models.get(model)
+    if view is None:
+        return False
+    return any(w > 0 and stage in view.stages and view.stages[stage].version == version
+               for stage, w in view.policy.weights.items())

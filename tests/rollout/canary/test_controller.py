@@ -116,6 +116,19 @@ def test_twenty_percent_errors_roll_back_and_the_bad_version_gets_no_more_traffi
     assert served_after == []
 
 
+def test_a_rollback_drains_the_candidate_before_the_verdict_commits(world: World) -> None:
+    drained: list[tuple[str, int, bool]] = []
+
+    def drain(model: str, version: int) -> None:  # what the hosting gateway is told
+        drained.append((model, version, world.rollout().active))
+
+    world.controller.drain = drain
+    world.controller.start(MODEL, 2, plan())
+    world.traffic(30, bad={2: 0.2})
+    assert world.rollout().phase == "rolled_back"
+    assert drained == [(MODEL, 2, True)]  # once, and while the rollout was still active
+
+
 def test_added_latency_rolls_back_on_the_latency_check(world: World) -> None:
     world.controller.start(MODEL, 2, plan())
     world.traffic(30, slow={2: 0.2})

@@ -205,3 +205,30 @@ def test_reg_fault_sets_lists_and_clears_through_the_running_gateway(stack: Stac
                   **{**env, "REG_GATEWAY_URL": "http://127.0.0.1:9"})
     assert "cannot reach the gateway at http://127.0.0.1:9" in p.stderr
     assert stack.srv.gateway.faults.all() == {}
+
+
+def test_a_drained_version_gets_no_weighted_traffic_until_a_read_says_it_has_none(
+    stack: Stack,
+) -> None:
+    """A rollback drains the candidate in the gateway before it commits (the controller's
+    ``drain`` hook), so no request is routed to it between the verdict and the gateway's
+    next registry read."""
+    from serving.engines.state import Deployed
+    from serving.gateway.metrics import Metrics
+    from serving.gateway.state import StatePublisher
+
+    gw = stack.srv.gateway
+    gw.state.drain(MODEL, 2)
+    r = stack.chat()
+    assert (r.status_code, r.headers["x-reg-version"]) == (200, "v1")
+    assert "x-reg-failover" not in r.headers
+    assert stack.chat(f"{MODEL}@v2").headers["x-reg-version"] == "v2"  # pins still serve
+    deps = [Deployment(MODEL, 1, ("production",), "d1", ENGINE, 8),
+            Deployment(MODEL, 2, ("canary",), "d2", ENGINE, 8)]
+    publisher = StatePublisher(gw.state, Metrics())
+    before = TrafficPolicy(MODEL, {"production": 0, "canary": 100})
+    publisher.deployed(Deployed(deps, {MODEL: before}, marker=2))  # read before the commit
+    assert (MODEL, 2) in gw.state.drained
+    after = TrafficPolicy(MODEL, {"production": 100, "canary": 0})
+    publisher.deployed(Deployed(deps, {MODEL: after}, marker=3))  # the rollback committed
+    assert gw.state.drained == {}
