@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from registry.api import Registry
     from registry.rollouts import RolloutPublic
     from registry.tables import VersionPublic
-    from rollout.canary.controller import PassOutcome
+    from rollout.canary.controller import RolloutCommands
     from rollout.canary.decide import Command
 
 rollout_app = typer.Typer(
@@ -45,7 +45,6 @@ rollout_app = typer.Typer(
     no_args_is_help=True,
 )
 
-PROMETHEUS_ENV = "REG_PROMETHEUS_URL"
 # The flag that sets each RolloutSpec field, so a bad value is reported as the user wrote it.
 FLAGS = {"steps": "--steps", "interval": "--interval", "min_requests": "--min-requests",
          "max_error_rate": "--max-error-rate", "max_latency_ratio": "--max-latency-ratio",
@@ -133,7 +132,7 @@ def plan_summary(spec: RolloutSpec) -> str:
                                          else ""))
 
 
-def _commands(reg: Registry) -> Any:
+def _commands(reg: Registry) -> RolloutCommands:
     from rollout.canary.controller import RolloutCommands
 
     return RolloutCommands(reg)
@@ -220,21 +219,24 @@ def _pick(reg: Registry, model: str) -> RolloutPublic:
 
 
 def _status_lines(row: RolloutPublic, now: float) -> list[str]:
+    """The status's lines above the checks, in rich markup."""
+    from rich.markup import escape
+
     style = _STYLE.get(row.phase, "")
     n = len(row.plan.get("steps", []))
-    step = f"step {row.step + 1}/{n}" if row.step >= 0 else f"step 0/{n}"
     lines = [f"[bold]{row.model}[/bold]: rollout {row.id} of [bold]{vref(row.candidate)}"
              f"[/bold] (candidate) against production {vref(row.baseline)} (baseline): "
              f"[{style}]{row.phase}[/{style}]",
-             f"{step}, canary weight {row.weight}%, {row.failures} failed "
-             f"analysis(es); started {ts(row.started_at)} by {row.actor} ({row.origin})"]
+             f"step {row.step + 1}/{n}, canary weight {row.weight}%, {row.failures} failed "
+             f"analysis(es); started {ts(row.started_at)} by {escape(row.actor)} "
+             f"({row.origin})"]
     if row.active:
         lines.append(f"this step's window: {max(0.0, now - row.step_started_at.timestamp()):.0f}"
                      f"s of {row.plan.get('interval', '?')}")
     else:
         lines.append(f"ended {ts(row.ended_at)}")
     if row.reason:
-        lines.append(f"why: {row.reason}")
+        lines.append(f"why: {escape(row.reason)}")
     return lines
 
 
@@ -268,9 +270,7 @@ def status_view(row: RolloutPublic, now: float) -> RenderableType:
     checks = _check_rows(row)
     for r in checks:
         table.add_row(*r[:-1], escape(r[-1]))
-    parts: list[RenderableType] = [Text.from_markup(line) for line in
-                                   _status_lines(row, now)[:3]]
-    parts += [Text(line) for line in _status_lines(row, now)[3:]]
+    parts: list[RenderableType] = [Text.from_markup(line) for line in _status_lines(row, now)]
     parts.append(table if checks else Text("no analysis yet", style="dim"))
     return Group(*parts)
 
@@ -344,6 +344,8 @@ _HINTS = {
 
 def _command(command: Command, model_arg: str | None, model: str | None, reason: str,
              json_mode: bool) -> None:
+    from rich.markup import escape
+
     from registry.settings import default_actor
 
     out = Output(json_mode)
@@ -353,7 +355,8 @@ def _command(command: Command, model_arg: str | None, model: str | None, reason:
     out.data(rollout_json(row))
     style = _STYLE.get(row.phase, "")
     out.message(f"{row.model} rollout {row.id} of {vref(row.candidate)}: "
-                f"[{style}]{row.phase}[/{style}] (canary weight {row.weight}%) - {row.reason}")
+                f"[{style}]{row.phase}[/{style}] (canary weight {row.weight}%) - "
+                f"{escape(row.reason)}")
     out.hint(_HINTS[command.value].format(m=row.model))
 
 
@@ -423,124 +426,9 @@ def history(
              f"`reg events --model {name}` has every step with its analysis values")
 
 
-# -- running the controller alone ------------------------------------------------------------
-
-
-def _seconds(text: str, flag: str) -> float:
-    from recipes.core.durations import DURATION_HINT, duration_seconds
-
-    seconds = duration_seconds(text)
-    if seconds is None or seconds <= 0:
-        raise ArgumentError(f"{flag} {text!r} is not a duration above 0",
-                            hint=f"{DURATION_HINT}, e.g. {flag} 1s")
-    return seconds
-
-
-def _render_pass(out: Output, outcomes: Sequence[PassOutcome]) -> None:
-    from rich.markup import escape
-
-    for o in outcomes:
-        if o.reason:
-            style = _STYLE.get(o.phase.value, "")
-            out.message(f"{o.model} rollout {o.rollout}: [{style}]{o.phase.value}[/{style}] "
-                        f"- {escape(o.reason)}")
-
-
-@rollout_app.command("run")
-def run(
-    watch: Annotated[bool, typer.Option(
-        "--watch", help="Run a pass every --interval until stopped (else one pass).")] = False,
-    interval: Annotated[str, typer.Option(
-        help="Time between passes with --watch, e.g. 1s or 500ms.")] = "1s",
-    json_mode: JsonOpt = False,
-) -> None:
-    """Run the canary controller alone (not inside `reg serve`), under the shared lease.
-
-    It reads the canary's metrics from Prometheus ($REG_PROMETHEUS_URL) and checks the
-    candidate's identity through the gateway before it gets traffic.
-    """
-    import os
-
-    every = _seconds(interval, "--interval")
-    url = os.environ.get(PROMETHEUS_ENV, "").strip()
-    if not url:
-        raise ArgumentError(
-            f"`reg rollout run` reads the canary's metrics from Prometheus, and "
-            f"${PROMETHEUS_ENV} is not set",
-            hint=f"set {PROMETHEUS_ENV}=http://HOST:9090 (a Prometheus that scrapes the "
-            "gateway's /metrics), or let `reg serve` host the controller: it reads the "
-            "gateway's own records")
-    out = Output(json_mode)
-    with open_registry() as reg:
-        controller = _controller(reg, url)
-        run_pass = _leased_pass(reg, controller)
-        if not watch:
-            outcomes = run_pass()
-            out.data([_outcome_json(o) for o in outcomes])
-            _render_pass(out, outcomes)
-            if not outcomes:
-                out.message("No active rollout.")
-            out.hint("`reg rollout run --watch` keeps going; `reg rollout status` shows one")
-            return
-        _run_watch(reg, run_pass, every, out)
-
-
-def _controller(reg: Registry, prometheus_url: str) -> Any:
-    """The controller with Prometheus for metrics and the gateway for the identity check."""
-    raise ArgumentError(
-        "`reg rollout run` is not available in this build: the Prometheus metric source "
-        "and the gateway's identity check are not installed",
-        hint="let `reg serve` host the controller (its default)")
-
-
-def _leased_pass(reg: Registry, controller: Any) -> Any:
-    from registry.lease import local_holder
-    from rollout.canary.controller import LEASE_NAME
-    from rollout.controller.lease import hold_lease
-
-    holder = local_holder()
-
-    def run_pass() -> list[PassOutcome]:
-        with hold_lease(reg.leases, LEASE_NAME, holder):
-            outcomes: list[PassOutcome] = controller.run_once()
-            return outcomes
-
-    return run_pass
-
-
-def _outcome_json(o: PassOutcome) -> dict[str, Any]:
-    return {"model": o.model, "rollout": o.rollout, "phase": o.phase.value, "reason": o.reason,
-            "results": [{"name": r.name, "verdict": r.verdict.value, "value": r.value,
-                         "limit": r.limit, "canary_n": r.canary_n, "baseline_n": r.baseline_n,
-                         "p_value": r.p_value, "detail": r.detail} for r in o.results]}
-
-
-def _run_watch(reg: Registry, run_pass: Any, every: float, out: Output) -> None:
-    from rollout.controller import loop
-
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: object) -> None:
-        out.message(f"signal {signum}: stopping after this pass")
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-
-    def on_pass(outcomes: list[PassOutcome] | None, err: BaseException | None) -> None:
-        if outcomes is not None:
-            _render_pass(out, outcomes)
-        elif err is not None:
-            out.message(f"[yellow]standby:[/yellow] {err}")
-
-    def record_error(e: BaseException) -> None:
-        reg.record_event("rollout.pass_failed", actor="rollout-controller",
-                         message=f"canary pass failed: {type(e).__name__}: {e}")
-
-    out.message(f"Canary controller: a pass every {every:g}s (Ctrl-C stops).")
-    loop.watch(run_pass, stop, interval_s=every, on_pass=on_pass, record_error=record_error)
-
-
 def register(app: typer.Typer) -> None:
     """Add `reg rollout ...` to the `reg` app."""
+    from reg_cli import rollout_run
+
+    rollout_app.command("run")(rollout_run.run)
     app.add_typer(rollout_app, name="rollout")

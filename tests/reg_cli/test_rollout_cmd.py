@@ -229,3 +229,26 @@ def test_run_needs_prometheus(settings: Settings, three_versions: Registry) -> N
     bad = reg_fails(settings, "rollout", "run", "--interval", "0s",
                     REG_PROMETHEUS_URL="http://127.0.0.1:9")
     assert "--interval '0s' is not a duration above 0" in bad.stderr
+    assert three_versions.list_rollouts(MODEL) == []
+
+
+def test_run_passes_under_the_canary_lease_and_waits_for_the_engine(
+    settings: Settings, three_versions: Registry
+) -> None:
+    """One pass at a time: the canary stage moves to the candidate, then the identity check
+    finds no gateway to ask, which is recorded and retried, never a roll back."""
+    reg = three_versions
+    env = {"REG_PROMETHEUS_URL": "http://127.0.0.1:9", "REG_GATEWAY_URL": "http://127.0.0.1:9"}
+    idle = reg_ok(settings, "rollout", "run", **env)
+    assert "No active rollout." in idle.stdout
+    reg_ok(settings, "rollout", "start", "v2", "--steps", "10,100")
+    (first,) = json.loads(reg_ok(settings, "rollout", "run", "--json", **env).stdout)
+    assert (first["phase"], first["reason"]) == (
+        "verifying", "canary stage -> candidate at 0%; verifying")
+    assert reg.stage_map(MODEL)["canary"].number == 2
+    (second,) = json.loads(reg_ok(settings, "rollout", "run", "--json", **env).stdout)
+    assert second["phase"] == "verifying"
+    assert second["reason"].startswith("error: cannot reach the gateway at http://127.0.0.1:9")
+    (error,) = [e for e in reg.events(model=MODEL) if e.kind == "rollout.error"]
+    assert "cannot reach the gateway" in error.message
+    assert reg.leases.get("canary") is None  # held for each pass only
