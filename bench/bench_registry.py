@@ -6,10 +6,11 @@ Measures, on a fresh SQLite registry in a temp directory:
   * promote latency p50/p99 through the Python API (goal p99 <= 50 ms);
   * `Registry.list_versions` with 10,000 versions of one model (goal <= 200 ms; the versions
     are inserted in bulk through SQLAlchemy, the API reads them as usual): the first call
-    (statements not yet compiled) and the median of five more, wall and CPU;
+    (statements not yet compiled) and the median of five more, wall and CPU. This process
+    runs under `reg`'s start-up policy (reg_cli.startup), as a `reg` command does;
   * `reg --help`, `reg versions`, `reg promote` as whole processes (goal <= 0.5 s each),
-    beside the floors: Python importing SQLModel (plainly, and the way `reg` does it, with
-    the garbage collector paused and then frozen) and typer + rich.
+    beside the floors: Python importing SQLModel (plainly, and under `reg`'s start-up
+    policy) and typer + rich.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from recipes.artifact import write_manifest  # noqa: E402
+from reg_cli import startup  # noqa: E402
 
 
 def make_artifact(root: Path, name: str, i: int) -> Path:
@@ -71,6 +73,7 @@ def run_cli(env: dict[str, str], *args: str, repeat: int = 7) -> tuple[list[floa
 
 
 def main() -> None:
+    startup.begin()
     import sqlalchemy as sa
 
     from registry.api import Registry
@@ -138,15 +141,16 @@ def main() -> None:
                      f"{statistics.median(cpus) * 1000:.0f} ms", "<= 500 ms"))
     for label, code in [("python -c 'import sqlmodel' (floor of any DB command)",
                          "import sqlmodel"),
-                        ("the same, GC paused then frozen (as reg imports it)",
-                         "import gc; gc.disable(); import sqlmodel; gc.enable(); gc.freeze()"),
+                        ("the same, under reg's start-up policy (reg_cli.startup)",
+                         "from reg_cli import startup; startup.begin(); import sqlmodel; "
+                         "startup.end()"),
                         ("python -c 'import typer, rich' (floor of any command)",
                          "import typer, rich.console")]:
         walls, cpus = [], []
         for _ in range(7):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True)
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
             walls.append(time.perf_counter() - t)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)

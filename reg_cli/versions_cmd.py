@@ -40,8 +40,9 @@ def _report(metrics: dict[str, Any]) -> EvaluationReport | None:
 
 def _loss(metrics: dict[str, Any]) -> str:
     """The tuned model's held-out loss with the base model's beside it."""
-    report = _report(metrics)
-    held = report.held_out_loss() if report is not None else None
+    from recipes.evaluation.report import held_out_loss
+
+    held = held_out_loss(metrics)
     if held is None:
         return ""
     return f"{held.tuned:.4g}" + ("" if held.base is None else f" ({held.base:.4g})")

@@ -18,10 +18,11 @@ diverged run) are written as ``null``: JSON has no such tokens, and
 PostgreSQL's JSON type refuses them.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: pydantic would compile and evaluate every field's
+# annotation string when the module is imported, and `reg versions` imports it.
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -154,7 +155,7 @@ class EvaluationReport(_Section):
     # -- reading and writing --------------------------------------------------------------
 
     @classmethod
-    def parse(cls, data: Any, *, where: str = "metrics") -> EvaluationReport:
+    def parse(cls, data: Any, *, where: str = "metrics") -> "EvaluationReport":
         """The report in ``data`` (a decoded metrics.json, or what the registry stored)."""
         if not isinstance(data, dict):
             raise ReportError(f"{where}: expected a JSON object, got {type(data).__name__}",
@@ -169,7 +170,7 @@ class EvaluationReport(_Section):
                               hint="metrics.json is written by `reg train`; train again") from e
 
     @classmethod
-    def read(cls, path: Path) -> EvaluationReport:
+    def read(cls, path: Path) -> "EvaluationReport":
         """The report in the file ``path`` (an artifact's metrics.json)."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -196,24 +197,11 @@ class EvaluationReport(_Section):
 
     def primary_split(self) -> SplitName | None:
         """The split the loss gates judge: test when it has a loss, else validation."""
-        for name in PRIMARY_SPLITS:
-            m = self.split(name)
-            if m is not None and m.loss is not None:
-                return name
-        return None
+        return primary_split(self.to_json())
 
     def held_out_loss(self) -> HeldOutLoss | None:
-        """The tuned model's held-out loss with the base's: the primary split's, else a flat
-        ``eval_loss`` of a hand-made metrics.json."""
-        name = self.primary_split()
-        if name is not None:
-            m = self.split(name)
-            assert m is not None and m.loss is not None
-            return HeldOutLoss(name, m.loss, m.base_loss)
-        flat = (self.model_extra or {}).get("eval_loss")
-        if isinstance(flat, int | float) and not isinstance(flat, bool):
-            return HeldOutLoss("", float(flat), None)
-        return None
+        """The tuned model's held-out loss with the base's (see :func:`held_out_loss`)."""
+        return held_out_loss(self.to_json())
 
     def gate_results(self) -> list[dict[str, Any]] | None:
         """The gates as the registry stores them; None when the file had no ``gates``."""
@@ -238,6 +226,35 @@ class EvaluationReport(_Section):
                 continue
             rows.append(MetricRow(key, value, flat.get(f"{prefix}.base_{leaf}".lstrip("."))))
         return rows
+
+
+# Read straight from the report's JSON (what ``to_json`` gives and the registry stores) for
+# `reg versions`, which shows a loss for each of its rows: building the model for that costs
+# more than the rest of the listing. The model's methods of the same name call these.
+
+
+def primary_split(data: Mapping[str, Any]) -> SplitName | None:
+    """The split the loss gates judge: test when it has a loss, else validation."""
+    for name in PRIMARY_SPLITS:
+        m = data.get(name)
+        if isinstance(m, Mapping) and _number(m.get("loss")) is not None:
+            return name
+    return None
+
+
+def held_out_loss(data: Mapping[str, Any]) -> HeldOutLoss | None:
+    """The tuned model's held-out loss with the base's: the primary split's, else a flat
+    ``eval_loss`` of a hand-made metrics.json."""
+    name = primary_split(data)
+    if name is not None:
+        m = data[name]
+        return HeldOutLoss(name, float(m["loss"]), _number(m.get("base_loss")))
+    flat = _number(data.get("eval_loss"))
+    return None if flat is None else HeldOutLoss("", flat, None)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _finite(value: Any) -> Any:

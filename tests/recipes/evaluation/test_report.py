@@ -16,6 +16,7 @@ from recipes.evaluation.report import (
     ReportError,
     SplitMetrics,
     TrainSummary,
+    held_out_loss,
 )
 
 
@@ -96,6 +97,13 @@ def test_the_primary_split_is_test_then_validation() -> None:
     assert no_test.primary_split() == "validation"
     assert no_test.held_out_loss() == HeldOutLoss("validation", 1.5, 2.5)
     assert EvaluationReport().held_out_loss() is None
+
+
+def test_the_stored_json_is_read_as_the_model_reads_it() -> None:
+    """`reg versions` reads the loss from what the registry stored, without the model."""
+    assert held_out_loss(_report().to_json()) == HeldOutLoss("test", 1.25, 2.75)
+    assert held_out_loss({"eval_loss": 2}) == HeldOutLoss("", 2.0, None)
+    assert held_out_loss({"test": {"loss": True}, "eval_loss": False}) is None
 
 
 def test_comparison_puts_the_base_beside_the_tuned_value() -> None:
