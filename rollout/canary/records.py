@@ -22,7 +22,7 @@ from typing import Protocol
 from rollout.canary.analysis import Samples, Side, Window
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: the log holds up to `capacity` per model
 class RequestRecord:
     at: float  # UNIX seconds when it finished
     model: str
@@ -57,6 +57,10 @@ class RequestLog:
                 log = self._by_model.setdefault(
                     record.model, collections.deque(maxlen=self.capacity))
         log.append(record)
+
+    def records(self, model: str) -> list[RequestRecord]:
+        """A copy of the model's records, oldest first."""
+        return list(self._by_model.get(model, ()))
 
     def window(self, model: str, canary: int, baseline: int, since: datetime,
                until: datetime, baseline_since: datetime | None = None) -> Window:

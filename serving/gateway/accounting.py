@@ -5,30 +5,49 @@ gauge up from routing to the last byte, and settles status, duration, time to fi
 token and tokens exactly once however the request ends (answered, failed over, failed,
 client gone). The metric children are looked up once per version
 (:meth:`~serving.gateway.metrics.Metrics.for_version`), not per request.
+
+For the canary analysis it also settles the request for the version routing *chose*,
+which a failover does not change: one ``reg_gateway_routed_*`` outcome (and its
+duration and time to first token when ``ok``), and one
+:class:`~rollout.canary.records.RequestRecord` appended to the gateway's
+:class:`~rollout.canary.records.RequestLog`. Both sources of the analysis are fed from
+this one place, by one rule (:func:`~rollout.canary.series.outcome_of`), so they count
+the same requests the same way.
 """
 
 from __future__ import annotations
 
 import time
 
-from serving.gateway.metrics import Metrics, VersionMetrics
+from rollout.canary.records import RequestLog, RequestRecord
+from rollout.canary.series import Outcome, outcome_of
+from serving.gateway.metrics import Metrics, RoutedMetrics, VersionMetrics
 from serving.gateway.routing import Target
 
 
 class RequestAccount:
-    """Accounting for one request: in-flight gauge, status, duration, TTFT, tokens."""
+    """Accounting for one request: in-flight gauge, status, duration, TTFT, tokens, and
+    the routed version's outcome and record."""
 
-    __slots__ = ("failover_reason", "finished", "m", "metrics", "t0", "ttft")
+    __slots__ = ("failover_reason", "finished", "m", "metrics", "model", "records", "routed",
+                 "stream", "t0", "ttft", "version")
 
-    def __init__(self, metrics: Metrics, target: Target, t0: float) -> None:
+    def __init__(self, metrics: Metrics, records: RequestLog, target: Target, t0: float, *,
+                 stream: bool = False) -> None:
         self.metrics = metrics
+        self.records = records
         self.t0 = t0
+        self.stream = stream
         self.ttft: float | None = None
         self.failover_reason = ""
         self.finished = False
         self.m: VersionMetrics = metrics.for_version(
             target.model, f"v{target.version}", target.stage)
         self.m.in_flight.inc()
+        # The version routing chose: switch() moves the served metrics, never these.
+        self.model = target.model
+        self.version = target.version
+        self.routed: RoutedMetrics = metrics.for_routed(target.model, target.version)
 
     def switch(self, target: Target, reason: str) -> None:
         """The request fails over to ``target``: it is counted there from now on."""
@@ -45,15 +64,27 @@ class RequestAccount:
         if self.finished:
             return
         self.finished = True
+        seconds = time.perf_counter() - self.t0
         m = self.m
         m.in_flight.dec()
         m.requests(code).inc()
-        m.duration.observe(time.perf_counter() - self.t0)
+        m.duration.observe(seconds)
         if code == 200 and self.ttft is not None:
             m.ttft.observe(self.ttft)
         if tokens is not None:
             m.prompt_tokens.inc(tokens[0])
             m.output_tokens.inc(tokens[1])
+        outcome = outcome_of(code, bool(self.failover_reason))
+        routed = self.routed
+        routed.outcomes[outcome] += 1
+        ok = outcome is Outcome.ok
+        ttft = self.ttft if ok and self.stream else None
+        if ok:
+            routed.duration.observe(seconds)
+            if ttft is not None:
+                routed.ttft.observe(ttft)
+        self.records.append(RequestRecord(time.time(), self.model, self.version, ok, seconds,
+                                          ttft))
 
 
 def rejected(metrics: Metrics, reason: str, status: int) -> None:

@@ -5,15 +5,26 @@ adapter requests, so per-version numbers can only come from here. Each gateway
 owns a :class:`CollectorRegistry` (not the global one), so several apps can
 live in one process (tests, benchmarks). Names follow Prometheus conventions
 and pass ``promtool check metrics``.
+
+Most request metrics are keyed by the version that *served* a request. The canary
+analysis needs them by the version routing *chose* (a failover is the chosen version's
+failure): the ``reg_gateway_routed_*`` series, defined in :mod:`rollout.canary.series`,
+which the Prometheus metric source reads back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import bisect
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from rollout.canary import series
+from rollout.canary.series import Outcome
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 VERSION_LABELS = ("model", "version", "stage")
@@ -45,12 +56,88 @@ class VersionMetrics:
         return c
 
 
+class RoutedBuckets:
+    """One histogram child of the analysis series: plain counts per bucket and a sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(series.ANALYSIS_BUCKETS) + 1)  # the last: above every bound
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # bisect_left: the first bound >= seconds, Prometheus's `le` (less than or equal)
+        self.counts[bisect.bisect_left(series.ANALYSIS_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip(_BUCKET_LABELS, list(self.counts), strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+class RoutedMetrics:
+    """The ``reg_gateway_routed_*`` values of one (model, version routing chose).
+
+    Plain numbers, not prometheus_client children: they are updated on the event loop
+    and read by the same loop when ``/metrics`` renders, so they need none of the lock a
+    child takes per update, and a bucket is found by bisection rather than a scan over
+    the ~80 analysis buckets. Every outcome is exported from the version's first request
+    on (at 0), so a version's error series exists before its first error.
+    """
+
+    __slots__ = ("duration", "outcomes", "ttft")
+
+    def __init__(self) -> None:
+        self.outcomes = dict.fromkeys(Outcome, 0)
+        self.duration = RoutedBuckets()
+        self.ttft = RoutedBuckets()
+
+
+_BUCKET_LABELS = (*(repr(b) for b in series.ANALYSIS_BUCKETS), "+Inf")
+
+
+class _RoutedCollector(Collector):
+    def __init__(self, routed: Mapping[tuple[str, int], RoutedMetrics]) -> None:
+        self.routed = routed
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            series.REQUESTS,
+            "Finished requests by the version routing chose (before any failover) and "
+            "outcome: ok (status below 500), error (5xx), failover (that version failed "
+            "and production answered).",
+            labels=[*series.LABELS, "outcome"])
+        duration = HistogramMetricFamily(
+            series.DURATION,
+            "Time from receiving a request to sending its last byte, for requests the "
+            "version routing chose answered (outcome ok); buckets fine enough for p95 ratios.",
+            labels=series.LABELS)
+        ttft = HistogramMetricFamily(
+            series.TTFT,
+            "Time from receiving a streaming request to sending its first generated token, "
+            "for streams the version routing chose answered (outcome ok).",
+            labels=series.LABELS)
+        for (model, version), r in sorted(self.routed.items()):
+            labels = [model, series.version_label(version)]
+            for outcome, n in r.outcomes.items():
+                requests.add_metric([*labels, outcome.value], n)
+            duration.add_metric(labels, r.duration.cumulative(), r.duration.sum)
+            ttft.add_metric(labels, r.ttft.cumulative(), r.ttft.sum)
+        yield from (requests, duration, ttft)
+
+
 class Metrics:
     """Every metric the gateway exports. Label values for versions are ``v3``, never ``3``."""
 
     def __init__(self) -> None:
         self._versions: dict[tuple[str, str, str], VersionMetrics] = {}
+        self._routed: dict[tuple[str, int], RoutedMetrics] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
+        r.register(_RoutedCollector(self._routed))
         self.requests = Counter(
             "reg_gateway_requests", "Requests answered, by served version and HTTP status code.",
             [*VERSION_LABELS, "code"], registry=r,
@@ -133,6 +220,14 @@ class Metrics:
         v = self._versions.get(key)
         if v is None:
             v = self._versions[key] = VersionMetrics(self, key)
+        return v
+
+    def for_routed(self, model: str, version: int) -> RoutedMetrics:
+        """Cached children per (model, version routing chose); the hot path calls this."""
+        key = (model, version)
+        v = self._routed.get(key)
+        if v is None:
+            v = self._routed[key] = RoutedMetrics()
         return v
 
     def set_traffic(

@@ -5,6 +5,10 @@ started in a temporary directory owned by the ``postgres`` user when the tests
 run as root (initdb refuses root), on a free port, with ``fsync=off`` since a
 test database need not survive a power cut.
 
+Prometheus (the Debian package too) scrapes the targets a test names every second
+(:func:`start_prometheus`); :func:`wait_scraped` waits until every target has been
+scraped after a given moment, which is how a test knows what Prometheus has seen.
+
 Usage from a fixture::
 
     url, stop = start_postgres(tmp_path_factory.mktemp("pg"))
@@ -30,8 +34,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +171,113 @@ def create_database(server_url: str, name: str | None = None) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{base}/{name}"
+
+
+def start_prometheus(tmpdir: Path, targets: Sequence[str], *, scrape_interval_s: int = 1,
+                     timeout_s: float = 30.0) -> tuple[str, Callable[[], None]]:
+    """Start a throwaway Prometheus on 127.0.0.1 and a free port, scraping ``targets``
+    (``host:port`` each, path ``/metrics``) every ``scrape_interval_s`` seconds, as job
+    ``reg``.
+
+    Returns ``(url, stop)``: its base URL, once ``/-/ready`` answers, and a function
+    that stops it and removes its files. Raises FileNotFoundError when Prometheus is
+    not installed.
+    """
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise FileNotFoundError("prometheus not found")
+    root = Path(tmpdir) / f"prometheus-{uuid.uuid4().hex[:8]}"
+    root.mkdir(parents=True)
+    config = root / "prometheus.yml"
+    listed = ", ".join(f"'{t}'" for t in targets)
+    config.write_text(
+        "global:\n"
+        f"  scrape_interval: {scrape_interval_s}s\n"
+        f"  scrape_timeout: {scrape_interval_s}s\n"
+        "scrape_configs:\n"
+        "  - job_name: reg\n"
+        f"    static_configs: [{{targets: [{listed}]}}]\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (root / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            stop()
+            raise RuntimeError(f"prometheus exited with {proc.returncode}: "
+                               f"{(root / 'prometheus.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/-/ready", timeout=1).status_code == 200:
+                return url, stop
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop()
+            raise TimeoutError(f"prometheus at {url} not ready after {timeout_s} s")
+        time.sleep(0.1)
+
+
+def prometheus_query(url: str, expr: str) -> list[dict[str, Any]]:
+    """The result of an instant query now (a test's own look, apart from the product's)."""
+    import httpx
+
+    body = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=10).json()
+    if body.get("status") != "success":
+        raise RuntimeError(f"prometheus refused {expr}: {body}")
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def wait_scraped(url: str, after: float, *, targets: int = 1, timeout_s: float = 60.0) -> float:
+    """Wait until each of ``targets`` targets was scraped, and up, at a time >= ``after``
+    (UNIX seconds): then Prometheus holds what they exported before ``after``.
+
+    Returns the oldest of those scrapes' times. The first scrape of a new target comes
+    some seconds after Prometheus starts (its target discovery), so this waits rather than
+    sleeping a fixed time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        up = {frozenset(r["metric"].items()): float(r["value"][1])
+              for r in prometheus_query(url, "up")}
+        stamps = [float(r["value"][1]) for r in prometheus_query(url, "timestamp(up)")]
+        if (len(stamps) >= targets and all(v == 1 for v in up.values())
+                and min(stamps) >= after):
+            return min(stamps)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"prometheus at {url} has not scraped {targets} target(s) "
+                               f"after {after:.3f}: up={list(up.values())}, at={stamps}")
+        time.sleep(0.2)
+
+
+def running_prometheus(tmpdir: Path, targets: Sequence[str]) -> Iterator[str]:
+    """Body of a fixture: a real Prometheus scraping ``targets`` every second (its URL).
+
+    Skips, or fails under REG_REQUIRE_SERVICES=1, where Prometheus is not installed.
+    """
+    try:
+        url, stop = start_prometheus(tmpdir, targets)
+    except FileNotFoundError:
+        service_missing("Prometheus")
+        raise  # unreachable: service_missing skips or fails
+    try:
+        yield url
+    finally:
+        stop()
