@@ -2,8 +2,9 @@
 real adapters, a real vLLM).
 
 One session starts ONE vLLM CPU engine (through the gateway's own supervisor,
-as `reg serve` does) on the tiny Llama, with two adapters trained here whose
-answers start with "alpha" (v1) and "bravo" (v2), so content proves the version.
+as `reg serve` does, with the canary controller hosted beside it) on the tiny Llama,
+with two adapters trained here whose answers start with "alpha" (v1) and "bravo" (v2),
+so content proves the version.
 What tests import (names, helpers, the served app) lies in tests/support/.
 """
 
@@ -111,8 +112,33 @@ def registry(reg_home: Path, trained_adapters: dict[int, Path]) -> Iterator[Regi
 
 
 @pytest.fixture(scope="session")
+def tampered_version(registry: Registry, trained_adapters: dict[int, Path],
+                     tmp_path_factory: pytest.TempPathFactory) -> int:
+    """support-bot v3: v2's weights with probe answers altered before registering (and a
+    new spec hash, so it is a version of its own): the engine cannot match them."""
+    import shutil
+
+    from recipes.artifact import verify_manifest, write_manifest
+    from recipes.evaluation.probes import read_probes, write_probes
+
+    root = tmp_path_factory.mktemp("tampered") / "artifact"
+    shutil.copytree(trained_adapters[2], root)
+    identity = dict(verify_manifest(root)["identity"])
+    identity["spec_hash"] = str(identity["spec_hash"]) + "-tampered"
+    probes = read_probes(root)
+    assert probes is not None, "training records probes.json"
+    write_probes(root, probes.model_copy(update={"probes": [
+        p.model_copy(update={"answer": p.answer.replace(KEYWORDS[2], "charlie")})
+        for p in probes.probes]}))
+    (root / "manifest.json").unlink()
+    write_manifest(root, identity)
+    return registry.register(root).version.number
+
+
+@pytest.fixture(scope="session")
 def stack(registry: Registry, reg_home: Path) -> Iterator[Server]:
-    """The gateway, its supervisor and ONE real vLLM engine, for the whole session."""
+    """The gateway, its supervisor, the canary controller it hosts and ONE real vLLM
+    engine, for the whole session."""
     from serving.config import ServeConfig
     from serving.gateway.app import create_app
     from serving.source import RegistrySource
@@ -126,8 +152,9 @@ def stack(registry: Registry, reg_home: Path) -> Iterator[Server]:
         log_dir=reg_home / "serving" / "logs",
         max_concurrency=64,
         restart_backoff_s=(0.5, 5.0),
+        controller_interval_s=0.25,
     )
-    srv = serve_in_thread(create_app(source, cfg, writer=source))
+    srv = serve_in_thread(create_app(source, cfg, writer=source, controller=reg))
     try:
         wait_ready(srv.url)
         yield srv
