@@ -123,6 +123,7 @@ def admin_router(gw: AdminContext) -> APIRouter:
             "engines": {
                 k: {"url": e.url, "state": e.state.value, "reason": e.reason, "pid": e.pid,
                     "adapters": sorted(e.adapters), "restarts": e.restarts,
+                    "generation": e.generation,
                     "max_model_len": e.max_model_len, "notes": list(e.notes)}
                 for k, e in st.engines.items()
             },

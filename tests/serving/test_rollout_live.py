@@ -135,6 +135,12 @@ def test_a_good_candidate_goes_5_25_50_100_to_production_with_every_step_recorde
     assert "probes match" in world.events(rid)[2].message
     answers = traffic.snapshot()
     assert served(answers, CANDIDATE) and all(a.status == 200 for a in answers)
+    # Which launch of the engine the probes were asked of (a controller run apart reads it).
+    status = httpx.get(world.stack.url + "/admin/status", timeout=30,
+                       headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    assert [e["generation"] for e in status["engines"].values()] == [
+        e.generation for e in world.stack.gateway.state.engines.values()]
+    assert all(e.generation >= 1 for e in world.stack.gateway.state.engines.values())
 
 
 def test_twenty_percent_injected_errors_roll_back_and_the_candidate_serves_no_one_after(
