@@ -14,7 +14,10 @@ requests), while ``min_requests`` and the error test need the exact counts the
 gateway's own records give. The difference is exact at scrape resolution:
 
 1. one query per instant selects every analysis series of the model's two versions
-   (the counter by outcome and both histograms' ``_bucket`` series);
+   (the counter by outcome and both histograms' ``_bucket`` series), each series'
+   last sample within :data:`LOOKBACK` (``last_over_time``: one failed scrape just
+   before an edge leaves staleness markers that would hide every series there), each
+   tagged with what it is in a ``reg_series`` label (:func:`expression`);
 2. each series' increase is its value at the end minus its value at the start; a
    series absent at the start was born inside the window and counts whole, and one
    that went down restarted (a gateway restart) and counts its value at the end;
@@ -42,8 +45,10 @@ from rollout.canary.analysis import Histogram, Side, Window
 from rollout.canary.series import Outcome
 
 URL_ENV = "REG_PROMETHEUS_URL"
-_COUNTER = series.REQUESTS + "_total"
-_BUCKETS = {series.DURATION + "_bucket": "latency", series.TTFT + "_bucket": "ttft"}
+LOOKBACK = "5m"  # as far back as a series' last sample counts (PromQL's own default)
+_TAG = "reg_series"  # which series a result row is: requests, latency or ttft
+_SERIES = {"requests": series.REQUESTS + "_total", "latency": series.DURATION + "_bucket",
+           "ttft": series.TTFT + "_bucket"}
 _HINT = (f"check that Prometheus runs at {URL_ENV} and scrapes the gateway's /metrics, "
          "or unset it to judge from the gateway's own records")
 
@@ -56,12 +61,19 @@ def quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-def selector(model: str, versions: Iterable[int]) -> str:
-    """Every analysis series of ``model``'s ``versions``, in one instant-vector selector."""
-    names = "|".join((_COUNTER, *_BUCKETS))
+def expression(model: str, versions: Iterable[int]) -> str:
+    """One instant query for every analysis series of ``model``'s ``versions``.
+
+    Each family is selected by its name and tagged in :data:`_TAG` with what it is, then
+    joined by ``or`` (the tags keep the rows apart), so parsing does not depend on
+    whether a function keeps ``__name__``.
+    """
     wanted = "|".join(series.version_label(v) for v in sorted(set(versions)))
-    return (f'{{__name__=~"{names}",{series.LABELS[0]}={quote(model)},'
-            f'{series.LABELS[1]}=~"{wanted}"}}')
+    matchers = f'{series.LABELS[0]}={quote(model)},{series.LABELS[1]}=~"{wanted}"'
+    return " or ".join(
+        f'label_replace(last_over_time({name}{{{matchers}}}[{LOOKBACK}]), "{_TAG}", '
+        f'"{tag}", "__name__", ".*")'
+        for tag, name in _SERIES.items())
 
 
 def increases(end: Iterable[Series], start: Iterable[Series]) -> list[Series]:
@@ -80,11 +92,11 @@ def side(increased: Iterable[Series]) -> Side:
     buckets: dict[str, dict[float, float]] = {"latency": defaultdict(float),
                                               "ttft": defaultdict(float)}
     for labels, value in increased:
-        name = labels.get("__name__", "")
-        if name == _COUNTER:
+        tag = labels.get(_TAG, "")
+        if tag == "requests":
             outcomes[labels.get("outcome", "")] += value
-        elif name in _BUCKETS:
-            buckets[_BUCKETS[name]][float(labels["le"])] += value
+        elif tag in buckets:
+            buckets[tag][float(labels["le"])] += value
     requests = sum(outcomes.values())
     errors = outcomes[Outcome.error.value] + outcomes[Outcome.failover.value]
     return Side(requests=round(requests), errors=round(errors),
@@ -117,11 +129,12 @@ class PrometheusSource:
 
     def window(self, model: str, canary: int, baseline: int, since: datetime,
                until: datetime, baseline_since: datetime | None = None) -> Window:
-        end = self.query(selector(model, (canary, baseline)), until)
-        start = self.query(selector(model, (canary, baseline)), since)
+        both = expression(model, (canary, baseline))
+        end = self.query(both, until)
+        start = self.query(both, since)
         base_start = start
         if baseline_since is not None and baseline_since != since:
-            base_start = self.query(selector(model, (baseline,)), baseline_since)
+            base_start = self.query(expression(model, (baseline,)), baseline_since)
 
         def of(version: int, begin: list[Series]) -> Side:
             label = series.version_label(version)

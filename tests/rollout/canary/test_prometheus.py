@@ -23,13 +23,13 @@ import pytest
 
 from recipes.core.errors import RegError
 from rollout.canary.analysis import Histogram, Samples, Side
-from rollout.canary.prometheus import PrometheusSource, increases, quote, selector, side
+from rollout.canary.prometheus import PrometheusSource, expression, increases, quote, side
 from rollout.canary.records import RequestLog
 from rollout.canary.series import ANALYSIS_BUCKETS
 from serving.gateway.accounting import RequestAccount
 from serving.gateway.metrics import Metrics
 from serving.gateway.routing import Target
-from tests.support.services import running_prometheus, wait_scraped
+from tests.support.services import prometheus_query, running_prometheus, wait_scraped
 
 
 class MetricsServer:
@@ -37,12 +37,13 @@ class MetricsServer:
 
     def __init__(self) -> None:
         self.metrics = Metrics()
+        self.failing = False  # answer 500: the scrape fails
         served = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path != "/metrics":
-                    self.send_error(404)
+                if self.path != "/metrics" or served.failing:
+                    self.send_error(404 if self.path != "/metrics" else 500)
                     return
                 body = served.metrics.render()
                 self.send_response(200)
@@ -196,6 +197,34 @@ def test_a_gateway_restart_inside_the_window_loses_no_later_request(world: World
     assert (w.canary.requests, w.canary.errors) == (4, 4)
 
 
+def value(world: World, expr: str) -> float:
+    """The one target's value of ``expr`` now."""
+    [row] = prometheus_query(world.prometheus, expr)
+    return float(row["value"][1])
+
+
+def test_a_failed_scrape_just_before_the_end_hides_no_series(world: World) -> None:
+    m = "bot-stale"
+    since = world.settle()
+    for _ in range(6):
+        world.request(m, 2, latency_s=0.02)
+    world.settle()
+    world.served.failing = True  # Prometheus marks every series stale at this scrape
+    try:
+        t = time.time()
+        deadline = time.monotonic() + 30
+        while not (value(world, "up") == 0 and value(world, "timestamp(up)") >= t):
+            assert time.monotonic() < deadline, "no scrape failed"
+            time.sleep(0.2)
+        until = datetime.now(UTC)
+        plain = f'reg_gateway_routed_requests_total{{model="{m}"}}'
+        assert prometheus_query(world.prometheus, plain) == []  # stale: a selector sees none
+        w = world.source.window(m, 2, 1, since, until)
+    finally:
+        world.served.failing = False
+    assert (w.canary.requests, w.canary.latency.count) == (6, 6)
+
+
 def test_a_version_with_no_traffic_is_an_empty_side(world: World) -> None:
     m = "bot-idle"
     since = world.settle()
@@ -209,7 +238,7 @@ def test_a_version_with_no_traffic_is_an_empty_side(world: World) -> None:
 def test_label_values_are_quoted_so_prometheus_accepts_any_model_name(world: World) -> None:
     odd = 'bot"\\weird'
     assert quote(odd) == '"bot\\"\\\\weird"'
-    assert world.source.query(selector(odd, (1, 2)), datetime.now(UTC)) == []
+    assert world.source.query(expression(odd, (1, 2)), datetime.now(UTC)) == []
 
 
 def test_prometheus_errors_name_the_url_and_the_query(world: World) -> None:
@@ -235,11 +264,10 @@ def test_increases_count_born_series_whole_and_resets_from_zero() -> None:
 
 
 def test_a_side_sums_outcomes_and_buckets_over_gateways() -> None:
-    def row(name: str, **labels: str) -> dict[str, str]:
-        return {"__name__": name, "version": "v2", **labels}
+    def row(tag: str, **labels: str) -> dict[str, str]:
+        return {"reg_series": tag, "version": "v2", **labels}
 
-    counter = "reg_gateway_routed_requests_total"
-    bucket = "reg_gateway_routed_request_duration_seconds_bucket"
+    counter, bucket = "requests", "latency"
     s = side([
         (row(counter, outcome="ok", instance="a"), 5.0),
         (row(counter, outcome="ok", instance="b"), 3.0),
