@@ -43,12 +43,9 @@ GATEWAY_ENV = "REG_GATEWAY_URL"
 
 
 class AdminStatusView:
-    """What the identity check reads of a gateway running in another process.
-
-    The gateway's admin status has no engine generation; a launch of an engine changes
-    its pid (a supervised one) or its restart count (an external one), so that pair
-    stands for it: the check asks the probes again after every restart, as in-process.
-    """
+    """What the identity check reads of a gateway running in another process: its engines'
+    status (with each engine's generation, so the probes are asked again after every
+    restart, as in-process) and the registry's deployments."""
 
     def __init__(self, registry: Registry, gateway_url: str, client: httpx.Client) -> None:
         from serving.source import RegistrySource
@@ -81,7 +78,7 @@ class AdminStatusView:
         return {key: EngineStatus(
                     key=key, url=e["url"], state=EngineState(e["state"]), reason=e["reason"],
                     pid=e["pid"], adapters=frozenset(e["adapters"]), restarts=e["restarts"],
-                    generation=hash((e["pid"], e["restarts"])))
+                    generation=e["generation"])
                 for key, e in r.json()["engines"].items()}
 
 
