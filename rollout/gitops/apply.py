@@ -161,11 +161,11 @@ class Steps:
 
 def failed_gates(version: VersionPublic) -> str:
     """``max_perplexity=41.2 (threshold 20.0)`` for each failed gate."""
-    results = version.gate_results
-    if isinstance(results, dict):  # {gate: {value, threshold, passed}}
-        results = [{"gate": k, **v} for k, v in results.items() if isinstance(v, dict)]
-    if not isinstance(results, list):
+    from recipes.evaluation.report import EvaluationReport, ReportError
+
+    try:
+        report = EvaluationReport.parse(version.metrics)
+    except ReportError:
         return "(see `reg show`)"
-    bad = [r for r in results if isinstance(r, dict) and r.get("passed") is False]
-    return ", ".join(f"{r.get('gate') or r.get('name')}={r.get('value')} "
-                     f"(threshold {r.get('threshold')})" for r in bad) or "(see `reg show`)"
+    return ", ".join(f"{g.gate}={g.value} (threshold {g.threshold})"
+                     for g in report.gates if not g.passed) or "(see `reg show`)"
