@@ -29,6 +29,7 @@ from rollout.canary.series import ANALYSIS_BUCKETS
 from serving.gateway.accounting import RequestAccount
 from serving.gateway.metrics import Metrics
 from serving.gateway.routing import Target
+from tests.support.histograms import assert_same_observations
 from tests.support.services import prometheus_query, running_prometheus, wait_scraped
 
 
@@ -115,19 +116,6 @@ def latencies(side: Side) -> tuple[float, ...]:
     return side.latency.values
 
 
-def assert_same_histogram(hist: object, samples: Samples) -> None:
-    """The histogram holds exactly the samples, each in its bucket; p95 within a bucket."""
-    assert isinstance(hist, Histogram)
-    assert hist.count == samples.count
-    assert hist.bounds[-1] == math.inf
-    for bound, cum in zip(hist.bounds, hist.cumulative, strict=True):
-        assert cum == sum(1 for v in samples.values if v <= bound), bound
-    exact = samples.quantile(0.95)
-    upper = next(b for b in hist.bounds if b >= exact)
-    lower = max((b for b in hist.bounds if b < exact), default=0.0)
-    assert lower <= hist.quantile(0.95) <= upper
-
-
 def test_a_window_counts_what_the_gateways_records_count(world: World) -> None:
     m = "bot-agree"
     since = world.settle()
@@ -151,10 +139,10 @@ def test_a_window_counts_what_the_gateways_records_count(world: World) -> None:
     assert (prom.baseline.requests, prom.baseline.errors) == (log.baseline.requests,
                                                               log.baseline.errors) == (41, 1)
     assert prom.seconds == pytest.approx(log.seconds)
-    assert_same_histogram(prom.canary.latency, Samples(latencies(log.canary)))
-    assert_same_histogram(prom.baseline.latency, Samples(latencies(log.baseline)))
+    assert_same_observations(prom.canary.latency, Samples(latencies(log.canary)))
+    assert_same_observations(prom.baseline.latency, Samples(latencies(log.baseline)))
     assert isinstance(log.canary.ttft, Samples) and log.canary.ttft.count == 30
-    assert_same_histogram(prom.canary.ttft, log.canary.ttft)
+    assert_same_observations(prom.canary.ttft, log.canary.ttft)
     assert prom.baseline.ttft.count == 0  # no streams on v1
 
 
