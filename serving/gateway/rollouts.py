@@ -12,8 +12,9 @@ and stops it before the engines. Over its life:
    (:meth:`~serving.gateway.state.GatewayState.drain`), then commits, so no request is
    routed to it after the verdict;
 3. a pass runs every ``interval_s`` (:func:`rollout.controller.loop.watch`: a failed pass
-   is recorded and retried after a backoff), each under the shared ``canary`` lease, so
-   across replicas one controller acts at a time while the others stand by;
+   is recorded and retried after a backoff); while some rollout is active each pass
+   runs under the shared ``canary`` lease, so across replicas one controller acts at a
+   time while the others stand by (with none active a pass is one read);
 4. nothing is kept between passes that the registry does not hold, so a restarted
    `reg serve` resumes every rollout at its stored step.
 
@@ -92,6 +93,9 @@ class RolloutHost:
                    drain=state.drain)
 
     def run_pass(self) -> list[PassOutcome]:
+        if not self.registry.list_rollouts(active=True, limit=1):
+            # Nothing to advance (most of the time): one read, no lease written and freed.
+            return []
         with hold_lease(self.registry.leases, LEASE_NAME, self.holder,
                         ttl_s=self.lease_ttl_s) as hb:
             if hb.lost:

@@ -75,12 +75,13 @@ def test_the_app_hosts_the_controller_which_retries_while_no_engine_can_be_asked
 def test_another_holder_of_the_lease_keeps_the_hosted_controller_standing_by(
     registry: Registry, tmp_path: Path,
 ) -> None:
-    rid = start(registry)
     assert registry.leases.acquire(LEASE_NAME, "other-replica", 60.0) is not None
     with hosted(registry, tmp_path) as client:
         host = client.app.state.gateway.rollouts  # type: ignore[attr-defined]
         wait_for(lambda: host.passes >= 3)
-        assert "other-replica" in host.standby
+        assert host.standby == ""  # no rollout active: the lease is not even asked for
+        rid = start(registry)
+        wait_for(lambda: "other-replica" in host.standby)
         assert registry.get_rollout(rid).phase == "pending"
         registry.leases.release(LEASE_NAME, "other-replica")
         wait_for(lambda: registry.get_rollout(rid).phase == "verifying")
