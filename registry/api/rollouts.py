@@ -72,13 +72,7 @@ class RolloutsApi(StagesApi, TrafficApi):
         with self._write() as s:
             m = self._lock_model(s, name)
             assert m.id is not None
-            status = s.exec(select(Version.status).where(
-                col(Version.model_id) == m.id, col(Version.number) == candidate)).first()
-            if status is None:
-                raise self._unknown_version(s, m, candidate)
-            if VersionStatus(status) is not VersionStatus.ready:
-                raise Refused(f"{name}@v{candidate} is {status}; only a ready version rolls out",
-                              hint=f"`reg show {name}@v{candidate}` says why")
+            baseline = self._start_checks(s, m, candidate)
             active = s.exec(select(RolloutRow).where(col(RolloutRow.model_id) == m.id,
                                                      col(RolloutRow.active))).first()
             if active is not None:
@@ -86,14 +80,6 @@ class RolloutsApi(StagesApi, TrafficApi):
                     f"{name} already has an active rollout of v{active.candidate} "
                     f"({active.phase})",
                     hint=f"`reg rollout abort {name}` first, or wait for it to end")
-            baseline = self._stage_version(s, m.id, PRODUCTION)
-            if baseline is None:
-                raise Refused(
-                    f"production of {name} serves no version to compare v{candidate} with",
-                    hint=f"promote the first version directly: `reg promote {name} "
-                    f"v{candidate} production`")
-            if baseline == candidate:
-                raise Refused(f"production of {name} already serves v{candidate}")
             now = self.clock()
             row = RolloutRow(
                 model_id=m.id, candidate=candidate, baseline=baseline,
@@ -109,6 +95,34 @@ class RolloutsApi(StagesApi, TrafficApi):
                          data={"rollout": row.id, "baseline": baseline, "plan": dict(plan),
                                "origin": origin})
             return self._rollout_public(row, name)
+
+    def check_rollout_start(self, model: str | None, candidate: int) -> int:
+        """Raise what :meth:`start_rollout` would refuse (but an active rollout); returns
+        the baseline. Lets a caller supersede an active rollout only for a valid start."""
+        name = self.resolve_model(model)
+        with self._read() as s:
+            m = s.exec(select(Model).where(col(Model.name) == name)).one()
+            return self._start_checks(s, m, candidate)
+
+    def _start_checks(self, s: Session, m: Model, candidate: int) -> int:
+        assert m.id is not None
+        name = m.name
+        status = s.exec(select(Version.status).where(
+            col(Version.model_id) == m.id, col(Version.number) == candidate)).first()
+        if status is None:
+            raise self._unknown_version(s, m, candidate)
+        if VersionStatus(status) is not VersionStatus.ready:
+            raise Refused(f"{name}@v{candidate} is {status}; only a ready version rolls out",
+                          hint=f"`reg show {name}@v{candidate}` says why")
+        baseline = self._stage_version(s, m.id, PRODUCTION)
+        if baseline is None:
+            raise Refused(
+                f"production of {name} serves no version to compare v{candidate} with",
+                hint=f"promote the first version directly: `reg promote {name} "
+                f"v{candidate} production`")
+        if baseline == candidate:
+            raise Refused(f"production of {name} already serves v{candidate}")
+        return baseline
 
     def get_rollout(self, rollout_id: int) -> RolloutPublic:
         with self._read() as s:

@@ -105,10 +105,14 @@ class RolloutCommands:
 
     def start(self, model: str, version: int, spec: RolloutSpec, *, origin: str = "manual",
               actor: str | None = None, reason: str = "") -> RolloutPublic:
-        """Start a rollout of ``version``; an active one of another version is superseded."""
+        """Start a rollout of ``version``; an active one of another version is superseded.
+
+        The start is checked first, so a start that would be refused aborts nothing.
+        """
         for active in self.registry.list_rollouts(model, active=True):
             if active.candidate == version:
                 return active
+            self.registry.check_rollout_start(model, version)
             self.command(model, Command.abort, actor=actor or ACTOR,
                          reason=f"superseded by v{version}")
         return self.registry.start_rollout(model, version, spec.model_dump(mode="json"),

@@ -243,3 +243,11 @@ def test_several_models_roll_out_independently(world: World,
     world.traffic(60)
     assert world.rollout().phase == "succeeded"
     assert world.registry.list_rollouts("faq-bot")[0].phase == "paused"
+
+
+def test_a_start_that_would_be_refused_supersedes_nothing(world: World) -> None:
+    world.controller.start(MODEL, 2, plan())
+    world.traffic(3)
+    with pytest.raises(RegError, match="already serves v1"):
+        world.controller.start(MODEL, 1, plan())
+    assert world.rollout().candidate == 2 and world.rollout().active
