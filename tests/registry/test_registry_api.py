@@ -242,7 +242,7 @@ def test_runs_record_the_reconcilers_attempts(registry: Registry) -> None:
                               git_commit="abc", git_dirty=True)
     assert run.status == RunStatus.training and run.attempts == 1
     registry.update_run(run.id, phase="train", log_tail="step 10 loss 1.2")
-    failed = registry.update_run(run.id, RunUpdate(status="failed", error="OOM"))
+    failed = registry.update_run(run.id, RunUpdate(status=RunStatus.failed, error="OOM"))
     assert (failed.status, failed.error, failed.phase) == ("failed", "OOM", "train")
     retry = registry.update_run(run.id, status="training", attempts=2)
     done = registry.update_run(run.id, status="succeeded", version_number=1)
