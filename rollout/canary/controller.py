@@ -223,6 +223,9 @@ class CanaryController(RolloutCommands):
             # Verifying: may the first step begin? Serving: does the engine still serve the
             # candidate's weights (the check answers from its cache until an engine restart)?
             matched, detail = self.identity.verify(row.model, row.candidate)
+            # Asking the engine may take seconds with no canary traffic: the window the
+            # first step opens, and the analysis below, start from the time after it.
+            now = self.clock()
             d = decide_verification(state, spec, matched, detail, now)
         if state.phase in SERVING and d.effect is None:
             assert row.baseline is not None

@@ -8,6 +8,7 @@ the test injects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,39 @@ def test_a_mismatch_after_an_engine_restart_rolls_back_a_serving_candidate(
     assert r.phase == "rolled_back" and "no longer serves the candidate's weights" in r.reason
     policy = world.registry.get_traffic(MODEL)
     assert policy is not None and policy.weights.get("canary", 0) == 0
+
+
+@dataclass
+class SlowProbes(Probes):
+    """Asking the engine the probes takes ``seconds`` the first time (a busy CPU engine)."""
+
+    clock: FakeClock | None = None
+    seconds: float = 0.0
+    asked: set[int] = field(default_factory=set)
+
+    def verify(self, model: str, version: int) -> tuple[bool, str]:
+        if self.clock is not None and version not in self.asked:
+            self.asked.add(version)
+            self.clock.advance(self.seconds)
+        return super().verify(model, version)
+
+
+def test_the_first_step_window_opens_after_a_slow_identity_check(world: World) -> None:
+    # The window opens when the step's weight is written, not when the pass began: the
+    # seconds spent asking the engine had no canary traffic, and counting them would cut
+    # the first step short of its minimum sample (inconclusive: paused).
+    probes = SlowProbes(clock=world.clock, seconds=6.0)
+    world.controller.identity = probes
+    world.controller.start(MODEL, 2, plan(min_requests=50))
+    world.controller.run_once()  # pending -> verifying
+    world.controller.run_once()  # the probes take 6 s, then step 1 at 5%
+    checked = world.clock.now
+    r = world.rollout()
+    assert (r.phase, r.weight) == ("progressing", 5)
+    assert r.step_started_at >= checked - timedelta(milliseconds=5)
+    world.traffic(10, rps=200)  # 5% of 200 req/s for 10 s: ~100 canary requests
+    r = world.rollout()
+    assert (r.phase, r.weight) == ("progressing", 25), r.reason
 
 
 def test_too_little_traffic_pauses_at_the_deadline_then_resumes(world: World) -> None:
