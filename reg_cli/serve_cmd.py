@@ -66,6 +66,7 @@ def serve(
     out.message("  canary controller: " + ("off (--no-controller)" if no_controller else
                                            f"a pass every {cfg.controller_interval_s:g} s"))
     out.hint(f"curl {base}/ready  (engines take ~30-60 s to start on CPU); Ctrl-C stops all")
+    _show_reg_logs(log_level)
     kw: dict[str, Any] = {}
     try:
         import httptools  # noqa: F401
@@ -80,6 +81,19 @@ def serve(
                     timeout_graceful_shutdown=10, **kw)
     finally:
         reg.close()
+
+
+def _show_reg_logs(log_level: str) -> None:
+    """The gateway's own news (engines ready or down, rollout decisions) beside uvicorn's,
+    which configures only its own loggers."""
+    import logging
+
+    reg_log = logging.getLogger("reg")
+    if not reg_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        reg_log.addHandler(handler)
+    reg_log.setLevel(getattr(logging, log_level.upper(), logging.DEBUG))
 
 
 class TrafficArgsError(RegError):
