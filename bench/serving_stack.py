@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PY = str(ROOT / ".venv" / "bin" / "python")
 MODEL = "support-bot"
+ADMIN_TOKEN = "bench"  # `reg serve`'s admin token here
 
 
 def free_port() -> int:
@@ -86,7 +87,7 @@ def reg_serve(home: Path, env: dict[str, str] | None = None,
               timeout: float = 300.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`reg serve` on a free port, as its own process; stopped with SIGTERM at the end."""
     port = free_port()
-    full_env = {**os.environ, "REG_HOME": str(home), "REG_ADMIN_TOKEN": "bench",
+    full_env = {**os.environ, "REG_HOME": str(home), "REG_ADMIN_TOKEN": ADMIN_TOKEN,
                 **(env or {})}
     log = (home / f"serve-{port}.log").open("wb")
     proc = subprocess.Popen([PY, "-m", "reg_cli.main", "serve", "--port", str(port),
@@ -103,6 +104,31 @@ def reg_serve(home: Path, env: dict[str, str] | None = None,
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def admin_request(url: str, method: str, path: str, body: Any = None,
+                  timeout: float = 30.0) -> Any:
+    """A call to the gateway's admin API (``/admin/...``) with the bench's token; its JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, method=method)
+    req.add_header("authorization", f"Bearer {ADMIN_TOKEN}")
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def reg_cli(home: Path, *args: str, cwd: Path | None = None,
+            timeout: float = 1800.0) -> subprocess.CompletedProcess[str]:
+    """``reg ARGS`` as its own process against ``home``; raises with its output if it fails."""
+    env = {**os.environ, "REG_HOME": str(home), "REG_ADMIN_TOKEN": ADMIN_TOKEN,
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cp = subprocess.run([PY, "-m", "reg_cli.main", *args], cwd=cwd or ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+    if cp.returncode != 0:
+        raise RuntimeError(f"`reg {' '.join(args)}` exited {cp.returncode}:\n"
+                           f"{cp.stdout[-3000:]}\n{cp.stderr[-3000:]}")
+    return cp
 
 
 def cpu_seconds(pid: int) -> float:
