@@ -5,7 +5,9 @@ phase is a string here (its ``StrEnum`` and the one transition table live with t
 controller, in ``rollout.canary.phases``); the registry guarantees what must hold
 whatever the controller is:
 
-- at most one active rollout per model (a partial unique index);
+- at most one active rollout per model (``active_model_id`` is the model's id while
+  the rollout is active and NULL after, under a unique constraint: NULLs never collide,
+  on SQLite and PostgreSQL alike, without a dialect-specific partial index);
 - compare-and-set: a change names the revision it was decided on, and a stale one is
   refused (:class:`StaleRollout`), so two controllers cannot both move a rollout;
 - a change and its effect on stages and traffic commit in one transaction, with an
@@ -55,13 +57,11 @@ class RolloutBase(RegistryModel):
 
 class RolloutRow(RolloutBase, table=True):
     __tablename__ = "rollouts"
-    __table_args__ = (
-        sa.Index("ix_rollouts_one_active", "model_id", unique=True,
-                 sqlite_where=sa.text("active"), postgresql_where=sa.text("active")),
-    )
+    __table_args__ = (sa.UniqueConstraint("active_model_id", name="uq_rollouts_one_active"),)
 
     id: int | None = Field(default=None, primary_key=True)
     model_id: int = Field(foreign_key="models.id", index=True)
+    active_model_id: int | None = None  # model_id while active, else NULL
 
 
 class RolloutPublic(RolloutBase):

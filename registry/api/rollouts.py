@@ -82,7 +82,7 @@ class RolloutsApi(StagesApi, TrafficApi):
                     hint=f"`reg rollout abort {name}` first, or wait for it to end")
             now = self.clock()
             row = RolloutRow(
-                model_id=m.id, candidate=candidate, baseline=baseline,
+                model_id=m.id, active_model_id=m.id, candidate=candidate, baseline=baseline,
                 previous_canary=self._stage_version(s, m.id, CANARY), phase="pending",
                 plan=dict(plan), origin=origin, actor=actor, reason=reason,
                 step_started_at=now, started_at=now, updated_at=now)
@@ -208,6 +208,7 @@ class RolloutsApi(StagesApi, TrafficApi):
             row.updated_at = now
             if not change.active:
                 row.ended_at = now
+                row.active_model_id = None
             s.add(row)
             audit.record(s, kind=change.event, at=now, actor=actor, model=m.name,
                          version=row.candidate, stage=CANARY, message=change.reason,

@@ -1,4 +1,5 @@
-"""Rollouts: the canary controller's stored state, at most one active per model.
+"""Rollouts: the canary controller's stored state, at most one active per model
+(``active_model_id`` under a unique constraint, NULL once a rollout ends).
 
 Revision ID: 0002_rollouts
 Revises: 0001_initial
@@ -25,6 +26,7 @@ def upgrade() -> None:
         "rollouts",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("model_id", sa.Integer(), nullable=False),
+        sa.Column("active_model_id", sa.Integer(), nullable=True),
         sa.Column("candidate", sa.Integer(), nullable=False),
         sa.Column("baseline", sa.Integer(), nullable=True),
         sa.Column("previous_canary", sa.Integer(), nullable=True),
@@ -45,13 +47,11 @@ def upgrade() -> None:
         _ts("ended_at", nullable=True),
         sa.ForeignKeyConstraint(["model_id"], ["models.id"]),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("active_model_id", name="uq_rollouts_one_active"),
     )
     op.create_index("ix_rollouts_model_id", "rollouts", ["model_id"])
-    op.create_index("ix_rollouts_one_active", "rollouts", ["model_id"], unique=True,
-                    sqlite_where=sa.text("active"), postgresql_where=sa.text("active"))
 
 
 def downgrade() -> None:
-    op.drop_index("ix_rollouts_one_active", table_name="rollouts")
     op.drop_index("ix_rollouts_model_id", table_name="rollouts")
     op.drop_table("rollouts")
