@@ -27,6 +27,13 @@ MODEL = "support-bot"
 ADMIN_TOKEN = "bench"  # `reg serve`'s admin token here
 
 
+def this_tree() -> dict[str, str]:
+    """PYTHONPATH for child processes: this checkout's code first, whatever the virtual
+    environment's editable install points at (a bench run from a snapshot measures it)."""
+    rest = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": str(ROOT) + (os.pathsep + rest if rest else "")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,8 +94,8 @@ def reg_serve(home: Path, env: dict[str, str] | None = None,
               timeout: float = 300.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`reg serve` on a free port, as its own process; stopped with SIGTERM at the end."""
     port = free_port()
-    full_env = {**os.environ, "REG_HOME": str(home), "REG_ADMIN_TOKEN": ADMIN_TOKEN,
-                **(env or {})}
+    full_env = {**os.environ, **this_tree(), "REG_HOME": str(home),
+                "REG_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
     log = (home / f"serve-{port}.log").open("wb")
     proc = subprocess.Popen([PY, "-m", "reg_cli.main", "serve", "--port", str(port),
                              "--log-level", "warning", "--max-concurrency", "512"],
@@ -121,7 +128,7 @@ def admin_request(url: str, method: str, path: str, body: Any = None,
 def reg_cli(home: Path, *args: str, cwd: Path | None = None,
             timeout: float = 1800.0) -> subprocess.CompletedProcess[str]:
     """``reg ARGS`` as its own process against ``home``; raises with its output if it fails."""
-    env = {**os.environ, "REG_HOME": str(home), "REG_ADMIN_TOKEN": ADMIN_TOKEN,
+    env = {**os.environ, **this_tree(), "REG_HOME": str(home), "REG_ADMIN_TOKEN": ADMIN_TOKEN,
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cp = subprocess.run([PY, "-m", "reg_cli.main", *args], cwd=cwd or ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
