@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from rollout.canary.controller import CanaryController, PassOutcome
     from serving.engines.state import EngineStatus
 
-PROMETHEUS_ENV = "REG_PROMETHEUS_URL"  # rollout.canary.prometheus.URL_ENV, without its import
 GATEWAY_ENV = "REG_GATEWAY_URL"
 
 
@@ -164,6 +163,8 @@ def run(
     Metrics come from Prometheus ($REG_PROMETHEUS_URL); the identity check asks the engines
     of the gateway at $REG_GATEWAY_URL (admin token $REG_ADMIN_TOKEN).
     """
+    from rollout.canary.prometheus import URL_ENV as PROMETHEUS_ENV  # httpx: only when run
+
     every = _seconds(interval, "--interval")
     url = os.environ.get(PROMETHEUS_ENV, "").strip()
     if not url:
