@@ -9,7 +9,9 @@ reconcile`'s ``deploy.promote_to`` and anything `reg serve` writes are judged al
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -103,3 +105,16 @@ def parse_labels(items: Iterable[str]) -> dict[str, str]:
                                 hint="a model has one value per label key")
         out[key.strip()] = value.strip()
     return out
+
+
+def stop_on_signals(say: Callable[[str], object]) -> threading.Event:
+    """An event that SIGTERM or SIGINT sets, saying so: a watch loop ends after its pass."""
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        say(f"signal {signum}: stopping after this pass")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return stop

@@ -7,8 +7,6 @@ Thin: parse, call :mod:`rollout.gitops.reconciler`, render. `reg plan` exits lik
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -255,14 +253,9 @@ def reconcile(
                          **settings)
         if not watch:
             raise typer.Exit(_summary(out, rec.run_once(prune=prune, wait_lease_s=wait_lease)))
-        stop = threading.Event()
+        from reg_cli._common import stop_on_signals
 
-        def _stop(signum: int, _frame: object) -> None:
-            out.message(f"signal {signum}: stopping after this pass")
-            stop.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        stop = stop_on_signals(out.message)
 
         def on_pass(report: PassReport | None, err: BaseException | None) -> None:
             if report is not None:

@@ -363,40 +363,27 @@ def _command(command: Command, model_arg: str | None, model: str | None, reason:
 ModelArg = Annotated[str | None, typer.Argument(metavar="[MODEL]")]
 
 
-@rollout_app.command("pause")
-def pause(model_arg: ModelArg = None, reason: ReasonOpt = "", model: ModelOpt = None,
-          json_mode: JsonOpt = False) -> None:
-    """Hold the rollout at its weight; the analysis stops moving it."""
-    from rollout.canary.decide import Command
+def _command_route(name: str, doc: str) -> None:
+    """Register ``reg rollout NAME``: one of a person's commands on the active rollout."""
 
-    _command(Command.pause, model_arg, model, reason, json_mode)
+    def route(model_arg: ModelArg = None, reason: ReasonOpt = "", model: ModelOpt = None,
+              json_mode: JsonOpt = False) -> None:
+        from rollout.canary.decide import Command
 
+        _command(Command(name), model_arg, model, reason, json_mode)
 
-@rollout_app.command("resume")
-def resume(model_arg: ModelArg = None, reason: ReasonOpt = "", model: ModelOpt = None,
-           json_mode: JsonOpt = False) -> None:
-    """Continue a paused rollout (a fresh analysis window), or approve the last step."""
-    from rollout.canary.decide import Command
-
-    _command(Command.resume, model_arg, model, reason, json_mode)
+    route.__doc__ = doc
+    rollout_app.command(name)(route)
 
 
-@rollout_app.command("promote")
-def promote(model_arg: ModelArg = None, reason: ReasonOpt = "", model: ModelOpt = None,
-            json_mode: JsonOpt = False) -> None:
-    """Skip the remaining steps: production -> the candidate now."""
-    from rollout.canary.decide import Command
-
-    _command(Command.promote, model_arg, model, reason, json_mode)
-
-
-@rollout_app.command("abort")
-def abort(model_arg: ModelArg = None, reason: ReasonOpt = "", model: ModelOpt = None,
-          json_mode: JsonOpt = False) -> None:
-    """Roll back now: canary weight 0, the canary stage back to what it held."""
-    from rollout.canary.decide import Command
-
-    _command(Command.abort, model_arg, model, reason, json_mode)
+for _name, _doc in (
+    ("pause", "Hold the rollout at its weight; the analysis stops moving it."),
+    ("resume", "Continue a paused rollout (a fresh analysis window), or approve the last "
+               "step."),
+    ("promote", "Skip the remaining steps: production -> the candidate now."),
+    ("abort", "Roll back now: canary weight 0, the canary stage back to what it held."),
+):
+    _command_route(_name, _doc)
 
 
 # -- history ---------------------------------------------------------------------------------

@@ -20,14 +20,12 @@ the controller reads what it needs from the outside:
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from reg_cli._common import ArgumentError, open_registry
+from reg_cli._common import ArgumentError, open_registry, stop_on_signals
 from reg_cli.output import JsonOpt, Output
 
 if TYPE_CHECKING:
@@ -194,14 +192,7 @@ def _watch(reg: Registry, run_pass: Callable[[], list[PassOutcome]], every: floa
     from rollout.canary.controller import ACTOR
     from rollout.controller import loop
 
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: object) -> None:
-        out.message(f"signal {signum}: stopping after this pass")
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals(out.message)
 
     def on_pass(outcomes: list[PassOutcome] | None, err: BaseException | None) -> None:
         if outcomes is not None:
