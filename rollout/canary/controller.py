@@ -236,7 +236,9 @@ class CanaryController(RolloutCommands):
                                         state.step_started_at, now, baseline_since)
             results = tuple(analyze(window, spec))
             verdict = step_verdict(results, window.seconds, spec)
-            d = decide(state, spec, verdict, now)
+            # A next step's window opens when its weight is written: after the analysis
+            # (the first one imports scipy, which takes seconds on a busy machine).
+            d = decide(state, spec, verdict, self.clock())
         if d.effect is None and d.state == state:
             if results:
                 self.registry.note_rollout_analysis(row.id, [_as_json(r) for r in results])

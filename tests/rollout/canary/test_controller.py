@@ -8,7 +8,7 @@ the test injects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ import pytest
 from recipes.core.errors import RegError
 from recipes.schema import RolloutSpec
 from registry.api import Registry
+from rollout.canary.analysis import Window
 from rollout.canary.controller import CanaryController
 from rollout.canary.decide import Command
 from rollout.canary.records import RequestLog, RequestRecord
@@ -193,6 +194,34 @@ def test_the_first_step_window_opens_after_a_slow_identity_check(world: World) -
     world.traffic(10, rps=200)  # 5% of 200 req/s for 10 s: ~100 canary requests
     r = world.rollout()
     assert (r.phase, r.weight) == ("progressing", 25), r.reason
+
+
+@dataclass
+class SlowSource:
+    """The gateway's records, with the first step-deadline analysis taking ``seconds`` (the
+    first analysis with data imports scipy, seconds on a busy machine)."""
+
+    log: RequestLog
+    clock: FakeClock
+    seconds: float
+
+    def window(self, model: str, canary: int, baseline: int, since: datetime,
+               until: datetime, baseline_since: datetime | None = None) -> Window:
+        w = self.log.window(model, canary, baseline, since, until, baseline_since)
+        if self.seconds and w.seconds >= 10:
+            self.clock.advance(self.seconds)
+            self.seconds = 0
+        return w
+
+
+def test_the_next_step_window_opens_after_a_slow_analysis(world: World) -> None:
+    world.controller.source = SlowSource(world.log, world.clock, seconds=4.0)
+    world.controller.start(MODEL, 2, plan())
+    while world.rollout().weight != 25:
+        world.traffic(1)
+    # The 25% step's window opens when its weight is written, after the analysis that
+    # passed the 5% step, not when that pass began (4 s without 25% of the traffic).
+    assert world.rollout().step_started_at >= world.clock.now - timedelta(seconds=1)
 
 
 def test_too_little_traffic_pauses_at_the_deadline_then_resumes(world: World) -> None:
