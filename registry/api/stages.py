@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -172,30 +174,30 @@ class StagesApi(UnitOfWork):
 
         The deploy guards judge it as a promotion: ``force`` lets it exceed the slots.
         """
-        check_stage_name(stage)
-        name = self.resolve_model(model)
-        actor = actor or default_actor()
-        with self._write() as s:
-            m = self._lock_model(s, name)
-            stack = stage_stack(self._stage_changes(s, m.id or 0, stage), stage)
+        with self._stage_write(model, stage) as (s, m, stack):
             statuses = {
                 n: VersionStatus(st) for n, st in s.exec(
                     select(Version.number, Version.status).where(col(Version.model_id) == m.id))
             }
             d = decide_rollback(stage, stack, statuses)
-            return self._apply(s, m, d, actor, reason, force=force)
+            return self._apply(s, m, d, actor or default_actor(), reason, force=force)
 
     def clear_stage(self, model: str | None, stage: str, *, actor: str | None = None,
                     reason: str = "") -> StageResult:
         """Point ``stage`` at no version (refused while it has traffic)."""
+        with self._stage_write(model, stage) as (s, m, stack):
+            d = decide_clear(stage, stack, share_of(load_policy(s, m.id or 0, m.name), stage))
+            return self._apply(s, m, d, actor or default_actor(), reason)
+
+    @contextlib.contextmanager
+    def _stage_write(self, model: str | None, stage: str
+                     ) -> Iterator[tuple[Session, Model, list[int | None]]]:
+        """A write transaction with the model locked and ``stage``'s stack replayed."""
         check_stage_name(stage)
         name = self.resolve_model(model)
-        actor = actor or default_actor()
         with self._write() as s:
             m = self._lock_model(s, name)
-            stack = stage_stack(self._stage_changes(s, m.id or 0, stage), stage)
-            d = decide_clear(stage, stack, share_of(load_policy(s, m.id or 0, name), stage))
-            return self._apply(s, m, d, actor, reason)
+            yield s, m, stage_stack(self._stage_changes(s, m.id or 0, stage), stage)
 
     def history(self, model: str | None = None, *, stage: str | None = None,
                 at: datetime | None = None) -> list[StageEventPublic]:
