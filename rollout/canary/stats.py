@@ -20,6 +20,7 @@ mixture SPRT for a one-sided Bernoulli rate.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -49,6 +50,13 @@ class SequentialResult:
     def p_value(self) -> float:
         """An always-valid p-value for this look: ``min(1, 1/ratio)``."""
         return 1.0 if self.log_ratio <= 0 else math.exp(-self.log_ratio)
+
+
+def load_distributions() -> None:
+    """Import scipy now rather than inside the first verdict: a long-running controller
+    calls this as it starts (the import takes seconds on a busy machine)."""
+    for name in ("scipy.special", "scipy.stats"):
+        importlib.import_module(name)
 
 
 def _log_mass(a: float, b: float, p0: float, side: Literal["above", "below"]) -> float:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from registry.deployments import Deployment
 from registry.lease import local_holder
+from rollout.canary import stats
 from rollout.canary.controller import (
     ACTOR,
     LEASE_NAME,
@@ -116,6 +117,7 @@ class RolloutHost:
             close()
 
     def _run(self) -> None:
+        stats.load_distributions()  # here, not in the first verdict of a rollout
         log.info("canary controller: a pass every %g s under the %r lease", self.interval_s,
                  LEASE_NAME)
         loop.watch(self.run_pass, self._stop, interval_s=self.interval_s,

@@ -8,6 +8,8 @@ tests/serving/test_rollout_live.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from serving.config import ServeConfig
 from serving.gateway.app import create_app
 from serving.source import RegistrySource
 from tests.support.factories import ArtifactFactory
+from tests.support.paths import REPO
 
 MODEL = "support-bot"
 
@@ -98,3 +101,39 @@ def test_without_a_registry_to_host_it_over_no_controller_runs(
         time.sleep(0.3)
         assert client.app.state.gateway.rollouts is None  # type: ignore[attr-defined]
     assert registry.get_rollout(rid).phase == "pending"
+
+
+STARTS_IN_A_FRESH_INTERPRETER = """
+import sys, time
+from pathlib import Path
+from registry.api import Registry
+from registry.settings import Settings
+from rollout.canary.records import RequestLog
+from serving.gateway.rollouts import RolloutHost
+
+class Probes:
+    def verify(self, model, version):
+        return True, "equal"
+
+reg = Registry(Settings.for_home(Path(sys.argv[1])))
+host = RolloutHost(reg, RequestLog(), Probes(), interval_s=0.05)
+before = "scipy.stats" in sys.modules
+host.start()
+deadline = time.monotonic() + 60
+while host.passes == 0 and time.monotonic() < deadline:
+    time.sleep(0.05)
+host.stop()
+reg.close()
+print(before, "scipy.stats" in sys.modules, host.passes > 0)
+"""
+
+
+def test_the_hosted_controller_imports_the_statistics_as_it_starts(tmp_path: Path) -> None:
+    # The first verdict must not wait for scipy's import (seconds on a busy machine, under
+    # the gateway's traffic): the host imports it as it starts. A fresh interpreter, where
+    # nothing imported scipy before.
+    out = subprocess.run([sys.executable, "-c", STARTS_IN_A_FRESH_INTERPRETER,
+                          str(tmp_path / "home")], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True"], out.stdout + out.stderr
