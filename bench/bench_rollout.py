@@ -30,7 +30,8 @@ achieved rate is printed, since every verdict waits for ``min_requests`` a side.
 simulated rollouts: a smoke run whose figures do not compare with the defaults'.
 
 Run: .venv/bin/python bench/bench_rollout.py [--trials 20] [--quick] [--users 96]
-     [--json PATH] [gitops] [rollback] [analysis]     (all three by default)
+     [--steps 10,25,50,100] [--keep] [--json PATH] [gitops] [rollback] [analysis]
+     (all three by default: about 15 minutes on 2 busy cores; --quick about 3)
 """
 
 from __future__ import annotations
@@ -223,6 +224,8 @@ def gitops(s: Stack) -> dict[str, Any]:
         "events": [(round(at - t_commit, 2), kind) for at, kind in events],
         "req_per_s": rate(everything, started, ended or t_seen),
         "errors": sum(a.status != 200 for a in answers),
+        "failed": [(round(a.sent - t_commit, 2), a.status, a.version)
+                   for a in answers if a.status != 200][:20],
         "answers": len(answers),
         "served_by_new_after": sum(a.served_by(newest) for a in answers
                                    if ended is not None and a.sent > ended + 0.2),
@@ -244,6 +247,7 @@ class Trial:
     between: int  # v2 answers to requests sent from the first 5xx to the verdict
     between_failed: int
     in_flight: int  # v2 requests sent before the verdict, answered after it
+    other_errors: int  # answers not 200 other than the candidate's 5xx (must be 0)
     canary_n: int  # the canary's requests the verdict was reached on
     step_weight: int  # the step's weight when it was caught
     paused_first: bool  # the step ran out of time short of min_requests first
@@ -280,6 +284,8 @@ def one_trial(s: Stack, traffic: Traffic, n: int, candidate: int) -> Trial:
         after_verdict=sum(a.sent > verdict for a in v2), between=len(between),
         between_failed=sum(a.status >= 500 for a in between),
         in_flight=sum(a.sent <= verdict < a.done for a in v2),
+        other_errors=sum(a.status != 200 and not (a.served_by(candidate) and a.status >= 500)
+                         for a in answers),
         canary_n=int(error_check.get("canary_n", 0)),
         step_weight=s.plan.steps[max(row.step, 0)].weight, paused_first="rollout.paused" in kinds,
         req_per_s=rate(everything, t0, verdict), reason=row.reason)
@@ -306,6 +312,7 @@ def rollback(s: Stack, trials: int) -> dict[str, Any]:
         "rolled_back": sum(t.phase == "rolled_back" for t in out),
         "paused_first": sum(t.paused_first for t in out),
         "after_verdict_total": sum(t.after_verdict for t in out),
+        "other_errors_total": sum(t.other_errors for t in out),
         "plan": s.plan.model_dump(mode="json"), "flagger_floor_s": FLAGGER_INTERVAL_S,
         "trial_rows": [asdict(t) for t in out],
     }
@@ -394,6 +401,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
               f"(rollout only, training not included)")
         print(f"   {g['answers']} answers, {g['errors']} not 200; v{g['version']} answered "
               f"{g['served_by_new_after']} of {g['sent_after']} requests sent after")
+        for at, status, version in g["failed"]:
+            print(f"   not 200: sent at {at:.2f} s, status {status}, {version or 'no version'}")
     r = results.get("rollback")
     if r:
         print(f"\n2. first 5xx from the bad version -> 0% canary weight ({r['trials']} trials, "
@@ -409,7 +418,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
                 print(f"   | {label} | {v['p50']:.2f}{unit} | {v['p95']:.2f}{unit} | "
                       f"{v['max']:.2f}{unit} |")
         print(f"   v2 answers to requests sent after the verdict, all trials: "
-              f"{r['after_verdict_total']} (must be 0)")
+              f"{r['after_verdict_total']} (must be 0); other answers not 200: "
+              f"{r['other_errors_total']}")
         print(f"   the first step needs {needed_rate(r['plan']):.0f} req/s for its minimum "
               "sample within its interval")
         print(f"   goal p95 <= 10 s; Flagger's default floor: interval {r['flagger_floor_s']} s "
@@ -440,6 +450,8 @@ def main() -> None:
     p.add_argument("--users", type=int, default=96, help="concurrent openai clients")
     p.add_argument("--max-num-seqs", type=int, default=64, help="the engine's batch size")
     p.add_argument("--rollouts", type=int, default=None, help="simulated (200; quick: 20)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the workspace, registry and logs (the path is printed)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args()
     parts = args.parts or list(PARTS)
@@ -448,8 +460,13 @@ def main() -> None:
     args.trials = args.trials or (2 if args.quick else 20)
     results: dict[str, Any] = {}
     if {"gitops", "rollback"} & set(parts):
-        with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
-            results = stack(Path(tmp), args, parts)
+        if args.keep:
+            kept = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
+            print(f"workspace, registry and `reg serve` logs kept in {kept}", flush=True)
+            results = stack(kept, args, parts)
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
+                results = stack(Path(tmp), args, parts)
     if "analysis" in parts:
         rollouts = args.rollouts or (20 if args.quick else 200)
         rates = [200]
