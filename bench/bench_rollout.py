@@ -31,7 +31,7 @@ simulated rollouts: a smoke run whose figures do not compare with the defaults'.
 
 Run: .venv/bin/python bench/bench_rollout.py [--trials 20] [--quick] [--users 96]
      [--steps 10,25,50,100] [--keep] [--json PATH] [gitops] [rollback] [analysis]
-     (all three by default: about 15 minutes on 2 busy cores; --quick about 3)
+     (all three by default; docs/rollout.md says how long each takes)
 """
 
 from __future__ import annotations
