@@ -92,10 +92,13 @@ def _seconds(text: str, flag: str) -> float:
 def _controller(reg: Registry, prometheus_url: str, gateway: httpx.Client,
                 prometheus: httpx.Client) -> CanaryController:
     """The controller with Prometheus for metrics and the gateway's engines for identity."""
+    from rollout.canary import stats
     from rollout.canary.controller import CanaryController
     from rollout.canary.prometheus import PrometheusSource
     from serving.config import ServeConfig
     from serving.engines.identity import EngineIdentityCheck
+
+    stats.load_distributions()  # now, not inside the first verdict (as the hosted one does)
     from serving.source import RegistrySource
 
     cfg = ServeConfig.from_env()

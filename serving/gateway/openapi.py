@@ -92,34 +92,28 @@ def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     }
 
 
+# What chat/completions and completions answer (without streaming): the same envelope.
+_COMPLETION: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string"}, "object": {"type": "string"},
+        "created": {"type": "integer"}, "model": {"type": "string"},
+        "choices": {"type": "array"}, "usage": _CHOICE_USAGE,
+    },
+}
+
+
 def chat_completions() -> dict[str, Any]:
-    ok = {
-        "type": "object",
-        "required": ["id", "object", "created", "model", "choices"],
-        "properties": {
-            "id": {"type": "string"}, "object": {"type": "string"},
-            "created": {"type": "integer"}, "model": {"type": "string"},
-            "choices": {"type": "array"}, "usage": _CHOICE_USAGE,
-        },
-    }
     props = {**_SAMPLING, "messages": {"type": "array", "minItems": 1, "items": _MESSAGE}}
     return {"requestBody": _body(props, ["model", "messages"]),
-            "responses": _responses(ok, streams=True)}
+            "responses": _responses(_COMPLETION, streams=True)}
 
 
 def completions() -> dict[str, Any]:
-    ok = {
-        "type": "object",
-        "required": ["id", "object", "created", "model", "choices"],
-        "properties": {
-            "id": {"type": "string"}, "object": {"type": "string"},
-            "created": {"type": "integer"}, "model": {"type": "string"},
-            "choices": {"type": "array"}, "usage": _CHOICE_USAGE,
-        },
-    }
     props = {**_SAMPLING, "prompt": {"type": "string"}}
     return {"requestBody": _body(props, ["model", "prompt"]),
-            "responses": _responses(ok, streams=True)}
+            "responses": _responses(_COMPLETION, streams=True)}
 
 
 def models() -> dict[str, Any]:

@@ -34,6 +34,7 @@ from tests.support.live_stack import (
     open_registry,
     set_baseline,
 )
+from tests.support.promtool import assert_promtool_clean
 
 pytestmark = pytest.mark.slow
 
@@ -465,13 +466,7 @@ def test_metrics_per_version_and_promtool_clean(stack: Server, tmp_path: Path) -
         'to_version="v1"}',
     ):
         assert needle in text, needle
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool is missing: run `bash scripts/install_services.sh` (as root)")
-    out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                         text=True, timeout=30)
-    assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), (
-        out.stdout + out.stderr)
+    assert_promtool_clean(text)
 
 
 def test_schemathesis_finds_no_failures(stack: Server, tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ Prometheus is in test_sources_agree.py.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from serving.engines.process import EngineState
 from serving.engines.state import EngineStatus
 from tests.support.fault_server import FaultServer, Request, chat_body, chunked, sse_events
 from tests.support.gateway import Server, serve_in_thread
+from tests.support.promtool import assert_promtool_clean
 from tests.support.sources import InMemorySource
 
 MODEL = "bot"
@@ -246,10 +245,4 @@ def test_routed_series_by_version_pass_promtool(stack: Stack) -> None:
         'version="v2"}',
     ):
         assert needle in text, needle
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool is missing: run `bash scripts/install_services.sh` (as root)")
-    out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                         text=True, timeout=30)
-    assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), (
-        out.stdout + out.stderr)
+    assert_promtool_clean(text)
