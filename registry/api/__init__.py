@@ -3,10 +3,10 @@
 ``Registry.open()`` reads :class:`~registry.settings.Settings` from the environment,
 opens the database (migrating it on first use) and returns the facade. It is composed
 of one part per noun (``versions``, ``registration``, ``stages``, ``traffic``,
-``serving``, ``audit``, ``runs``) over one unit of work (``unit``). Decisions come from
-the pure modules (``registry.versions``, ``registry.stages``, ``registry.traffic``); each
-part loads state, calls them and writes the outcome and its audit event in one
-transaction.
+``serving``, ``audit``, ``runs``, and ``overview``, the operators' read model) over one
+unit of work (``unit``). Decisions come from the pure modules (``registry.versions``,
+``registry.stages``, ``registry.traffic``); each part loads state, calls them and writes
+the outcome and its audit event in one transaction.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from registry.api.audit import AuditApi
+from registry.api.overview import Overview, OverviewApi
 from registry.api.registration import RegisterOutcome, RegistrationApi
 from registry.api.rollouts import RolloutChange, RolloutsApi
 from registry.api.runs import RunsApi
@@ -25,11 +26,12 @@ from registry.api.versions import VersionsApi
 from registry.deployments import DeployGuard
 from registry.settings import Settings
 
-__all__ = ["Clock", "RegisterOutcome", "Registry", "RolloutChange", "StageResult", "utcnow"]
+__all__ = ["Clock", "Overview", "RegisterOutcome", "Registry", "RolloutChange", "StageResult",
+           "utcnow"]
 
 
 class Registry(VersionsApi, RegistrationApi, RolloutsApi, StagesApi, TrafficApi, ServingApi,
-               AuditApi, RunsApi, UnitOfWork):
+               AuditApi, RunsApi, OverviewApi, UnitOfWork):
     """Facade over the registry database and artifact store."""
 
     @classmethod
