@@ -42,6 +42,8 @@ class ServeConfig:
     poll_interval_s: float = 0.2
     health_interval_s: float = 1.0
     restart_backoff_s: tuple[float, float] = (1.0, 30.0)
+    # An adapter that failed to fetch or load is tried again after base * 2**k s, capped.
+    adapter_retry_backoff_s: tuple[float, float] = (1.0, 60.0)
     # Upstream timeouts: connecting (a dead engine fails fast) and the whole answer.
     connect_timeout_s: float = 2.0
     request_timeout_s: float = 300.0

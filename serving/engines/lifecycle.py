@@ -7,6 +7,10 @@ An engine's states (:class:`~serving.engines.process.EngineState`) and their mov
     starting --exits, or no /health within the start timeout--> down
     down --(the supervisor, after backoff_delay)--> starting
     any --(shutdown, or no deployment needs it)--> stopped
+
+An adapter that fails to fetch or load (:class:`SyncFailure`) is retried after the same
+kind of backoff, so a corrupt artifact costs one attempt per backoff step, not one per
+pass; meanwhile its version is degraded (the gateway answers its requests without it).
 """
 
 from __future__ import annotations
@@ -22,6 +26,30 @@ HEALTH_FAILURES_BEFORE_DOWN = 3
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Seconds to wait before restart number ``attempt`` (1, 2, 4, ... capped)."""
     return float(min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+@dataclass(frozen=True)
+class SyncFailure:
+    """An adapter that failed to fetch or load: why, how many times in a row, and when
+    (on the supervisor's clock) the next attempt is due."""
+
+    reason: str
+    attempts: int
+    retry_at: float
+
+
+# tenacity's wait strategies (wait_exponential) price one retried *call*, from a
+# RetryCallState that lives while the call loops; an adapter's next attempt is a later
+# supervisor pass, with the attempt count kept between passes, and engine restarts already
+# back off by backoff_delay: one formula for both.
+def next_failure(
+    previous: SyncFailure | None, reason: str, now: float, base: float, cap: float
+) -> SyncFailure:
+    """The failure after one more failed attempt at ``now``: the count goes on only while
+    the reason stays the same (a new reason is a new failure, tried again soon)."""
+    same = previous is not None and previous.reason == reason
+    attempts = previous.attempts + 1 if same and previous is not None else 1
+    return SyncFailure(reason, attempts, now + backoff_delay(attempts, base, cap))
 
 
 @dataclass(frozen=True)

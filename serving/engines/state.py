@@ -63,3 +63,7 @@ class Observer(Protocol):
 
     def error(self, message: str) -> None:
         """A pass failed (the next one retries), or an adapter could not be synced."""
+
+    def degraded(self, deployments: Mapping[tuple[str, int], str]) -> None:
+        """Deployed versions that cannot be served now, (model, version) -> why; replaces
+        the previous mapping (empty: every deployed version is servable)."""

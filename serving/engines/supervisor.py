@@ -10,11 +10,16 @@ steps, each safe to repeat:
 3. advance each engine's state (:func:`~serving.engines.lifecycle.next_state`, pure):
    starting -> ready when /health answers, ready -> down when the process exits or
    health fails, down -> starting after an exponential backoff;
-4. sync adapters on ready engines whose deployed set changed (or that restarted);
-5. report the registry read and the engines' status to its
+4. sync adapters on ready engines whose deployed set changed (or that restarted, or
+   whose failed adapter's backoff is over);
+5. report the registry read, the engines' status and the degraded versions to its
    :class:`~serving.engines.state.Observer` (the gateway routes by them).
 
-An error in a pass is reported (``Observer.error``) and the next pass retries.
+An error in a pass is reported (``Observer.error``) and the next pass retries; the same
+error again is logged at debug level only. An adapter that fails to fetch or load (a
+corrupt blob, an engine that refuses it) is retried after an exponential backoff
+(``adapter_retry_backoff_s``), logged as a warning once per reason and at info level on
+each retry; until it loads, its version is reported degraded with the reason.
 """
 
 from __future__ import annotations
@@ -40,7 +45,13 @@ from serving.engines.adapters import (
     ensure_inside,
     plan_sync,
 )
-from serving.engines.lifecycle import backoff_delay, next_state, plan_engines
+from serving.engines.lifecycle import (
+    SyncFailure,
+    backoff_delay,
+    next_failure,
+    next_state,
+    plan_engines,
+)
 from serving.engines.process import (
     EngineProcess,
     EngineSpec,
@@ -103,6 +114,9 @@ class Supervisor:
         self.known: dict[str, list[int]] = {}
         self._paths: dict[str, Path] = {}
         self._notes: dict[str, tuple[str, ...]] = {}
+        # Adapters that failed to fetch or load, by name, until one attempt succeeds.
+        self._failing: dict[str, SyncFailure] = {}
+        self._degraded: dict[tuple[str, int], str] = {}
         self._published = False
         self._lock = asyncio.Lock()
         self._dirty = True
@@ -115,14 +129,21 @@ class Supervisor:
         self._task = asyncio.create_task(self._run(), name="reg-supervisor")
 
     async def _run(self) -> None:
+        last = ""
         while True:
             try:
                 await self.step()
+                last = ""
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # reported; the next pass retries
-                self.observer.error(f"{type(e).__name__}: {e}")
-                log.exception("supervisor pass failed")
+                message = f"{type(e).__name__}: {e}"
+                self.observer.error(message)
+                if message != last:
+                    log.exception("supervisor pass failed")
+                else:  # the same failure every pass: said once, with its traceback
+                    log.debug("supervisor pass failed again: %s", message)
+                last = message
             await asyncio.sleep(self.config.poll_interval_s)
 
     async def stop(self) -> None:
@@ -147,16 +168,19 @@ class Supervisor:
             # Make before break: load new versions, move routing to them, and only
             # then unload what routing no longer names, so no request is routed to an
             # adapter that is already gone.
-            syncing = [s for s in self.slots.values()
-                       if s.state is EngineState.ready and (self._dirty or s.needs_sync)]
+            retry = self._retry_due()
+            syncing = [s for s in self.slots.values() if s.state is EngineState.ready
+                       and (self._dirty or s.needs_sync or retry)]
             for slot in syncing:
                 await self._sync(slot, unload=False)
             if self._dirty or not self._published:
+                self._publish_degraded()  # first: routing never sees a failed one servable
                 self._publish_deployed()
                 self._dirty = False
             for slot in syncing:
                 await self._sync(slot, unload=True)
             self._publish_engines()
+            self._publish_degraded()
 
     async def _read_registry(self, *, force: bool) -> bool:
         marker = await asyncio.to_thread(self.source.change_marker)
@@ -165,6 +189,11 @@ class Supervisor:
         deployments, policies, known = await asyncio.to_thread(self._read_all)
         self.deployments, self.policies, self.known = deployments, policies, known
         self.marker = marker
+        # Failures of adapters no longer deployed, loaded or loaded by hand are forgotten.
+        keep = {d.adapter_name for d in deployments}
+        for slot in self.slots.values():
+            keep |= slot.adapters | set(slot.manual)
+        self._failing = {n: f for n, f in self._failing.items() if n in keep}
         return True
 
     def _read_all(
@@ -301,13 +330,25 @@ class Supervisor:
 
     # -- adapters --------------------------------------------------------------------------
 
-    async def _desired_adapters(self, slot: _Slot) -> tuple[dict[str, Path], dict[str, str]]:
-        """Adapters this engine should hold, fetched (digest-verified) into the store."""
+    def _waiting(self) -> set[str]:
+        """Adapters that failed and whose backoff is not over: not tried again yet."""
+        now = self.clock()
+        return {n for n, f in self._failing.items() if now < f.retry_at}
+
+    def _retry_due(self) -> bool:
+        now = self.clock()
+        return any(now >= f.retry_at for f in self._failing.values())
+
+    async def _desired_adapters(
+        self, slot: _Slot, waiting: set[str]
+    ) -> tuple[dict[str, Path], dict[str, str]]:
+        """Adapters this engine should hold, fetched (digest-verified) into the store;
+        those in ``waiting`` are left out (neither fetched nor loaded)."""
         root = self.config.adapter_root
         out: dict[str, Path] = {}
         errors: dict[str, str] = {}
         for d in self.deployments:
-            if engine_key(d) != slot.key:
+            if engine_key(d) != slot.key or d.adapter_name in waiting:
                 continue
             path = self._paths.get(d.adapter_name)
             if path is None:
@@ -319,29 +360,49 @@ class Supervisor:
                     continue
                 self._paths[d.adapter_name] = path
             out[d.adapter_name] = path
-        out.update(slot.manual)
+        out.update({n: p for n, p in slot.manual.items() if n not in waiting})
         return out, errors
 
     async def _sync(self, slot: _Slot, *, unload: bool) -> SyncResult:
         """Load missing adapters; with ``unload``, also unload those no longer desired."""
         admin = EngineAdmin(self.session, slot.url)
-        desired, fetch_errors = await self._desired_adapters(slot)
+        waiting = self._waiting()
+        desired, fetch_errors = await self._desired_adapters(slot, waiting)
         loaded = await admin.loaded()
-        # An adapter that failed to fetch is neither loaded nor (if loaded) unloaded.
-        plan = plan_sync(desired, loaded, keep=fetch_errors)
+        # An adapter that failed to fetch, or waits to be tried again, is neither loaded
+        # nor (if loaded) unloaded.
+        plan = plan_sync(desired, loaded, keep=set(fetch_errors) | waiting)
         if not unload:
             plan = SyncPlan(load=plan.load)
         result = await apply_plan(admin, plan, self.config.adapter_root)
         result.errors.update(fetch_errors)
         slot.adapters = (loaded | set(result.loaded)) - set(result.unloaded)
-        slot.needs_sync = bool(result.errors)
+        # Failed adapters are tried again when their backoff is over (_retry_due).
+        slot.needs_sync = False
+        self._record_attempts(set(desired) | set(result.unloaded), result.errors)
         if result.errors:
-            message = "adapter sync: " + "; ".join(
-                f"{n}: {e}" for n, e in sorted(result.errors.items())
-            )
-            self.observer.error(message)
-            log.warning("%s", message)
+            self.observer.error("adapter sync: " + "; ".join(
+                f"{n}: {e}" for n, e in sorted(result.errors.items())))
         return result
+
+    def _record_attempts(self, tried: set[str], errors: dict[str, str]) -> None:
+        """Back off from each failed adapter; forget the failures of those that synced."""
+        now = self.clock()
+        base, cap = self.config.adapter_retry_backoff_s
+        for name, reason in sorted(errors.items()):
+            failure = self._failing[name] = next_failure(self._failing.get(name), reason, now,
+                                                         base, cap)
+            wait = failure.retry_at - now
+            if failure.attempts == 1:  # a new failure, or a new reason: worth a warning
+                log.warning("adapter %s cannot be synced: %s; trying again in %g s",
+                            name, reason, wait)
+            else:
+                log.info("adapter %s failed again (attempt %d, same reason); trying again "
+                         "in %g s", name, failure.attempts, wait)
+        for name in sorted(tried - errors.keys()):
+            cleared = self._failing.pop(name, None)
+            if cleared is not None:
+                log.info("adapter %s synced after %d failed attempts", name, cleared.attempts)
 
     async def load_manual(self, key: str, name: str, path: Path) -> None:
         """Load an adapter by hand (admin route); it must lie in the artifact store."""
@@ -370,6 +431,14 @@ class Supervisor:
             marker=-1 if self.marker is None else self.marker,
         ))
         self._published = True
+
+    def _publish_degraded(self) -> None:
+        """Deployed versions whose adapter failed to sync, with the reason, when it changed."""
+        degraded = {(d.model, d.version): self._failing[d.adapter_name].reason
+                    for d in self.deployments if d.adapter_name in self._failing}
+        if degraded != self._degraded:
+            self._degraded = degraded
+            self.observer.degraded(degraded)
 
     def _publish_engines(self) -> None:
         self.observer.engines({

@@ -208,6 +208,13 @@ class Metrics:
             "Share of a model's production requests mirrored to a stage (0-1).",
             VERSION_LABELS, registry=r,
         )
+        self.servable = Gauge(
+            "reg_deployment_servable",
+            "1 when a deployed version (a stage points at it) can be served, 0 when it is "
+            "degraded: its adapter failed to fetch or load (the gateway's /api/status "
+            "says why; the supervisor retries with a backoff).",
+            VERSION_LABELS, registry=r,
+        )
         self.policy_marker = Gauge(
             "reg_gateway_policy_marker",
             "The registry change marker the gateway's routing snapshot was built from.",
@@ -248,6 +255,12 @@ class Metrics:
             self.engine_up.labels(engine).set(1 if ok else 0)
         for engine, n in adapters.items():
             self.adapters_loaded.labels(engine).set(n)
+
+    def set_servable(self, rows: Iterable[tuple[str, str, str, bool]]) -> None:
+        """Replace the servable gauge: rows of (model, version, stage, servable)."""
+        self.servable.clear()
+        for model, version, stage, ok in rows:
+            self.servable.labels(model, version, stage).set(1 if ok else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

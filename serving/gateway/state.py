@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from registry.deployments import Deployment
 from serving.engines.state import Deployed, EngineStatus
 from serving.gateway.metrics import Metrics
 from serving.gateway.routing import Catalogue, build_catalogue
@@ -31,6 +32,10 @@ class GatewayState:
     # routing sends their weighted share to production until a registry read says they
     # have none (or the time passes: the rollback was not committed after all).
     drained: Mapping[tuple[str, int], float] = field(default_factory=dict)
+    # Deployed versions that cannot be served (their adapter failed to fetch or load; the
+    # supervisor retries with a backoff): (model, version) -> the reason. Their requests
+    # fail over to production, or get a 503 with the reason; /ready does not depend on it.
+    degraded: Mapping[tuple[str, int], str] = field(default_factory=dict)
 
     def drain(self, model: str, version: int, seconds: float = 30.0) -> None:
         """Route no weighted traffic to ``version`` from now on (called from any thread)."""
@@ -55,6 +60,7 @@ class StatePublisher:
     def __init__(self, state: GatewayState, metrics: Metrics) -> None:
         self.state = state
         self.metrics = metrics
+        self._deployments: tuple[Deployment, ...] = ()
 
     def deployed(self, read: Deployed) -> None:
         cat = build_catalogue(read.deployments, read.policies, read.known, read.marker)
@@ -77,6 +83,8 @@ class StatePublisher:
                                 s.percent / 100))
         self.metrics.set_traffic(weights, shadows)
         self.metrics.policy_marker.set(cat.marker)
+        self._deployments = tuple(read.deployments)
+        self._set_servable()
 
     def engines(self, statuses: Mapping[str, EngineStatus]) -> None:
         self.state.engines = statuses
@@ -88,6 +96,16 @@ class StatePublisher:
 
     def error(self, message: str) -> None:
         self.state.last_error = message
+
+    def degraded(self, deployments: Mapping[tuple[str, int], str]) -> None:
+        self.state.degraded = dict(deployments)
+        self._set_servable()
+
+    def _set_servable(self) -> None:
+        bad = self.state.degraded
+        self.metrics.set_servable([
+            (d.model, f"v{d.version}", stage, (d.model, d.version) not in bad)
+            for d in self._deployments for stage in d.stages])
 
 
 def _weighted(cat: Catalogue, model: str, version: int) -> bool:

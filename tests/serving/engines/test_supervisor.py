@@ -160,3 +160,84 @@ def test_every_launch_of_an_engine_is_a_new_generation(
     asyncio.run(run())
     assert seen == [("ready", 1, 0), ("ready", 1, 0), ("ready", 1, 0), ("down", 1, 0),
                     ("starting", 2, 1), ("ready", 2, 1)]
+
+
+class Monotonic:
+    """The supervisor's clock (seconds), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_adapter_that_keeps_failing_is_retried_with_backoff_and_degraded(
+    tmp_path: Path, engine: ScriptedEngine, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A canary whose artifact cannot be fetched: one warning, retries at 1, 2, 4 s (info),
+    the version degraded with its reason and its gauge at 0, production untouched; once
+    the artifact is there, the next retry loads it and the version is servable again."""
+    deps = [deployment(1, "production", 512), deployment(2, "canary", 512)]
+    root = tmp_path / "adapters"
+    (root / "bot@v1").mkdir(parents=True)
+    source = InMemorySource(deps, artifacts={"bot@v1": root / "bot@v1"})
+    fetches: list[float] = []
+    fetch = source.fetch_artifact
+    clock = Monotonic()
+
+    def counted(d: Deployment, dest: Path) -> Path:
+        if d.version == 2:
+            fetches.append(clock.now - 1000.0)
+        return fetch(d, dest)
+
+    source.fetch_artifact = counted  # type: ignore[method-assign,assignment]
+    cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs", health_interval_s=0.0,
+                      adapter_retry_backoff_s=(1.0, 4.0),
+                      external_engines={BASE: engine.server.url})
+    state, metrics = GatewayState(), Metrics()
+    reason = "fetch failed: FileNotFoundError: no artifact for bot@v2 in this test"
+
+    async def run(until: float) -> Supervisor:
+        async with aiohttp.ClientSession() as session:
+            sup = Supervisor(source, cfg, StatePublisher(state, metrics), session, clock=clock)
+            while clock.now - 1000.0 <= until:
+                await sup.step()
+                clock.now += 0.25
+            return sup
+
+    with caplog.at_level(logging.DEBUG, logger="reg.serving"):
+        sup = asyncio.run(run(12.0))
+    assert fetches == [0.0, 1.0, 3.0, 7.0, 11.0]  # backoff 1, 2, 4, then capped at 4
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        f"adapter bot@v2 cannot be synced: {reason}; trying again in 1 s"]
+    retries = [r.getMessage() for r in caplog.records if "failed again" in r.getMessage()]
+    assert retries[0] == ("adapter bot@v2 failed again (attempt 2, same reason); "
+                          "trying again in 2 s")
+    assert len(retries) == 4 and all(r.levelno == logging.INFO for r in caplog.records
+                                     if "failed again" in r.getMessage())
+    assert state.degraded == {("bot", 2): reason}
+    assert engine.loaded == {"bot@v1"}
+    text = metrics.render().decode()
+    assert 'reg_deployment_servable{model="bot",stage="canary",version="v2"} 0.0' in text
+    assert 'reg_deployment_servable{model="bot",stage="production",version="v1"} 1.0' in text
+
+    (root / "bot@v2").mkdir()
+    source.artifacts = {**source.artifacts, "bot@v2": root / "bot@v2"}
+    caplog.clear()
+
+    async def again() -> None:
+        async with aiohttp.ClientSession() as session:
+            sup.session = session
+            for _ in range(20):  # 5 s: past the next retry (at most 4 s away)
+                await sup.step()
+                clock.now += 0.25
+
+    with caplog.at_level(logging.INFO, logger="reg.serving"):
+        asyncio.run(again())
+    assert engine.loaded == {"bot@v1", "bot@v2"}
+    assert state.degraded == {}
+    assert "adapter bot@v2 synced after 5 failed attempts" in caplog.text
+    assert ('reg_deployment_servable{model="bot",stage="canary",version="v2"} 1.0'
+            in metrics.render().decode())
