@@ -54,7 +54,8 @@ def serve(
         log_dir=reg.settings.home / "serving" / "logs",
     )
     source = RegistrySource(reg)
-    app = create_app(source, cfg, writer=source, controller=None if no_controller else reg)
+    app = create_app(source, cfg, writer=source, controller=None if no_controller else reg,
+                     registry=reg)
     out = Output()
     base = f"http://{host}:{port}"
     out.message(f"[bold]reg gateway[/bold] on {base}")

@@ -31,6 +31,7 @@ class EngineStatus:
     generation: int = 0
     name: str = ""  # the served model name (the engine's metric label)
     max_model_len: int = 0
+    max_loras: int = 0  # adapter slots (vLLM's --max-loras)
     # Why a flag is what it is when the deployed versions asked for different values.
     notes: tuple[str, ...] = ()
 

@@ -447,6 +447,7 @@ class Supervisor:
                 pid=None if s.proc is None else s.proc.pid,
                 adapters=frozenset(s.adapters), restarts=s.restarts, generation=s.generation,
                 name=s.spec.served_name, max_model_len=s.spec.max_model_len,
+                max_loras=s.spec.max_loras,
                 notes=self._notes.get(k, ()),
             )
             for k, s in self.slots.items()

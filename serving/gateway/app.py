@@ -9,7 +9,9 @@ or there). Its lifespan:
    and reports to a :class:`~serving.gateway.state.StatePublisher` that keeps the
    routing snapshot current;
 3. given a registry to host it over, starts the canary controller beside them
-   (:class:`~serving.gateway.rollouts.RolloutHost`, `reg serve`'s default);
+   (:class:`~serving.gateway.rollouts.RolloutHost`, `reg serve`'s default), and given a
+   registry to read, the thread that keeps the operator metrics fresh
+   (:class:`~serving.gateway.operator_metrics.OperatorMetrics`);
 4. on shutdown, stops the controller, cancels shadow requests, stops the supervisor (and
    its engines) and closes both clients.
 
@@ -45,6 +47,7 @@ from serving.gateway.errors import error_response
 from serving.gateway.faults import Faults
 from serving.gateway.metrics import CONTENT_TYPE, Metrics
 from serving.gateway.openai_api import PATHS, Kind, OpenAIRoutes
+from serving.gateway.operator_metrics import OperatorMetrics, RegistryReader
 from serving.gateway.rollouts import RolloutHost
 from serving.gateway.state import GatewayState, StatePublisher
 from serving.source import DeploymentSource, PolicyWriter
@@ -129,18 +132,25 @@ def create_app(
     metrics: Metrics | None = None,
     manage_engines: bool = True,
     controller: Registry | None = None,
+    registry: Registry | None = None,
 ) -> FastAPI:
     """The gateway app. Nothing starts at import or here: the lifespan starts the supervisor.
 
     ``writer`` records policy changes made through the admin routes (the registry);
     without it those routes answer 501. With ``manage_engines=False`` the supervisor is
     built but never runs a pass by itself (tests set the state directly). With
-    ``controller`` the app hosts the canary controller over that registry.
+    ``controller`` the app hosts the canary controller over that registry. ``registry``
+    (else ``controller``) is what the operator metrics on ``/metrics`` are read from
+    (rollouts, reconcile events, training runs); without either they are left out.
     """
     state = GatewayState()
     m = metrics or Metrics()
     gw = Gateway(source=source, config=config, writer=writer, state=state, metrics=m,
                  api=OpenAIRoutes(state, config, m))
+    reads = registry if registry is not None else controller
+    operator = OperatorMetrics(None if reads is None else RegistryReader(reads))
+    if reads is not None:
+        m.registry.register(operator)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -154,9 +164,11 @@ def create_app(
         if controller is not None:
             gw.rollouts = RolloutHost.for_gateway(controller, state, gw.records, source, config)
             gw.rollouts.start()
+        operator.start()
         try:
             yield
         finally:
+            await asyncio.to_thread(operator.stop)
             if gw.rollouts is not None:
                 await asyncio.to_thread(gw.rollouts.stop)
             gw.api.cancel_shadows()

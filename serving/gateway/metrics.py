@@ -198,6 +198,11 @@ class Metrics:
             "reg_engine_adapters_loaded", "LoRA adapters loaded in the engine.", ["engine"],
             registry=r,
         )
+        self.adapter_slots = Gauge(
+            "reg_engine_adapter_slots",
+            "Adapters the engine can mix in one batch (vLLM's --max-loras, REG_MAX_LORAS); "
+            "requests for adapters beyond them wait for a slot.", ["engine"], registry=r,
+        )
         self.traffic_weight = Gauge(
             "reg_traffic_weight_ratio",
             "Share of a model's traffic routed to each stage (0-1), with the stage's version.",
@@ -250,11 +255,14 @@ class Metrics:
         for model, version, stage, share in shadows:
             self.shadow_weight.labels(model, version, stage).set(share)
 
-    def set_engines(self, up: Mapping[str, bool], adapters: Mapping[str, int]) -> None:
+    def set_engines(self, up: Mapping[str, bool], adapters: Mapping[str, int],
+                    slots: Mapping[str, int] | None = None) -> None:
         for engine, ok in up.items():
             self.engine_up.labels(engine).set(1 if ok else 0)
         for engine, n in adapters.items():
             self.adapters_loaded.labels(engine).set(n)
+        for engine, n in (slots or {}).items():
+            self.adapter_slots.labels(engine).set(n)
 
     def set_servable(self, rows: Iterable[tuple[str, str, str, bool]]) -> None:
         """Replace the servable gauge: rows of (model, version, stage, servable)."""

@@ -89,7 +89,8 @@ class StatePublisher:
     def engines(self, statuses: Mapping[str, EngineStatus]) -> None:
         self.state.engines = statuses
         self.metrics.set_engines({s.name: s.ready for s in statuses.values()},
-                                 {s.name: len(s.adapters) for s in statuses.values()})
+                                 {s.name: len(s.adapters) for s in statuses.values()},
+                                 {s.name: s.max_loras for s in statuses.values()})
 
     def engine_restarted(self, name: str) -> None:
         self.metrics.engine_restarts.labels(name).inc()
