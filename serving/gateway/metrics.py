@@ -242,6 +242,11 @@ class Metrics:
             v = self._routed[key] = RoutedMetrics()
         return v
 
+    @property
+    def routed(self) -> Mapping[tuple[str, int], RoutedMetrics]:
+        """Every routed version's values, by (model, version): read on the event loop."""
+        return self._routed
+
     def set_traffic(
         self,
         weights: Iterable[tuple[str, str, str, float]],

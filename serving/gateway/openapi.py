@@ -156,3 +156,9 @@ def ready() -> dict[str, Any]:
 def metrics() -> dict[str, Any]:
     return {"responses": {"200": {"description": "Prometheus text exposition format.",
                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}
+
+
+def status() -> dict[str, Any]:
+    """``GET /api/status``: the 200 body's schema comes from its pydantic model."""
+    return {"responses": {"401": {"description": _ERRORS["401"],
+                                  "content": {"application/json": {"schema": ERROR}}}}}
