@@ -11,13 +11,16 @@ or there). Its lifespan:
 3. given a registry to host it over, starts the canary controller beside them
    (:class:`~serving.gateway.rollouts.RolloutHost`, `reg serve`'s default), and given a
    registry to read, the thread that keeps the operator metrics fresh
-   (:class:`~serving.gateway.operator_metrics.OperatorMetrics`);
+   (:class:`~serving.gateway.operator_metrics.OperatorMetrics`); and the sampler of
+   ``/api/status``'s time series (:class:`~serving.gateway.status.StatusHost`);
 4. on shutdown, stops the controller, cancels shadow requests, stops the supervisor (and
    its engines) and closes both clients.
 
 The parts: :mod:`~serving.gateway.openai_api` (the OpenAI routes; the two completion
 routes are plain ASGI, dispatched by :class:`GatewayApp` before FastAPI),
-:mod:`~serving.gateway.admin` (admin routes), :mod:`~serving.gateway.auth`,
+:mod:`~serving.gateway.admin` (admin routes), :mod:`~serving.gateway.page` (the
+status page at ``/``), :mod:`~serving.gateway.status` (``/api/status``, which it reads),
+:mod:`~serving.gateway.auth`,
 :mod:`~serving.gateway.accounting`, :mod:`~serving.gateway.routing` (pure) and
 :mod:`~serving.gateway.metrics`.
 """
@@ -48,8 +51,10 @@ from serving.gateway.faults import Faults
 from serving.gateway.metrics import CONTENT_TYPE, Metrics
 from serving.gateway.openai_api import PATHS, Kind, OpenAIRoutes
 from serving.gateway.operator_metrics import OperatorMetrics, RegistryReader
+from serving.gateway.page import page_router
 from serving.gateway.rollouts import RolloutHost
 from serving.gateway.state import GatewayState, StatePublisher
+from serving.gateway.status import StatusHost, status_router
 from serving.source import DeploymentSource, PolicyWriter
 from serving.upstream.pool import UpstreamPool
 
@@ -151,6 +156,7 @@ def create_app(
     operator = OperatorMetrics(None if reads is None else RegistryReader(reads))
     if reads is not None:
         m.registry.register(operator)
+    status = StatusHost(gw, None if reads is None else reads.overview)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -165,9 +171,11 @@ def create_app(
             gw.rollouts = RolloutHost.for_gateway(controller, state, gw.records, source, config)
             gw.rollouts.start()
         operator.start()
+        status.start()
         try:
             yield
         finally:
+            await status.stop()
             await asyncio.to_thread(operator.stop)
             if gw.rollouts is not None:
                 await asyncio.to_thread(gw.rollouts.stop)
@@ -180,6 +188,7 @@ def create_app(
                      docs_url=None, redoc_url=None)
     app.api = gw.api
     app.state.gateway = gw
+    app.state.status = status
 
     @app.post("/v1/chat/completions", openapi_extra=openapi.chat_completions(),
               response_class=Response, tags=["openai"])
@@ -215,6 +224,8 @@ def create_app(
         return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
 
     app.include_router(admin_router(gw))
+    app.include_router(status_router(status, gw.api.check_api_key))
+    app.include_router(page_router())  # the status page at /, over /api/status
     app.add_exception_handler(AdminDenied, admin_denied_handler)
 
     @app.exception_handler(StarletteHTTPException)
