@@ -6,7 +6,7 @@ STAMP := .venv/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 # package ("WARNING: Location ... is ignored"), hundreds of lines that hide real errors.
 QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
-.PHONY: demo test lint typecheck unit services install bench clean
+.PHONY: demo test lint typecheck unit services install bench clean docs
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ unit: install
 
 test: install services lint typecheck
 	REG_REQUIRE_SERVICES=1 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests
+
+# The generated references (docs/reference/); tests/reg_cli/test_reference.py fails on drift.
+docs: install
+	$(PY) -m reg_cli.reference docs/reference
 
 bench: install services
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

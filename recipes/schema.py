@@ -37,7 +37,8 @@ class Strict(BaseModel):
 
 
 class DataFormat(StrEnum):
-    """How rows of a data file are shaped."""
+    """How rows of a data file are shaped: alpaca {instruction, input, output}, sharegpt
+    {conversations}, openai_chat {messages}, dpo_pairs {prompt, chosen, rejected}, text."""
 
     alpaca = "alpaca"  # instruction, input, output
     sharegpt = "sharegpt"  # conversations: [{from, value}]
@@ -47,6 +48,7 @@ class DataFormat(StrEnum):
 
 
 class AdapterMethod(StrEnum):
+    """PEFT method; vLLM serves lora and qlora (the others need deploy.target: none)."""
     lora = "lora"
     qlora = "qlora"
     dora = "dora"
@@ -57,12 +59,14 @@ class AdapterMethod(StrEnum):
 
 
 class Objective(StrEnum):
+    """sft: loss on the assistant's turns; dpo: preference pairs; cpt: packed raw text."""
     sft = "sft"  # supervised fine-tuning, loss on the assistant's turns only
     dpo = "dpo"  # direct preference optimisation on prompt/chosen/rejected
     cpt = "cpt"  # continued pre-training on raw text, packed
 
 
 class Metadata(Strict):
+    """Who the model is: its name, and what `reg models` shows about it."""
     name: str = Field(
         pattern=NAME_PATTERN,
         description="Model name, unique across recipes: lowercase letters, digits and '-'.",
@@ -73,6 +77,7 @@ class Metadata(Strict):
 
 
 class Quantization(Strict):
+    """bitsandbytes loading of the base model (QLoRA)."""
     bits: Literal[4, 8] = Field(default=4, description="Load the base model in 4 or 8 bits.")
     quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
     double_quant: bool = Field(default=True, description="Quantize the quantization constants.")
@@ -82,6 +87,7 @@ class Quantization(Strict):
 
 
 class BaseModelSpec(Strict):
+    """The model the adapter is trained on; its files' content is part of the spec hash."""
     path: str = Field(
         min_length=1,
         description="Directory of a Hugging Face model (config.json + safetensors), relative to "
@@ -102,19 +108,20 @@ class BaseModelSpec(Strict):
 class FieldMap(Strict):
     """Column names in the data files, when they differ from the format's defaults."""
 
-    instruction: str = "instruction"
-    input: str = "input"
-    output: str = "output"
-    messages: str = "messages"
-    conversations: str = "conversations"
-    prompt: str = "prompt"
-    chosen: str = "chosen"
-    rejected: str = "rejected"
-    text: str = "text"
-    system: str = "system"
+    instruction: str = Field(default="instruction", description="alpaca: the instruction.")
+    input: str = Field(default="input", description="alpaca: the optional input.")
+    output: str = Field(default="output", description="alpaca: the answer.")
+    messages: str = Field(default="messages", description="openai_chat: [{role, content}].")
+    conversations: str = Field(default="conversations", description="sharegpt: [{from, value}].")
+    prompt: str = Field(default="prompt", description="dpo_pairs: the prompt.")
+    chosen: str = Field(default="chosen", description="dpo_pairs: the preferred answer.")
+    rejected: str = Field(default="rejected", description="dpo_pairs: the rejected answer.")
+    text: str = Field(default="text", description="text: the raw text.")
+    system: str = Field(default="system", description="A row's own system message, if any.")
 
 
 class DataSource(Strict):
+    """One data file."""
     path: str = Field(
         min_length=1, description="jsonl/json/csv/parquet file, relative to the recipe."
     )
@@ -133,6 +140,7 @@ class DataSource(Strict):
 
 
 class CleanSpec(Strict):
+    """Cleaning before the split; `reg data` reports what each rule removed."""
     normalize_whitespace: bool = Field(
         default=True, description="Collapse runs of spaces, strip ends."
     )
@@ -152,6 +160,7 @@ class CleanSpec(Strict):
 
 
 class SplitSpec(Strict):
+    """Held-out shares, by a salted content hash: a row keeps its split as the data grows."""
     validation: float = Field(default=0.1, ge=0, lt=1, description="Share held out for validation.")
     test: float = Field(default=0.1, ge=0, lt=1, description="Share held out for test.")
     seed: int = Field(default=0, description="Salt of the content hash that assigns splits.")
@@ -167,6 +176,7 @@ class SplitSpec(Strict):
 
 
 class MixSpec(Strict):
+    """How several sources are mixed into the training set."""
     strategy: Literal["proportional", "equal", "temperature"] = Field(
         default="proportional",
         description="proportional: by size (or weight); equal: same count per task; "
@@ -176,14 +186,16 @@ class MixSpec(Strict):
 
 
 class ReplaySpec(Strict):
+    """General-domain data mixed into the training set against forgetting."""
     path: str = Field(min_length=1, description="General-domain data mixed in against forgetting.")
-    format: DataFormat | None = None
+    format: DataFormat | None = Field(default=None, description="Defaults to data.format.")
     ratio: float = Field(
         default=0.1, gt=0, lt=1, description="Share of the training set from replay."
     )
 
 
 class DataSpec(Strict):
+    """Where the training data comes from and how it is prepared."""
     sources: list[DataSource] = Field(min_length=1, description="One or more data files.")
     format: DataFormat = Field(default=DataFormat.openai_chat, description="Default row format.")
     fields: FieldMap = Field(default_factory=FieldMap, description="Default column names.")
@@ -196,6 +208,7 @@ class DataSpec(Strict):
 
 
 class AdapterSpec(Strict):
+    """The PEFT adapter trained on the base model."""
     method: AdapterMethod = Field(default=AdapterMethod.lora, description="PEFT method.")
     r: int = Field(
         default=8, gt=0, le=512, description="LoRA rank; higher learns more, costs memory."
@@ -208,7 +221,8 @@ class AdapterSpec(Strict):
         default_factory=lambda: ["q_proj", "v_proj"],
         description="Module names to adapt, or all-linear.",
     )
-    bias: Literal["none", "all", "lora_only"] = "none"
+    bias: Literal["none", "all", "lora_only"] = Field(default="none",
+                                                      description="Which biases train.")
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
     feedforward_modules: list[str] | None = Field(
         default=None, description="ia3 only: which target modules are feed-forward."
@@ -225,6 +239,7 @@ class AdapterSpec(Strict):
 
 
 class EarlyStopping(Strict):
+    """Stop when the validation loss stops falling (needs training.eval_every_steps)."""
     patience: int = Field(
         default=3, gt=0, description="Evaluations without improvement before stopping."
     )
@@ -232,6 +247,7 @@ class EarlyStopping(Strict):
 
 
 class EWCSpec(Strict):
+    """Elastic weight consolidation: a penalty on moving weights the reference data needs."""
     weight: float = Field(default=100.0, gt=0, description="lambda of the EWC penalty.")
     reference: str | None = Field(
         default=None, description="Data for the Fisher estimate; defaults to the replay data."
@@ -240,12 +256,15 @@ class EWCSpec(Strict):
 
 
 class DPOSpec(Strict):
+    """Settings of objective dpo (trl's DPOTrainer)."""
     beta: float = Field(default=0.1, gt=0, description="Strength of the KL constraint.")
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(default="sigmoid",
+                                                          description="trl's DPO loss.")
 
 
 class TrainingSpec(Strict):
-    objective: Objective = Field(default=Objective.sft)
+    """How the adapter is trained (transformers + peft + trl)."""
+    objective: Objective = Field(default=Objective.sft, description="What the loss is.")
     epochs: float = Field(
         default=1.0, gt=0, description="Passes over the data (ignored if max_steps)."
     )
@@ -253,15 +272,17 @@ class TrainingSpec(Strict):
     learning_rate: float | Literal["auto"] = Field(
         default="auto", description="A number, or auto: chosen by method, model and data size."
     )
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="linear", description="Learning-rate schedule after the warmup.")
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Share of steps warming up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="The optimizer's weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     batch_size: int = Field(default=8, gt=0, description="Examples per device step.")
-    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    gradient_accumulation_steps: int = Field(
+        default=1, gt=0, description="Steps per update; effective batch = batch_size x this.")
     max_seq_length: int = Field(default=512, gt=0, description="Tokens per example (truncated).")
     packing: bool = Field(default=False, description="Pack short examples into full sequences.")
-    seed: int = Field(default=42)
+    seed: int = Field(default=42, description="Same recipe, data and seed: same adapter bytes.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: fp32 on CPU (bf16 is 7-25x slower there), bf16 on CUDA."
     )
@@ -279,35 +300,42 @@ class TrainingSpec(Strict):
 
 
 class GatesSpec(Strict):
+    """Thresholds a version must meet; one that fails a gate is registered as rejected."""
     max_perplexity: float | None = Field(
         default=None, gt=0, description="Test-set perplexity ceiling."
     )
-    max_eval_loss: float | None = Field(default=None, gt=0)
+    max_eval_loss: float | None = Field(default=None, gt=0, description="Held-out loss ceiling.")
     min_improvement_vs_base: float | None = Field(
         default=None, description="Required relative perplexity drop vs the base (0.1 = 10%)."
     )
-    min_exact_match: float | None = Field(default=None, ge=0, le=1)
-    min_contains: float | None = Field(default=None, ge=0, le=1)
-    min_rouge_l: float | None = Field(default=None, ge=0, le=1)
+    min_exact_match: float | None = Field(
+        default=None, ge=0, le=1, description="Share of greedy test answers equal to reference.")
+    min_contains: float | None = Field(
+        default=None, ge=0, le=1, description="Share of greedy test answers holding reference.")
+    min_rouge_l: float | None = Field(
+        default=None, ge=0, le=1, description="Mean ROUGE-L of greedy test answers.")
     max_general_regression: float | None = Field(
         default=None, ge=0, description="Allowed relative perplexity rise on evaluation.general."
     )
 
 
 class GeneralEval(Strict):
+    """General-capability data, to measure how much the tuning forgets (base vs tuned)."""
     path: str = Field(min_length=1, description="General-capability data set (text or chat).")
-    format: DataFormat = DataFormat.text
-    max_examples: int = Field(default=64, gt=0)
+    format: DataFormat = Field(default=DataFormat.text, description="Row format of the data set.")
+    max_examples: int = Field(default=64, gt=0, description="Rows of it evaluated.")
 
 
 class EvaluationSpec(Strict):
+    """Evaluation of the tuned model and the base; the gates decide ready or rejected."""
     generation_examples: int = Field(default=16, ge=0, description="Test rows decoded greedily.")
-    max_new_tokens: int = Field(default=32, gt=0)
+    max_new_tokens: int = Field(default=32, gt=0, description="Tokens decoded per test row.")
     general: GeneralEval | None = None
     gates: GatesSpec = Field(default_factory=GatesSpec)
 
 
 class RolloutStepSpec(Strict):
+    """One step of a rollout."""
     weight: int = Field(ge=1, le=100, description="Canary traffic percentage at this step.")
 
 
@@ -366,6 +394,7 @@ class RolloutSpec(Strict):
 
 
 class DeploySpec(Strict):
+    """Where each new ready version goes once registered."""
     target: Literal["vllm", "none"] = Field(default="vllm", description="Serving engine.")
     promote_to: str | None = Field(
         default=None, pattern=STAGE_NAME_PATTERN,
@@ -376,6 +405,7 @@ class DeploySpec(Strict):
 
 
 class Spec(Strict):
+    """What to train, how to evaluate it, and where to deploy it."""
     base_model: BaseModelSpec
     data: DataSpec
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
@@ -388,7 +418,7 @@ class Recipe(Strict):
     """One model's recipe (``kind: Recipe``)."""
 
     apiVersion: Literal["reg/v1"] = Field(description="Schema version; reg/v1.")
-    kind: Literal["Recipe"]
+    kind: Literal["Recipe"] = Field(description="Document type; Recipe.")
     metadata: Metadata
     spec: Spec
 
