@@ -33,6 +33,7 @@ PAGE_FILES: dict[str, tuple[str, str]] = {
     "/page/page.css": ("page.css", "text/css; charset=utf-8"),
     "/page/uPlot.iife.min.js": ("uPlot.iife.min.js", "text/javascript; charset=utf-8"),
     "/page/uPlot.min.css": ("uPlot.min.css", "text/css; charset=utf-8"),
+    "/page/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 
 _HEADERS = {

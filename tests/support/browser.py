@@ -79,3 +79,14 @@ def console_errors(page: Page) -> list[str]:
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     return errors
+
+
+def serious_violations(page: Page) -> list[str]:
+    """axe-core's serious and critical accessibility violations on the page as it is now
+    (missing labels, too little contrast, ...), one line each with the elements."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    return [f"{v['id']} ({v['impact']}): {v['help']}: "
+            + "; ".join(str(n.get("target")) for n in v["nodes"][:5])
+            for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
