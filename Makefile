@@ -6,7 +6,7 @@ STAMP := .venv/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 # package ("WARNING: Location ... is ignored"), hundreds of lines that hide real errors.
 QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
-.PHONY: demo test lint typecheck unit services install bench clean docs
+.PHONY: demo test lint typecheck unit services install bench bench-smoke bench-tools clean docs
 
 install: $(STAMP)
 
@@ -36,15 +36,24 @@ typecheck: install
 unit: install
 	.venv/bin/python -m pytest -q -x -m "not slow" tests
 
-test: install services lint typecheck
+test: install services bench-tools lint typecheck
 	REG_REQUIRE_SERVICES=1 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests
 
 # The generated references (docs/reference/); tests/reg_cli/test_reference.py fails on drift.
 docs: install
 	$(PY) -m reg_cli.reference docs/reference
 
-bench: install services
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+# Every benchmark under bench/, one table: bench/RESULTS.md, bench/results.json, bench/plots/.
+bench: install bench-tools
+	$(PY) bench/run.py
+
+# The same code paths with small sizes, into a temporary directory (tests/bench runs it too).
+bench-smoke: install bench-tools
+	$(PY) bench/run.py --smoke
+
+# wrk, nginx (Debian) and vllm-router (PyPI, into bench/.venv): what the benchmarks compare with.
+bench-tools:
+	@bash scripts/install_bench.sh
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache demo

@@ -1,9 +1,11 @@
-"""8 LoRA adapters round-robin vs the base model only, on the same vLLM engine.
+"""LoRA adapters round-robin vs the base model only, on the same vLLM engine.
 
-Starts one engine the way `reg serve` does (serving.engines.process, --max-loras 8),
-loads 8 adapters at runtime under 8 names, then sends the same chat requests
-(8 concurrent, max_tokens 16) to the base model and round-robin over the
-adapters, interleaved twice. Goal: adapters >= 0.8x the base's throughput.
+Starts one engine the way `reg serve` does (serving.engines.process, --max-loras 16,
+--max-num-seqs 16), loads 16 adapters at runtime under 16 names, then sends the same chat
+requests (16 concurrent, max_tokens 16, ignore_eos) to the base model and round-robin over
+1, 2, 4, 8 and 16 of the adapters, in pairs (base, then k adapters: A B A B), so drift hits
+both alike; each point is the median of its per-round ratios. Goal: 8 adapters >= 0.8x the
+base's throughput. The curve is throughput against the number of active adapters.
 
 Two base models, because the ratio depends on how much work the base does per token:
 - ``tiny``: the project's tiny Llama (hidden 128, 2 layers, 0.6 M parameters) with the
@@ -12,25 +14,30 @@ Two base models, because the ratio depends on how much work the base does per to
   below any production model) with a LoRA r=8 on q_proj/v_proj made by peft (throughput
   does not depend on what the adapter learned, so it is not trained).
 
-Run: .venv/bin/python bench/bench_adapters.py [tiny] [small]   (3-5 minutes on 2 cores)
+Run: .venv/bin/python bench/bench_adapters.py [tiny] [small] [--smoke] [--json OUT]
+(``--smoke``: tiny only, 16 requests a point, one round; the engine start dominates)
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from results import BenchReport, Curve, Series, add_arguments, measure
 from serving_stack import MODEL
 
 N = 240
-CONCURRENCY = 8
+CONCURRENCY = 16
+COUNTS = (1, 2, 4, 8, 16)
+GOAL_COUNT = 8
 
 
-async def run(url: str, models: list[str]) -> float:
+async def run(url: str, models: list[str], n: int) -> float:
     import aiohttp
 
     sem = asyncio.Semaphore(CONCURRENCY)
@@ -45,8 +52,8 @@ async def run(url: str, models: list[str]) -> float:
                 assert r.status == 200, (r.status, await r.text())
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(N)))
-        return N / (time.perf_counter() - t0)
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return n / (time.perf_counter() - t0)
 
 
 async def load_adapters(url: str, names: list[str], path: Path) -> None:
@@ -85,7 +92,15 @@ def make_adapter(base: Path, tmp: Path, size: str) -> Path:
     return out
 
 
-def measure(size: str, tmp: Path) -> tuple[float, float]:
+@dataclass
+class Point:
+    adapters: int
+    base_rps: float  # median over rounds
+    lora_rps: float
+    ratio: float  # median of the per-round ratios
+
+
+def sweep(size: str, tmp: Path, counts: tuple[int, ...], n: int, rounds: int) -> list[Point]:
     from recipes.scaffold.tiny_model import TinyModelConfig, build_tiny_llama
     from registry.deployments import Deployment
     from serving.engines.process import EngineProcess, engine_spec
@@ -93,10 +108,10 @@ def measure(size: str, tmp: Path) -> tuple[float, float]:
     cfg = TinyModelConfig() if size == "tiny" else TinyModelConfig(**SMALL)
     base = build_tiny_llama(tmp / f"{size}-llama", cfg)
     adapter = make_adapter(base, tmp / size, size)
-    # Sized as for one deployed rank-8 version (the 8 names share its adapter).
+    # Sized as for one deployed rank-8 version (the names share its adapter).
     deployed = Deployment(model=MODEL, version=1, stages=("production",), digest="",
                           base_model_path=str(base), adapter_rank=8)
-    spec = engine_spec(str(base), [deployed], max_loras=8)
+    spec = engine_spec(str(base), [deployed], max_loras=max(counts), max_num_seqs=CONCURRENCY)
     engine = EngineProcess(spec, tmp / "logs")
     engine.start()
     try:
@@ -111,32 +126,62 @@ def measure(size: str, tmp: Path) -> tuple[float, float]:
                 if time.monotonic() > deadline or engine.exit_code() is not None:
                     raise RuntimeError("engine did not start:\n" + engine.log_tail()) from e
                 time.sleep(1)
-        names = [f"{MODEL}@v{i}" for i in range(1, 9)]
+        names = [f"{MODEL}@v{i}" for i in range(1, max(counts) + 1)]
         asyncio.run(load_adapters(engine.url, names, adapter))
-        asyncio.run(run(engine.url, [spec.served_name]))  # warm up
-        asyncio.run(run(engine.url, names))
-        base_rps, lora_rps = [], []
-        for _ in range(2):  # interleaved, so drift hits both alike
-            base_rps.append(asyncio.run(run(engine.url, [spec.served_name])))
-            lora_rps.append(asyncio.run(run(engine.url, names)))
+        asyncio.run(run(engine.url, [spec.served_name], n))  # warm up
+        asyncio.run(run(engine.url, names, n))
+        points = []
+        for k in counts:
+            base_rps, lora_rps = [], []
+            for _ in range(rounds):  # pairs, so drift hits both alike
+                base_rps.append(asyncio.run(run(engine.url, [spec.served_name], n)))
+                lora_rps.append(asyncio.run(run(engine.url, names[:k], n)))
+            points.append(Point(k, statistics.median(base_rps), statistics.median(lora_rps),
+                                statistics.median(a / b for b, a in
+                                                  zip(base_rps, lora_rps, strict=True))))
     finally:
         engine.stop()
-    return statistics.mean(base_rps), statistics.mean(lora_rps)
+    return points
 
 
 def main() -> None:
-    sizes = sys.argv[1:] or ["tiny", "small"]
-    rows = []
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sizes", nargs="*", choices=["tiny", "small"], metavar="SIZE",
+                    help="tiny and/or small (default both; smoke: tiny)")
+    add_arguments(ap)
+    args = ap.parse_args()
+    sizes = args.sizes or (["tiny"] if args.smoke else ["tiny", "small"])
+    n, rounds = (16, 1) if args.smoke else (N, 2)
+    report = BenchReport(bench="adapters", smoke=args.smoke)
+    curve = Curve(key="engine_vs_adapters", title="Engine throughput vs active adapters "
+                  f"(vLLM CPU, {CONCURRENCY} concurrent, max_tokens 16)",
+                  x_label="active adapters (round-robin)", y_label="requests/s", log_x=True,
+                  series=[], notes="the base model alone is measured in the same pairs")
+    print(f"\n{n} chat requests a run, {CONCURRENCY} concurrent, max_tokens 16, one engine "
+          f"(--max-loras {max(COUNTS)}), {rounds} round(s) of pairs")
+    print(f"{'base model':<12}{'requests to':<28}{'req/s':>10}{'x base':>9}")
     with tempfile.TemporaryDirectory(prefix="reg-bench-adapters-") as t:
         for size in sizes:
-            rows.append((size, *measure(size, Path(t))))
-    print(f"\n{N} chat requests, {CONCURRENCY} concurrent, max_tokens 16, one engine "
-          "(--max-loras 8)")
-    print(f"{'base model':<12}{'requests to':<28}{'req/s':>10}{'x base':>9}")
-    for size, b, a in rows:
-        print(f"{size:<12}{'base model only':<28}{b:>10.1f}{1.0:>9.2f}")
-        print(f"{size:<12}{'8 adapters, round-robin':<28}{a:>10.1f}{a / b:>9.2f}")
+            points = sweep(size, Path(t), COUNTS, n, rounds)
+            for p in points:
+                print(f"{size:<12}{'base model only':<28}{p.base_rps:>10.1f}{1.0:>9.2f}")
+                print(f"{size:<12}{f'{p.adapters} adapters, round-robin':<28}"
+                      f"{p.lora_rps:>10.1f}{p.ratio:>9.2f}")
+            at = next(p for p in points if p.adapters == GOAL_COUNT)
+            report.measures.append(measure(
+                f"adapters.{size}", f"{GOAL_COUNT} adapters round-robin vs base, {size} model "
+                f"(vLLM CPU, {CONCURRENCY} concurrent)", at.lora_rps, "req/s",
+                reference=at.base_rps, reference_name="base model only, same engine",
+                ratio=at.ratio, goal=">= 0.8x", rounds=rounds,
+                notes=f"{n} requests a run, --max-loras {max(COUNTS)}; median of per-pair "
+                      "ratios"))
+            curve.series.append(Series(label=f"{size}: adapters",
+                                       points=[(p.adapters, p.lora_rps) for p in points]))
+            curve.series.append(Series(label=f"{size}: base model (same pairs)", dashed=True,
+                                       points=[(p.adapters, p.base_rps) for p in points]))
     print("goal: 8 adapters >= 0.80x base")
+    report.curves.append(curve)
+    report.write(args.json)
 
 
 if __name__ == "__main__":

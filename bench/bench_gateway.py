@@ -1,7 +1,8 @@
 """Gateway overhead, measured side by side in one run (not a timed test).
 
-1. Proxy cost: wrk (32 connections, non-streaming chat) against a minimal OpenAI
-   echo backend directly, through nginx (if installed), and through `reg serve`.
+1. Proxy cost (``proxy``): wrk (32 connections, non-streaming chat) against a minimal
+   OpenAI echo backend directly, through nginx and vllm-router (when installed:
+   scripts/install_bench.sh), and through `reg serve`.
    Goal: reg >= 0.5x of direct, <= 0.3 ms of gateway CPU per request.
    Run against two echo backends (bench/echo_backend.py), each row beside its own
    direct figure:
@@ -13,33 +14,44 @@
      figures (which used only this one) stay comparable.
    The gateway's CPU per request is measured from its process's CPU time, so it does
    not depend on which backend is used.
-2. Real engine: the same chat requests (8 concurrent) to vLLM directly and through
-   the gateway (version pin, so both hit the same adapter). Goal: throughput ratio
+2. Concurrency curve (``curve``): the uvicorn echo directly, through nginx and through
+   the gateway at 1, 2, 4, 8, 16, 32 and 64 connections (wrk --latency), the three paths
+   in turn at each point (A B C A B C): throughput and p50/p99 latency.
+3. Promotion (``promote``): with the gateway up on the echo stack, a promotion through
+   the registry API, then requests to the model until the new version answers
+   (``x-reg-version``). Goal: visible <= 1 s.
+4. Real engine (``engine``): the same chat requests (8 concurrent) to vLLM directly and
+   through the gateway (version pin, so both hit the same adapter). Goal: throughput ratio
    >= 0.95, p50 ratio <= 1.05.
-
-3. Quick (``quick``, not part of the default run): the uvicorn echo only, direct and
+5. Quick (``quick``, not part of the default run): the uvicorn echo only, direct and
    through the gateway in interleaved rounds (medians of the per-round ratios), no peers;
    the before/after check for a change to the gateway.
 
-Run: .venv/bin/python bench/bench_gateway.py [proxy] [engine] [quick]
-     (proxy + engine by default: several minutes on 2 cores; quick: about a minute)
+Run: .venv/bin/python bench/bench_gateway.py [proxy] [curve] [promote] [engine] [quick]
+     [--smoke] [--json OUT]
+     (all but quick by default: several minutes on 2 cores; quick: about a minute;
+     ``--smoke``: the uvicorn echo only, 1-second wrk runs, 3 concurrencies, 3
+     promotions, 2 rounds of 16 engine requests: the same code paths)
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
-import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from peers import PEER_LABELS, PEERS, wrk
+from results import BenchReport, Curve, Measure, Series, add_arguments, measure, skipped
 from serving_stack import (
     MODEL,
     PY,
@@ -53,160 +65,210 @@ from serving_stack import (
 
 BODY = {"model": f"{MODEL}@v1", "messages": [{"role": "user", "content": "Where is my order?"}],
         "max_tokens": 4, "temperature": 0}
-WRK_SECONDS = 10
+ECHO_KINDS = {"uvicorn echo": ["uvicorn"], "raw echo": []}  # the first is the curve's
+PARTS = ("proxy", "curve", "promote", "engine", "quick")
 
 
-def wrk(url: str, body: dict[str, object], tmp: Path, seconds: int = WRK_SECONDS
-        ) -> tuple[float, int]:
-    """(requests/s, requests) of wrk -t2 -c32 POSTing ``body`` to ``url``."""
-    script = tmp / "post.lua"
-    script.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(json.dumps(body))}\n"
-    )
-    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(script),
-                          url + "/v1/chat/completions"], capture_output=True, text=True,
-                         check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
-        raise RuntimeError(f"{url}: {non2xx.group(1)} non-2xx answers\n{out}")
-    return rps, total
+@dataclass(frozen=True)
+class Sizes:
+    """What a run measures: the full run's or the smoke run's."""
+
+    wrk_s: float
+    echo_kinds: tuple[str, ...]
+    peers: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    curve_rounds: int
+    promotions: int
+    engine_n: int
+    engine_rounds: int
+
+    @classmethod
+    def for_run(cls, smoke: bool) -> Sizes:
+        if smoke:  # vllm-router is left out: it is a peer row, not a code path of reg
+            return cls(1, ("uvicorn echo",), ("nginx",), (1, 8, 64), 1, 3, 16, 2)
+        return cls(10, tuple(ECHO_KINDS), tuple(PEERS), (1, 2, 4, 8, 16, 32, 64), 2, 10,
+                   200, 10)
 
 
-def start_nginx(tmp: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str] | None:
-    nginx = shutil.which("nginx")
-    if nginx is None:
-        return None
+@contextlib.contextmanager
+def echo_backend(kind: str) -> Iterator[str]:
     port = free_port()
-    conf = tmp / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p; fastcgi_temp_path {tmp}/f;
-  uwsgi_temp_path {tmp}/u; scgi_temp_path {tmp}/s;
-  upstream echo {{ server {upstream.removeprefix("http://")}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{port};
-    location / {{ proxy_pass http://echo; proxy_http_version 1.1;
-                  proxy_set_header Connection ""; }} }}
-}}""")
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1)
-    return proc, f"http://127.0.0.1:{port}"
+    echo = subprocess.Popen([PY, str(ROOT / "bench" / "echo_backend.py"), str(port),
+                             *ECHO_KINDS[kind]])
+    try:
+        time.sleep(1.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        echo.terminate()
+        echo.wait()
 
 
-def start_vllm_router(tmp: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str] | None:
-    """vllm-router (Rust, round robin) in front of ``upstream``, installed into ``tmp`` by pip
-    (it is a peer to compare with, not a dependency); None when it cannot be installed."""
-    target = tmp / "peers"
-    if not (target / "vllm_router").exists():
-        got = subprocess.run([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                              "--no-deps", "--target", str(target), "vllm-router==0.1.17",
-                              "setproctitle", "orjson"], capture_output=True, text=True)
-        if got.returncode != 0:
-            print(f"vllm-router not installed, row skipped: {got.stderr.strip()[-300:]}")
-            return None
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(target)}
-    proc = subprocess.Popen([PY, "-m", "vllm_router.launch_router", "--worker-urls", upstream,
-                             "--policy", "round_robin", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):  # answers plain text
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    print("vllm-router did not become healthy, row skipped")
-    return None
+@dataclass(frozen=True)
+class EchoStack:
+    """An echo backend and `reg serve` in front of it (the registry's base model is
+    ``/echo``, served by the backend as an external engine)."""
+
+    kind: str
+    echo_url: str
+    url: str
+    serve: subprocess.Popen[bytes]
+    home: Path
 
 
-PEERS = {"nginx 1 worker": start_nginx, "vllm-router round robin": start_vllm_router}
-ECHO_KINDS = {"uvicorn echo": ["uvicorn"], "raw echo": []}
+@contextlib.contextmanager
+def echo_stack(tmp: Path, kind: str) -> Iterator[EchoStack]:
+    home = echo_home(tmp)
+    with echo_backend(kind) as echo_url, \
+            reg_serve(home, {"REG_EXTERNAL_ENGINES": f"/echo={echo_url}"}) as (url, serve):
+        yield EchoStack(kind, echo_url, url, serve, home)
 
 
-def proxy_cost(tmp: Path) -> list[tuple[str, float, float, str]]:
+def echo_home(tmp: Path) -> Path:
     home = tmp / "echo-home"
-    home.mkdir()
-    build_registry(home, base_model_path="/echo")
+    if not home.exists():
+        home.mkdir()
+        build_registry(home, base_model_path="/echo")
+    return home
+
+
+# -- 1. proxy cost ------------------------------------------------------------------------
+
+
+def proxy_cost(tmp: Path, st: EchoStack, z: Sizes) -> list[Measure]:
+    """wrk directly, through each peer, and through the gateway, in front of one backend."""
     rows: list[tuple[str, float, float, str]] = []
-    for name, args in ECHO_KINDS.items():
-        rows += _proxy_cost(tmp, home, name, args)
-    return rows
+    out: list[Measure] = []
+    kind, slug = st.kind, st.kind.split()[0]
+    direct = wrk(st.echo_url, BODY, tmp, z.wrk_s).rps
+    rows.append((f"{kind}, direct", direct, 1.0, "-"))
+    for peer in z.peers:
+        started = PEERS[peer](tmp, st.echo_url)
+        if started is None:
+            out.append(skipped(f"gateway.peer.{peer}.{slug}", f"{PEER_LABELS[peer]} -> "
+                               f"{kind}, throughput", "req/s",
+                               f"{peer} is not installed (scripts/install_bench.sh)"))
+            continue
+        proc, url = started
+        try:
+            wrk(url, BODY, tmp, z.wrk_s)  # warm up
+            rps = wrk(url, BODY, tmp, z.wrk_s).rps
+        finally:
+            proc.terminate()
+            proc.wait()
+        rows.append((f"{PEER_LABELS[peer]} -> {kind}", rps, rps / direct, "-"))
+        out.append(measure(f"gateway.peer.{peer}.{slug}", f"{PEER_LABELS[peer]} -> {kind},"
+                           " throughput (a peer, for scale)", rps, "req/s", reference=direct,
+                           reference_name=f"{kind}, direct", notes=f"wrk -c32, {z.wrk_s:g} s"))
+    wrk(st.url, BODY, tmp, z.wrk_s)  # warm up
+    c0 = cpu_seconds(st.serve.pid)
+    got = wrk(st.url, BODY, tmp, z.wrk_s)
+    ms = (cpu_seconds(st.serve.pid) - c0) / got.requests * 1000
+    rows.append((f"reg gateway -> {kind}", got.rps, got.rps / direct, f"{ms:.3f} ms"))
+    out.append(measure(f"gateway.proxy.{slug}", f"reg gateway -> {kind}, throughput "
+                       "(wrk -c32, non-streaming chat)", got.rps, "req/s", reference=direct,
+                       reference_name=f"{kind}, direct", goal=">= 0.5x",
+                       notes=f"wrk -c32, {z.wrk_s:g} s; client, proxy and backend share "
+                             "the cores"))
+    out.append(measure(f"gateway.cpu_per_request.{slug}", f"reg gateway CPU per request "
+                       f"(-> {kind})", ms, "ms", goal="<= 0.3 ms",
+                       notes=f"process CPU time over {got.requests} requests"))
+    print_proxy(rows, f"wrk -t2 -c32 -d{z.wrk_s:g}s")
+    return out
 
 
-def _proxy_cost(tmp: Path, home: Path, name: str, args: list[str]
-                ) -> list[tuple[str, float, float, str]]:
-    port = free_port()
-    echo = subprocess.Popen([PY, str(ROOT / "bench" / "echo_backend.py"), str(port), *args])
-    echo_url = f"http://127.0.0.1:{port}"
-    rows: list[tuple[str, float, float, str]] = []
-    try:
-        time.sleep(1.5)
-        direct, _ = wrk(echo_url, BODY, tmp)
-        rows.append((f"{name}, direct", direct, 1.0, "-"))
-        for peer, start in PEERS.items():
-            started = start(tmp, echo_url)
-            if started is None:
-                continue
-            proc, url = started
-            try:
-                wrk(url, BODY, tmp)  # warm up
-                rps, _ = wrk(url, BODY, tmp)
-                rows.append((f"{peer} -> {name}", rps, rps / direct, "-"))
-            finally:
-                proc.terminate()
-                proc.wait()
-        with reg_serve(home, {"REG_EXTERNAL_ENGINES": f"/echo={echo_url}"}) as (url, serve):
-            wrk(url, BODY, tmp)  # warm up
-            c0 = cpu_seconds(serve.pid)
-            rps, total = wrk(url, BODY, tmp)
-            ms = (cpu_seconds(serve.pid) - c0) / total * 1000
-            rows.append((f"reg gateway -> {name}", rps, rps / direct, f"{ms:.3f} ms"))
-    finally:
-        echo.terminate()
-        echo.wait()
-    return rows
+# -- 2. concurrency curve -------------------------------------------------------------------
 
 
-def quick(tmp: Path, rounds: int = 5, seconds: int = 4
-          ) -> list[tuple[str, float, float, str]]:
-    """Direct and through the gateway on the uvicorn echo, interleaved ``rounds`` times."""
-    home = tmp / "quick-home"
-    home.mkdir()
-    build_registry(home, base_model_path="/echo")
-    port = free_port()
-    echo = subprocess.Popen([PY, str(ROOT / "bench" / "echo_backend.py"), str(port), "uvicorn"])
-    echo_url = f"http://127.0.0.1:{port}"
-    direct: list[float] = []
-    through: list[float] = []
-    cpu: list[float] = []
-    try:
-        time.sleep(1.5)
-        with reg_serve(home, {"REG_EXTERNAL_ENGINES": f"/echo={echo_url}"}) as (url, serve):
-            wrk(echo_url, BODY, tmp, 2)  # warm up both paths
-            wrk(url, BODY, tmp, 2)
-            for _ in range(rounds):
-                direct.append(wrk(echo_url, BODY, tmp, seconds)[0])
-                c0 = cpu_seconds(serve.pid)
-                rps, total = wrk(url, BODY, tmp, seconds)
-                through.append(rps)
-                cpu.append((cpu_seconds(serve.pid) - c0) / total * 1000)
-    finally:
-        echo.terminate()
-        echo.wait()
-    ratio = statistics.median(g / d for d, g in zip(direct, through, strict=True))
-    return [("uvicorn echo, direct", statistics.median(direct), 1.0, "-"),
-            ("reg gateway -> uvicorn echo", statistics.median(through), ratio,
-             f"{statistics.median(cpu):.3f} ms")]
+def concurrency_curve(tmp: Path, st: EchoStack, z: Sizes
+                      ) -> tuple[list[Curve], list[Measure]]:
+    """Direct, nginx (when installed) and the gateway at each concurrency, in turn."""
+    got: dict[str, dict[int, list[tuple[float, float, float]]]] = {}
+    notes: list[Measure] = []
+    with contextlib.ExitStack() as stack:
+        urls = {"direct": st.echo_url}
+        started = PEERS["nginx"](tmp, st.echo_url)
+        if started is None:
+            notes.append(skipped("gateway.curve.nginx", "nginx in the concurrency curve",
+                                 "req/s", "nginx is not installed (scripts/install_bench.sh)"))
+        else:
+            proc, urls["nginx"] = started
+            stack.callback(proc.wait)
+            stack.callback(proc.terminate)
+        urls["reg gateway"] = st.url
+        for u in urls.values():
+            wrk(u, BODY, tmp, 1)  # warm up
+        for c in z.concurrency:
+            for _ in range(z.curve_rounds):
+                for name, u in urls.items():
+                    r = wrk(u, BODY, tmp, max(1, z.wrk_s / 2), connections=c)
+                    got.setdefault(name, {}).setdefault(c, []).append(
+                        (r.rps, r.p50_ms, r.p99_ms))
+    med = {name: {c: tuple(statistics.median(x[i] for x in runs) for i in range(3))
+                  for c, runs in by_c.items()} for name, by_c in got.items()}
+    print("\nConcurrency curve (uvicorn echo, wrk --latency, medians of "
+          f"{z.curve_rounds} round(s))")
+    print(f"{'path':<14}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, by_c in med.items():
+        for c, (rps, p50, p99) in by_c.items():
+            print(f"{name:<14}{c:>6}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}")
+    note = (f"uvicorn echo backend, non-streaming chat, wrk {max(1, z.wrk_s / 2):g} s a point, "
+            f"medians of {z.curve_rounds} round(s), paths in turn at each point")
+    curves = [
+        Curve(key="gateway_throughput", title="Throughput vs concurrency (loopback echo)",
+              x_label="connections", y_label="requests/s", log_x=True, notes=note,
+              series=[Series(label=name, points=[(c, v[0]) for c, v in by_c.items()])
+                      for name, by_c in med.items()]),
+        Curve(key="gateway_latency", title="Latency vs concurrency (loopback echo)",
+              x_label="connections", y_label="ms", log_x=True, notes=note,
+              series=[Series(label=f"{name} {q}", points=[(c, v[i]) for c, v in by_c.items()])
+                      for name, by_c in med.items() for i, q in ((1, "p50"), (2, "p99"))]),
+    ]
+    return curves, notes
+
+
+# -- 3. promotion visible at the gateway ----------------------------------------------------
+
+
+def promotion_visible(st: EchoStack, z: Sizes) -> list[Measure]:
+    """Seconds from a promotion (registry API, SQLite) to the gateway's first answer from
+    the promoted version; production at 100% so every request goes to it."""
+    import urllib.request
+
+    from registry.api import Registry
+    from registry.settings import Settings
+
+    url = st.url
+    body = json.dumps({**BODY, "model": MODEL}).encode()
+    seconds: list[float] = []
+    with Registry(Settings.for_home(st.home)) as reg:
+        reg.set_traffic(MODEL, {"production": 100}, None, reason="bench: promotion")
+
+        def answering() -> str:
+            req = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                         headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return str(r.headers["x-reg-version"])
+
+        for i in range(z.promotions + 1):
+            target = 2 - i % 2  # v2, v1, v2, ...
+            t0 = time.perf_counter()
+            reg.promote(MODEL, target, "production", actor="bench", reason="bench")
+            while answering() != f"v{target}":
+                if time.perf_counter() - t0 > 30:
+                    raise TimeoutError(f"v{target} not answering 30 s after its promotion")
+                time.sleep(0.005)
+            if i:  # the first one also waits for the traffic change
+                seconds.append(time.perf_counter() - t0)
+    print(f"\npromotion -> the gateway answers from the new version: median "
+          f"{statistics.median(seconds):.3f} s, max {max(seconds):.3f} s "
+          f"({len(seconds)} promotions; goal <= 1 s)")
+    return [measure("gateway.promotion_visible", f"promotion -> visible at the gateway (max of "
+                    f"{len(seconds)})", max(seconds), "s", goal="<= 1 s", rounds=len(seconds),
+                    notes=f"median {statistics.median(seconds):.3f} s; registry API promote on "
+                          "SQLite, gateway on the echo stack, polled every 5 ms")]
+
+
+# -- 4. real engine ---------------------------------------------------------------------------
 
 
 async def load(url: str, body: dict[str, object], n: int, concurrency: int = 8
@@ -231,11 +293,11 @@ async def load(url: str, body: dict[str, object], n: int, concurrency: int = 8
     return n / wall, statistics.median(lat)
 
 
-def real_engine(tmp: Path, n: int = 200, rounds: int = 10
-                ) -> list[tuple[str, float, float, float, float]]:
+def real_engine(tmp: Path, z: Sizes) -> list[Measure]:
     """Direct and through the gateway, interleaved ``rounds`` times; ratios are the medians of
     the per-round ratios (this shared machine's speed drifts by 2x between rounds, so a
     ratio of two separate means would measure the drift)."""
+    n, rounds = z.engine_n, z.engine_rounds
     home = tmp / "vllm-home"
     home.mkdir()
     build_registry(home)
@@ -253,42 +315,96 @@ def real_engine(tmp: Path, n: int = 200, rounds: int = 10
     p50 = statistics.median(gi[1] / di[1] for di, gi in zip(d, g, strict=True))
     d_rps, d_p50 = statistics.median(x[0] for x in d), statistics.median(x[1] for x in d)
     g_rps, g_p50 = statistics.median(x[0] for x in g), statistics.median(x[1] for x in g)
-    return [("vLLM direct", d_rps, d_p50 * 1000, 1.0, 1.0),
-            ("reg gateway -> vLLM", g_rps, g_p50 * 1000, tput, p50)]
+    print(f"\nReal engine: 8 concurrent chat requests (max_tokens 4), same adapter, "
+          f"{rounds} interleaved rounds of {n} (medians)")
+    print(f"{'path':<28}{'req/s':>10}{'p50 ms':>10}{'tput ratio':>12}{'p50 ratio':>11}")
+    print(f"{'vLLM direct':<28}{d_rps:>10.1f}{d_p50 * 1000:>10.1f}{1.0:>12.3f}{1.0:>11.3f}")
+    print(f"{'reg gateway -> vLLM':<28}{g_rps:>10.1f}{g_p50 * 1000:>10.1f}{tput:>12.3f}"
+          f"{p50:>11.3f}")
+    print("goal: throughput ratio >= 0.95, p50 ratio <= 1.05")
+    what = f"8 concurrent chat requests, max_tokens 4, {rounds} interleaved rounds of {n}"
+    return [measure("gateway.engine.throughput", "reg gateway -> vLLM CPU, throughput",
+                    g_rps, "req/s", reference=d_rps, reference_name="vLLM direct", ratio=tput,
+                    goal=">= 0.95x", rounds=rounds, notes=f"{what}; median of per-round ratios"),
+            measure("gateway.engine.p50", "reg gateway -> vLLM CPU, p50 latency",
+                    g_p50 * 1000, "ms", reference=d_p50 * 1000, reference_name="vLLM direct",
+                    ratio=p50, goal="<= 1.05x", rounds=rounds,
+                    notes=f"{what}; median of per-round ratios")]
+
+
+# -- 5. quick ---------------------------------------------------------------------------------
+
+
+def quick(tmp: Path, rounds: int = 5, seconds: int = 4) -> list[Measure]:
+    """Direct and through the gateway on the uvicorn echo, interleaved ``rounds`` times."""
+    direct: list[float] = []
+    through: list[float] = []
+    cpu: list[float] = []
+    with echo_stack(tmp, "uvicorn echo") as st:
+        echo_url, url, serve = st.echo_url, st.url, st.serve
+        wrk(echo_url, BODY, tmp, 2)  # warm up both paths
+        wrk(url, BODY, tmp, 2)
+        for _ in range(rounds):
+            direct.append(wrk(echo_url, BODY, tmp, seconds).rps)
+            c0 = cpu_seconds(serve.pid)
+            got = wrk(url, BODY, tmp, seconds)
+            through.append(got.rps)
+            cpu.append((cpu_seconds(serve.pid) - c0) / got.requests * 1000)
+    ratio = statistics.median(g / d for d, g in zip(direct, through, strict=True))
+    print_proxy([("uvicorn echo, direct", statistics.median(direct), 1.0, "-"),
+                 ("reg gateway -> uvicorn echo", statistics.median(through), ratio,
+                  f"{statistics.median(cpu):.3f} ms")],
+                f"{rounds} interleaved rounds of wrk -t2 -c32 -d{seconds}s (medians)")
+    return [measure("gateway.quick", "reg gateway -> uvicorn echo, throughput (quick)",
+                    statistics.median(through), "req/s", reference=statistics.median(direct),
+                    reference_name="uvicorn echo, direct", ratio=ratio, goal=">= 0.5x",
+                    rounds=rounds, notes="median of per-round ratios")]
+
+
+def print_proxy(rows: list[tuple[str, float, float, str]], load: str) -> None:
+    print(f"\nProxy cost: {load}, non-streaming chat, loopback, client/proxy/backend on the "
+          "same cores")
+    print(f"{'path':<42}{'req/s':>10}{'x direct':>10}{'gateway CPU/req':>18}")
+    for name, rps, ratio, cpu in rows:
+        print(f"{name:<42}{rps:>10.0f}{ratio:>10.2f}{cpu:>18}")
+    print("goal: reg >= 0.50x direct and <= 0.3 ms CPU/request")
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("parts", nargs="*", metavar="PART",
+                    help=f"any of {', '.join(PARTS)} (default: all but quick)")
+    add_arguments(ap)
+    args = ap.parse_args()
+    parts = args.parts or [p for p in PARTS if p != "quick"]
+    if unknown := sorted(set(parts) - set(PARTS)):
+        ap.error(f"unknown part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}")
     if shutil.which("wrk") is None:
-        sys.exit("wrk is missing: apt-get install -y wrk")
-    parts = sys.argv[1:] or ["proxy", "engine"]
+        sys.exit("wrk is missing: run scripts/install_bench.sh (or apt-get install -y wrk)")
+    z = Sizes.for_run(args.smoke)
+    report = BenchReport(bench="gateway", smoke=args.smoke)
     with tempfile.TemporaryDirectory(prefix="reg-bench-") as t:
         tmp = Path(t)
-        if "proxy" in parts:
-            print_proxy(proxy_cost(tmp))
+        if {"proxy", "curve", "promote"} & set(parts):
+            # One stack for the three; promotions last, since they move the stages.
+            with echo_stack(tmp, "uvicorn echo") as st:
+                if "proxy" in parts:
+                    report.measures += proxy_cost(tmp, st, z)
+                if "curve" in parts:
+                    curves, notes = concurrency_curve(tmp, st, z)
+                    report.curves += curves
+                    report.measures += notes
+                if "promote" in parts:
+                    report.measures += promotion_visible(st, z)
+            if "proxy" in parts:
+                for kind in z.echo_kinds[1:]:
+                    with echo_stack(tmp, kind) as st:
+                        report.measures += proxy_cost(tmp, st, z)
         if "engine" in parts:
-            print_engine(real_engine(tmp))
+            report.measures += real_engine(tmp, z)
         if "quick" in parts:
-            print_proxy(quick(tmp), "5 interleaved rounds of wrk -t2 -c32 -d4s (medians)")
-
-
-def print_proxy(rows: list[tuple[str, float, float, str]], load: str = "") -> None:
-    if rows:
-        print(f"\nProxy cost: {load or f'wrk -t2 -c32 -d{WRK_SECONDS}s'}, non-streaming chat, "
-              "loopback, client/proxy/backend on the same cores")
-        print(f"{'path':<42}{'req/s':>10}{'x direct':>10}{'gateway CPU/req':>18}")
-        for name, rps, ratio, cpu in rows:
-            print(f"{name:<42}{rps:>10.0f}{ratio:>10.2f}{cpu:>18}")
-        print("goal: reg >= 0.50x direct and <= 0.3 ms CPU/request")
-
-
-def print_engine(eng: list[tuple[str, float, float, float, float]]) -> None:
-    if eng:
-        print("\nReal engine: 8 concurrent chat requests (max_tokens 4), same adapter, "
-              "10 interleaved rounds of 200 (medians)")
-        print(f"{'path':<28}{'req/s':>10}{'p50 ms':>10}{'tput ratio':>12}{'p50 ratio':>11}")
-        for name, rps, p50, tr, pr in eng:
-            print(f"{name:<28}{rps:>10.1f}{p50:>10.1f}{tr:>12.3f}{pr:>11.3f}")
-        print("goal: throughput ratio >= 0.95, p50 ratio <= 1.05")
+            report.measures += quick(tmp)
+    report.write(args.json)
 
 
 if __name__ == "__main__":

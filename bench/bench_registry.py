@@ -11,10 +11,14 @@ Measures, on a fresh SQLite registry in a temp directory:
   * `reg --help`, `reg versions`, `reg promote` as whole processes (goal <= 0.5 s each),
     beside the floors: Python importing SQLModel (plainly, and under `reg`'s start-up
     policy) and typer + rich.
+
+``--smoke``: 30 promotes, 100 versions, each command run twice (the same code paths);
+``--json OUT`` writes the measures (bench/results.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -29,6 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from results import BenchReport, Measure, add_arguments, measure  # noqa: E402
 
 from recipes.artifact import write_manifest  # noqa: E402
 from reg_cli import startup  # noqa: E402
@@ -73,6 +79,16 @@ def run_cli(env: dict[str, str], *args: str, repeat: int = 7) -> tuple[list[floa
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    args = ap.parse_args()
+    promotes, versions, repeat = (30, 100, 2) if args.smoke else (300, 10_000, 7)
+    report = BenchReport(bench="registry", smoke=args.smoke,
+                         measures=run(promotes, versions, repeat))
+    report.write(args.json)
+
+
+def run(promotes: int, n_versions: int, repeat: int) -> list[Measure]:
     startup.begin()
     import sqlalchemy as sa
 
@@ -86,17 +102,21 @@ def main() -> None:
     env.pop("REG_DATABASE_URL", None)
     env.pop("REG_ARTIFACT_STORE", None)
     rows: list[tuple[str, str, str]] = []
+    out: list[Measure] = []
 
     with Registry(settings) as reg:
         for i in (1, 2):
             reg.register_artifact(make_artifact(tmp / f"a{i}", "support-bot", i))
         lat = []
-        for k in range(300):
+        for k in range(promotes):
             t = time.perf_counter()
             reg.promote("support-bot", 1 + k % 2, "production", actor="bench")
             lat.append((time.perf_counter() - t) * 1000)
-        rows.append(("promote (API, SQLite, 300 promotes)",
+        rows.append((f"promote (API, SQLite, {promotes} promotes)",
                      f"p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms", "p99 <= 50 ms"))
+        out.append(measure("registry.promote_p99", f"promote p99 (Python API, SQLite, {promotes} "
+                           "promotes)", pct(lat, 0.99), "ms", goal="<= 50 ms", rounds=promotes,
+                           notes=f"p50 {pct(lat, 0.5):.1f} ms"))
 
         big = reg.register_artifact(make_artifact(tmp / "big", "bulk-bot", 10_000_000))
         now = datetime.now(UTC)
@@ -113,41 +133,43 @@ def main() -> None:
                 versions_table.c.id == big.id)).scalar()
             conn.execute(sa.insert(versions_table), [
                 {**template, "model_id": model_id, "number": n, "spec_hash": f"sha256:bulk{n}",
-                 "parent_number": n - 1} for n in range(2, 10_001)])
-        walls, cpus = [], []
-        for _ in range(6):
+                 "parent_number": n - 1} for n in range(2, n_versions + 1)])
+        walls, cpus, raw = [], [], []
+        for _ in range(6):  # A B A B: the API, then a plain select of the same rows
             t, c = time.perf_counter(), time.process_time()
             all_versions = reg.list_versions("bulk-bot")
             walls.append((time.perf_counter() - t) * 1000)
             cpus.append((time.process_time() - c) * 1000)
-            assert len(all_versions) == 10_000
+            assert len(all_versions) == n_versions
             del all_versions
+            t = time.perf_counter()
+            with reg.engine.connect() as conn:
+                got = conn.execute(sa.select(versions_table).where(
+                    versions_table.c.model_id == model_id)).all()
+            raw.append((time.perf_counter() - t) * 1000)
+            assert len(got) == n_versions
 
-    rows.append(("list_versions (API), 10,000 versions",
+    rows.append((f"list_versions (API), {n_versions:,} versions",
                  f"first call wall {walls[0]:.0f} ms, CPU {cpus[0]:.0f} ms; then wall median "
                  f"{statistics.median(walls[1:]):.0f} ms, CPU median "
                  f"{statistics.median(cpus[1:]):.0f} ms", "<= 200 ms"))
-    for label, args in [
-        ("reg --help", ["--help"]),
-        ("reg versions bulk-bot (10,000 versions, newest 50)", ["versions", "bulk-bot"]),
-        ("reg versions bulk-bot --all --json (10,000)", ["versions", "bulk-bot", "--all",
-                                                         "--json"]),
-        ("reg versions support-bot", ["versions", "support-bot"]),
-        ("reg promote support-bot v1 staging", ["promote", "support-bot", "v1", "staging"]),
-    ]:
-        walls, cpus = run_cli(env, *args)
-        rows.append((label, f"wall median {statistics.median(walls) * 1000:.0f} ms "
-                     f"(min {min(walls) * 1000:.0f}), CPU median "
-                     f"{statistics.median(cpus) * 1000:.0f} ms", "<= 500 ms"))
-    for label, code in [("python -c 'import sqlmodel' (floor of any DB command)",
-                         "import sqlmodel"),
-                        ("the same, under reg's start-up policy (reg_cli.startup)",
-                         "from reg_cli import startup; startup.begin(); import sqlmodel; "
-                         "startup.end()"),
-                        ("python -c 'import typer, rich' (floor of any command)",
-                         "import typer, rich.console")]:
+    out.append(measure(
+        "registry.list_versions", f"Registry.list_versions, {n_versions:,} versions (median "
+        "after the first call)", statistics.median(walls[1:]), "ms",
+        reference=statistics.median(raw[1:]), reference_name="SQLAlchemy select of the rows",
+        goal="<= 200 ms", rounds=5,
+        notes=f"first call {walls[0]:.0f} ms wall; CPU median {statistics.median(cpus[1:]):.0f}"
+              " ms"))
+    floors: dict[str, float] = {}
+    for key, label, code in [
+            ("floor.sqlmodel", "python -c 'import sqlmodel' (floor of any DB command)",
+             "import sqlmodel"),
+            ("floor.sqlmodel_startup", "the same, under reg's start-up policy (reg_cli.startup)",
+             "from reg_cli import startup; startup.begin(); import sqlmodel; startup.end()"),
+            ("floor.typer", "python -c 'import typer, rich' (floor of any command)",
+             "import typer, rich.console")]:
         walls, cpus = [], []
-        for _ in range(7):
+        for _ in range(repeat):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
@@ -156,6 +178,32 @@ def main() -> None:
             cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         rows.append((label, f"wall median {statistics.median(walls) * 1000:.0f} ms, CPU median "
                      f"{statistics.median(cpus) * 1000:.0f} ms", ""))
+        floors[key] = statistics.median(walls) * 1000
+        out.append(measure(f"registry.{key}", label, floors[key], "ms", rounds=repeat,
+                           notes=f"CPU median {statistics.median(cpus) * 1000:.0f} ms"))
+    for key, label, args, floor in [
+        ("cli.help", "reg --help", ["--help"], "floor.typer"),
+        ("cli.versions_big", f"reg versions bulk-bot ({n_versions:,} versions, newest 50)",
+         ["versions", "bulk-bot"], "floor.sqlmodel_startup"),
+        ("cli.versions_all_json", f"reg versions bulk-bot --all --json ({n_versions:,})",
+         ["versions", "bulk-bot", "--all", "--json"], "floor.sqlmodel_startup"),
+        ("cli.versions", "reg versions support-bot", ["versions", "support-bot"],
+         "floor.sqlmodel_startup"),
+        ("cli.promote", "reg promote support-bot v1 staging",
+         ["promote", "support-bot", "v1", "staging"], "floor.sqlmodel_startup"),
+    ]:
+        walls, cpus = run_cli(env, *args, repeat=repeat)
+        rows.append((label, f"wall median {statistics.median(walls) * 1000:.0f} ms "
+                     f"(min {min(walls) * 1000:.0f}), CPU median "
+                     f"{statistics.median(cpus) * 1000:.0f} ms", "<= 500 ms"))
+        out.append(measure(
+            f"registry.{key}", f"{label}, whole process (wall median)",
+            statistics.median(walls) * 1000, "ms", reference=floors[floor],
+            reference_name=("python importing typer + rich" if floor == "floor.typer" else
+                            "python importing sqlmodel under reg's start-up policy"),
+            goal="<= 500 ms", rounds=repeat,
+            notes=f"min {min(walls) * 1000:.0f} ms; CPU median "
+                  f"{statistics.median(cpus) * 1000:.0f} ms"))
 
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  result  (goal)")
@@ -163,6 +211,7 @@ def main() -> None:
         print(f"{name:<{width}}  {value}" + (f"  ({goal})" if goal else ""))
     print(f"load average during the run: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -28,9 +28,12 @@ achieved rate is printed, since every verdict waits for ``min_requests`` a side.
 
 ``--quick``: a short plan (25/100, 3s, 10 requests), short training, 2 trials, 20
 simulated rollouts: a smoke run whose figures do not compare with the defaults'.
+``--smoke`` is ``--quick`` with 1 trial. ``--json OUT`` writes the measures
+(bench/results.py); ``--raw-json OUT`` every figure above.
 
 Run: .venv/bin/python bench/bench_rollout.py [--trials 20] [--quick] [--users 96]
-     [--steps 10,25,50,100] [--keep] [--json PATH] [gitops] [rollback] [analysis]
+     [--steps 10,25,50,100] [--keep] [--raw-json PATH] [--smoke] [--json OUT]
+     [gitops] [rollback] [analysis]
      (all three by default; docs/rollout.md says how long each takes)
 """
 
@@ -48,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_rollout_analysis
+from results import BenchReport, Measure, add_arguments, measure
 from serving_stack import MODEL, admin_request, reg_cli, reg_serve
 
 from recipes.schema import RolloutSpec
@@ -452,8 +456,12 @@ def main() -> None:
     p.add_argument("--rollouts", type=int, default=None, help="simulated (200; quick: 20)")
     p.add_argument("--keep", action="store_true",
                    help="keep the workspace, registry and logs (the path is printed)")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--raw-json", type=Path, default=None, help="also write the figures here")
+    add_arguments(p)
     args = p.parse_args()
+    args.quick = args.quick or args.smoke
+    if args.smoke and args.trials is None:
+        args.trials = 1
     parts = args.parts or list(PARTS)
     if unknown := sorted(set(parts) - set(PARTS)):
         p.error(f"unknown part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}")
@@ -477,8 +485,43 @@ def main() -> None:
         results["analysis"] = [bench_rollout_analysis.run(rollouts, rps, seed=1)
                                for rps in rates]
     report(results, args)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+    if args.raw_json:
+        args.raw_json.write_text(json.dumps(results, indent=2, default=str))
+    BenchReport(bench="rollout", smoke=args.smoke, measures=measures(results, args)
+                ).write(args.json)
+
+
+def measures(results: dict[str, Any], args: argparse.Namespace) -> list[Measure]:
+    """The live goals; the simulation's goals at the live rate only (its 200 req/s figures
+    are bench_rollout_analysis.py's own measures)."""
+    plan = "QUICK plan 25/100, 3s" if args.quick else "the default plan 5/25/50/100, 10s"
+    out: list[Measure] = []
+    r = results.get("rollback")
+    if r and "seconds" in r:
+        sec = r["seconds"]
+        out.append(measure(
+            "rollout.time_to_zero_p95", f"live: first 5xx of a bad version -> 0% canary weight,"
+            f" p95 ({plan}, {args.users} users)", sec["p95"], "s", goal="<= 10 s",
+            rounds=r["trials"],
+            notes=f"p50 {sec['p50']:.2f} s, max {sec['max']:.2f} s; {r['rolled_back']} of "
+                  f"{r['trials']} rolled back; {r['req_per_s']['p50']:.0f} req/s median; "
+                  f"Flagger's default floor is interval 60 s x threshold 1 (not measured)"))
+        out.append(measure(
+            "rollout.served_after_verdict", "live: the bad version's answers to requests sent "
+            "after the verdict (all trials)", r["after_verdict_total"], "requests",
+            goal="<= 0 requests", rounds=r["trials"]))
+    g = results.get("gitops")
+    if g and g.get("commit_to_production_s") is not None:
+        out.append(measure(
+            "rollout.commit_to_production", f"live: git commit -> 100% production ({plan})",
+            g["commit_to_production_s"], "s",
+            notes=f"phase {g['phase']}; training/registering {g['commit_to_rollout_started_s']:.1f}"
+                  f" s, the rollout {g['rollout_s']:.1f} s (Flagger's formula interval x steps:"
+                  f" {g['flagger_same_interval_s']:.0f} s at this interval)"))
+    for run in results.get("analysis", [])[1:]:  # [0] is at 200 req/s
+        out += bench_rollout_analysis.measures(
+            run, f"simulated at the live rate, {run['rps']} req/s", key_suffix=".live")
+    return out
 
 
 if __name__ == "__main__":
