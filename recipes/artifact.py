@@ -12,7 +12,9 @@ Layout (written by ``recipes.training.entry``, verified by ``registry``):
                                  identity check); absent without a test split
     train_log.jsonl              one JSON object per logged step
     manifest.json                sha256 and size of every other file, plus
-                                 identity fields (name, spec_hash, ...)
+                                 identity fields (name, spec_hash, ...) and, with
+                                 training.report_to, where the run was tracked
+                                 (``tracking``: recipes.training.tracking.record)
 
 The manifest is written last, so a directory with a valid manifest is
 complete. sha256 (not xxh3) because this digest is a security boundary: the
@@ -68,14 +70,17 @@ def refuse_pickles(root: Path) -> None:
         )
 
 
-def write_manifest(root: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """Hash every file under ``root`` and write manifest.json atomically (temp + rename)."""
+def write_manifest(root: Path, identity: dict[str, Any],
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hash every file under ``root`` and write manifest.json atomically (temp + rename);
+    ``extra`` adds top-level keys (``tracking``) beside the identity and the files."""
     refuse_pickles(root)
     files = [
         {"path": p.relative_to(root).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size}
         for p in _files(root)
     ]
-    manifest = {"manifest_version": MANIFEST_VERSION, "identity": identity, "files": files}
+    manifest = {**(extra or {}), "manifest_version": MANIFEST_VERSION, "identity": identity,
+                "files": files}
     atomic_write_text(root / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 

@@ -1,8 +1,9 @@
 """The spec hash: the identity of what a recipe would train.
 
 hash = sha256 of canonical JSON of
-  - the normalised spec (every default written out, ``deploy`` left out since
-    it changes where a version goes, not what is trained),
+  - the normalised spec (every default written out, ``deploy`` and
+    ``training.report_to`` left out since they change where a version goes and
+    who watches it train, not what is trained: :data:`NOT_HASHED`),
   - the model name,
   - the content digest of every data file the recipe reads,
   - the base model's identity (digest of its config, tokenizer and weights),
@@ -143,8 +144,13 @@ class SpecIdentity:
         }
 
 
+# What the spec hash leaves out: settings that change where a version goes or who watches
+# it train, never its weights. A field listed here must not reach the trained bytes.
+NOT_HASHED: dict[str, Any] = {"deploy": True, "training": {"report_to": True}}
+
+
 def normalized_spec(loaded: LoadedRecipe) -> dict[str, Any]:
-    spec = loaded.recipe.spec.model_dump(mode="json", exclude={"deploy"})
+    spec = loaded.recipe.spec.model_dump(mode="json", exclude=NOT_HASHED)
     return {"name": loaded.name, "spec": spec}
 
 

@@ -255,6 +255,12 @@ class EWCSpec(Strict):
     samples: int = Field(default=32, gt=0, description="Examples used for the Fisher estimate.")
 
 
+# The trackers ``training.report_to`` may name: the transformers integrations reg installs
+# with its ``tracking`` extra and ties to the registry (recipes.training.tracking).
+Tracker = Literal["mlflow", "tensorboard"]
+TRACKERS: tuple[Tracker, ...] = ("mlflow", "tensorboard")
+
+
 class DPOSpec(Strict):
     """Settings of objective dpo (trl's DPOTrainer)."""
     beta: float = Field(default=0.1, gt=0, description="Strength of the KL constraint.")
@@ -297,6 +303,33 @@ class TrainingSpec(Strict):
     keep_checkpoints: int = Field(default=2, gt=0, description="How many checkpoints to keep.")
     dpo: DPOSpec = Field(default_factory=DPOSpec)
     ewc: EWCSpec | None = Field(default=None, description="Elastic weight consolidation penalty.")
+    report_to: Tracker | list[Tracker] = Field(
+        default_factory=list,
+        description="Experiment trackers the trainer logs to (transformers' report_to): "
+        "mlflow, tensorboard, or a list of both; none by default. Settings come from the "
+        "environment (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); TensorBoard writes under "
+        "the run's workdir. Not part of the spec hash: turning tracking on does not retrain.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _known_trackers(cls, value: object) -> object:
+        # Before the type check, so a bad value gets one message with the fix instead of
+        # pydantic's two (one per member of the union).
+        names = value if isinstance(value, list) else [value]
+        unknown = [n for n in names if n not in TRACKERS]
+        fix = "use mlflow, tensorboard or a list of them ([mlflow, tensorboard]), or leave it out"
+        if unknown or not isinstance(value, list | str):
+            raise ValueError(f"not a tracker reg logs to: {', '.join(map(repr, unknown))}; {fix}")
+        if len(set(names)) < len(names):
+            raise ValueError(f"a tracker is named twice: {', '.join(map(str, names))}; "
+                             "name each once")
+        return value
+
+    @property
+    def trackers(self) -> tuple[Tracker, ...]:
+        """``report_to`` as a tuple, whether the recipe wrote one name or a list."""
+        return (self.report_to,) if isinstance(self.report_to, str) else tuple(self.report_to)
 
 
 class GatesSpec(Strict):

@@ -56,12 +56,20 @@ def register_cmd(
     json_mode: JsonOpt = False,
 ) -> None:
     """Register a training artifact as the next version of its model (idempotent)."""
+    from rich.markup import escape
+
+    from recipes.training.tracking.client import tag_registered
+
     out = Output(json_mode)
     with open_registry() as reg:
         res = reg.register(artifact_dir, run_id=run_id, git_commit=git_commit,
                            recipe_path=recipe_path)
     v = res.version
-    out.data({"created": res.created, "version": version_json(v)})
+    warning = tag_registered(artifact_dir, model=v.model, number=v.number,
+                             digest=v.artifact_digest, status=str(v.status))
+    out.data({"created": res.created, "version": version_json(v), "tracking_warning": warning})
+    if warning is not None:
+        out.message(f"[yellow]warning:[/yellow] {escape(warning)}")
     if res.created:
         out.message(f"[green]Registered {v.ref}[/green] ({v.status}, artifact "
                     f"{(v.artifact_digest or '')[:19]})")
@@ -115,10 +123,15 @@ def show(
         v = reg.resolve(name, ref)
         m = reg.get_model(v.model)
         art = reg.get_artifact(v.artifact_digest) if v.artifact_digest else None
+    from recipes.training.tracking.record import TrackingRecord
+
     files = art.manifest.get("files", []) if art else []
     revision = (art.manifest.get("identity") or {}).get("base_model_revision") if art else None
+    tracking = TrackingRecord.from_manifest(art.manifest) if art else None
     out.data({**version_json(v), "artifact": None if art is None else {
-        "digest": art.digest, "size_bytes": art.size_bytes, "files": files}})
+        "digest": art.digest, "size_bytes": art.size_bytes, "files": files},
+        "tracking": None if tracking is None else {
+            **tracking.to_json(), "mlflow_url": tracking.mlflow.url if tracking.mlflow else None}})
     out.table(f"{v.ref}", ["field", "value"], [
         ("status", v.status), ("stages", ", ".join(v.stages) or "-"),
         ("description", m.description or "-"), ("owner", m.owner or "-"),
@@ -131,6 +144,7 @@ def show(
         ("git commit", (v.git_commit or "-") + (" (dirty)" if v.git_dirty else "")),
         ("recipe", v.recipe_path or "-"), ("creator", v.creator), ("created", ts(v.created_at)),
         ("gates passed", v.gates_passed),
+        *(tracking.links() if tracking is not None else []),
     ])
     report = _report(v.metrics)
     out.table("Metrics (generated samples: --json)", ["metric", "tuned", "base"], [

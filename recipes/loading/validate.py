@@ -37,6 +37,7 @@ def validate_document(path: Path, text: str, workspace: Path | None = None) -> t
         loc = tuple(int(p) if p.isdigit() else p for p in cp.field.split("."))
         line, col = position(doc, loc)
         problems.append(Problem(str(path), line, col, cp.field, cp.message, got=cp.got))
+    problems.extend(_environment_problems(recipe, doc, str(path)))
     ws = workspace if workspace is not None else find_workspace(path)
     loaded = LoadedRecipe(recipe, path.resolve(), text, ws.resolve())
     problems.extend(_path_problems(loaded, doc, str(path)))
@@ -45,6 +46,26 @@ def validate_document(path: Path, text: str, workspace: Path | None = None) -> t
 
 def _by_position(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.line or 0, p.column or 0))
+
+
+def _environment_problems(recipe: Recipe, doc: Any, shown: str) -> list[Problem]:
+    """What the recipe needs installed here: the packages of the trackers it reports to.
+
+    A recipe the loader's cache serves is not validated again, so training checks the same
+    when it starts (recipes.training.tracking.session): a package removed since is an error
+    with the same fix there."""
+    trackers = recipe.spec.training.trackers
+    if not trackers:
+        return []
+    from recipes.training.tracking.record import TRACKING_EXTRA, tracker_problem
+
+    problem = tracker_problem(trackers)
+    if problem is None:
+        return []
+    loc = ("spec", "training", "report_to")
+    line, col = position(doc, loc)
+    return [Problem(shown, line, col, ".".join(loc), problem, got=", ".join(trackers),
+                    hint=TRACKING_EXTRA)]
 
 
 def _path_problems(loaded: LoadedRecipe, doc: Any, shown: str) -> list[Problem]:

@@ -12,6 +12,8 @@ gives the version traffic) -> assemble the artifact. The workdir holds
     final/               the trained weights and train_summary.json, once training ended
     train_log.jsonl      step metrics
     run.json             which spec hash this workdir belongs to
+    tracking.json        the MLflow run of training.report_to, which a resumed run continues
+    tensorboard/         TensorBoard's event files, with training.report_to: tensorboard
     artifact/            the finished artifact (manifest written last, then renamed in)
 
 Every step is safe to repeat, so killing the process at any moment and
@@ -43,6 +45,8 @@ from recipes.training.checkpoint import (
     clean_temporaries,
     list_checkpoints,
 )
+from recipes.training.tracking.record import MANIFEST_KEY, TENSORBOARD_DIR, TrackingRecord
+from recipes.training.tracking.record import WORKDIR_FILE as TRACKING_FILE
 
 if TYPE_CHECKING:
     from recipes.data.pipeline import PreparedData
@@ -67,6 +71,8 @@ class WorkdirConflict(RegError):
 class TrainResult:
     artifact_dir: Path
     report: EvaluationReport  # what the artifact's metrics.json holds
+    # What a tracker of training.report_to did not record, and why (training went on).
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def gates_passed(self) -> bool:
@@ -203,7 +209,9 @@ def _discard_state(workdir: Path) -> None:
             remove_dir(p)
     remove_dir(workdir / FINAL_DIR)
     remove_dir(workdir / ARTIFACT_DIR)
+    remove_dir(workdir / TENSORBOARD_DIR)
     (workdir / "train_log.jsonl").unlink(missing_ok=True)
+    (workdir / TRACKING_FILE).unlink(missing_ok=True)
 
 
 # ---- setup, train, evaluate, package ----------------------------------------------------
@@ -249,26 +257,35 @@ def _setup(loaded: LoadedRecipe, workdir: Path) -> _Setup:
 def _run(s: _Setup, identity: dict[str, Any], *, progress: bool) -> TrainResult:
     from transformers import set_seed
 
+    from recipes.artifact import MANIFEST_NAME, sha256_file
     from recipes.training.model import cpu_threads
+    from recipes.training.tracking.session import tracking_session
 
     set_seed(s.loaded.recipe.spec.training.seed)
     final = s.workdir / FINAL_DIR
     model: Any = None
-    with cpu_threads(s.settings, s.num_params) as threads:
-        if not (final / SUMMARY_FILE).is_file():
-            from recipes.training.loop import run_training
+    trackers = s.loaded.recipe.spec.training.trackers
+    with tracking_session(trackers, s.workdir, s.loaded.name,
+                          str(identity["spec_hash"])) as tracking:
+        with cpu_threads(s.settings, s.num_params) as threads:
+            if not (final / SUMMARY_FILE).is_file():
+                from recipes.training.loop import run_training
 
-            model, info = run_training(s.loaded, s.workdir, s.tokenizer, s.data, s.settings,
-                                       learning_rate=s.learning_rate, progress=progress)
-            info["cpu_threads"] = threads if s.settings.device == "cpu" else None
-            _save_final(model, info, s, final)
-        summary = json.loads((final / SUMMARY_FILE).read_text(encoding="utf-8"))
-        model, base_model = _evaluation_models(s, final, model)
-        report = _evaluate(s, model, base_model)
-        probes = _probes(s, model)
-    report.train = TrainSummary.model_validate(summary)
-    report.device = s.settings.to_json()
-    return TrainResult(_package(s, final, report, identity, probes), report)
+                model, info = run_training(s.loaded, s.workdir, s.tokenizer, s.data,
+                                           s.settings, learning_rate=s.learning_rate,
+                                           progress=progress, tracking=tracking)
+                info["cpu_threads"] = threads if s.settings.device == "cpu" else None
+                _save_final(model, info, s, final)
+            summary = json.loads((final / SUMMARY_FILE).read_text(encoding="utf-8"))
+            model, base_model = _evaluation_models(s, final, model)
+            report = _evaluate(s, model, base_model)
+            probes = _probes(s, model)
+        report.train = TrainSummary.model_validate(summary)
+        report.device = s.settings.to_json()
+        artifact = _package(s, final, report, identity, probes, tracking.record())
+        # The registry's digest of the artifact: the sha256 of its manifest.
+        tracking.finish(report.numeric(), "sha256:" + sha256_file(artifact / MANIFEST_NAME))
+    return TrainResult(artifact, report, tracking.warnings)
 
 
 def _save_final(model: Any, info: dict[str, Any], s: _Setup, final: Path) -> None:
@@ -348,8 +365,8 @@ def _probes(s: _Setup, model: Any) -> ProbeSet | None:
     return record_probes(model, s.tokenizer, [c.prompt for c in cases])
 
 
-def _package(s: _Setup, final: Path, report: EvaluationReport,
-             identity: dict[str, Any], probes: ProbeSet | None = None) -> Path:
+def _package(s: _Setup, final: Path, report: EvaluationReport, identity: dict[str, Any],
+             probes: ProbeSet | None = None, tracking: TrackingRecord | None = None) -> Path:
     """Assemble the artifact in a temp dir, write its manifest last, rename it into place."""
     from recipes.evaluation.probes import write_probes
     from recipes.training.progress import LOG_NAME
@@ -373,6 +390,6 @@ def _package(s: _Setup, final: Path, report: EvaluationReport,
         shutil.copy2(log, tmp / LOG_NAME)
     else:
         (tmp / LOG_NAME).write_text("", encoding="utf-8")
-    write_manifest(tmp, identity)
+    write_manifest(tmp, identity, extra={MANIFEST_KEY: tracking.to_json()} if tracking else None)
     publish_dir(tmp, artifact)
     return artifact

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,17 +34,21 @@ from recipes.training.progress import LOG_NAME, EarlyStopping, StepLogger, trunc
 if TYPE_CHECKING:
     from recipes.data.pipeline import PreparedData
     from recipes.training.ewc import EWCPenalty
+    from recipes.training.tracking.session import TrackingSession
 
 
 def training_arguments(
     t: TrainingSpec, settings: DeviceSettings, workdir: Path, learning_rate: float,
-    train_rows: int, has_validation: bool,
+    train_rows: int, has_validation: bool, report_to: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments shared by TrainingArguments and trl's DPOConfig. Pure.
 
     Everything is spelled out so trl's defaults (bf16 and gradient
-    checkpointing on, 7-25x slower on CPU) never apply silently.
+    checkpointing on, 7-25x slower on CPU) never apply silently. ``report_to``
+    overrides the recipe's ``training.report_to`` (the tracking session drops a
+    tracker it cannot reach).
     """
+    trackers = list(t.trackers if report_to is None else report_to)
     per_step = t.batch_size * t.gradient_accumulation_steps
     total = t.max_steps or max(1, math.ceil(t.epochs * math.ceil(train_rows / per_step)))
     evaluate = t.eval_every_steps is not None and has_validation
@@ -72,7 +77,7 @@ def training_arguments(
         "eval_strategy": "steps" if evaluate else "no",
         "eval_steps": t.eval_every_steps if evaluate else None,
         "prediction_loss_only": True,
-        "report_to": "none",
+        "report_to": trackers or "none",
         "disable_tqdm": True,
         "log_level": "warning",
         "use_cpu": settings.device == "cpu",
@@ -217,8 +222,12 @@ def run_training(
     *,
     learning_rate: float,
     progress: bool,
+    tracking: TrackingSession | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train (or finish training) and return the trained model and a summary of the run."""
+    """Train (or finish training) and return the trained model and a summary of the run.
+
+    ``tracking`` (the recipe's ``training.report_to``, started) says which trackers the
+    Trainer reports to, and guards them."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
@@ -236,7 +245,8 @@ def run_training(
         callbacks.append(EarlyStopping(t.early_stopping.patience, t.early_stopping.threshold))
     validation = data.splits.get("validation")
     args = training_arguments(t, settings, workdir, learning_rate, len(data.splits["train"]),
-                              has_validation=validation is not None and len(validation) > 0)
+                              has_validation=validation is not None and len(validation) > 0,
+                              report_to=tracking.report_to if tracking is not None else ())
 
     # The seed is set before the adapter's random init, so a fresh run and a
     # resumed one start from the same weights (which the checkpoint then overwrites).
@@ -251,6 +261,8 @@ def run_training(
     # Trainer prints every log dict to stdout when tqdm is off; the JSONL log
     # and the progress bar replace it.
     trainer.remove_callback(PrinterCallback)
+    if tracking is not None:
+        tracking.configure(trainer)
     trainer.keep_checkpoints = t.keep_checkpoints
     if t.ewc is not None:
         trainer.ewc = _ewc_penalty(trainer.model, loaded, tokenizer)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from recipes.training.tracking.client import tag_registered
 from registry.versions import VersionStatus
 from rollout.gitops.apply import Step, Steps
 from rollout.gitops.report import Outcome
@@ -97,6 +98,8 @@ def train_model(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIde
                              identity=manifest_identity(loaded, ident))
         artifact_dir = Path(result.artifact_dir)
         runlog.write(f"trained: artifact {artifact_dir}")
+        for warning in getattr(result, "warnings", ()):  # a tracker lost (training.report_to)
+            _tracking_warning(steps, m.model, runlog, warning)
         faults.after(Step.trained, m.model)
 
         phase = "register"
@@ -117,7 +120,19 @@ def train_model(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIde
     except Exception as e:
         return Trained(steps.fail_run(m, run_id, runlog, phase, e))
 
+    # After registration, outside the try: the MLflow run learns its version, or a warning
+    # says it did not; either way the version stands.
+    warning = tag_registered(artifact_dir, model=version.model, number=version.number,
+                             digest=version.artifact_digest, status=str(version.status))
+    if warning is not None:
+        _tracking_warning(steps, m.model, runlog, warning)
     ready = VersionStatus(version.status) is VersionStatus.ready
     steps.finish_run(run_id, m.model, version.number, ready, runlog)
     return Trained(Outcome(m.model, m.action, "registered" if ready else "rejected",
                            version=version.number, run_id=run_id, trained=True), version)
+
+
+def _tracking_warning(steps: Steps, model: str, runlog: RunLog, warning: str) -> None:
+    """What a tracker did not record: in the run's log and on the console."""
+    runlog.write(f"warning: {warning}")
+    steps.observer.step(model, "tracking", f"warning: {warning}")

@@ -115,6 +115,7 @@ FIELD_CONSUMERS: dict[str, str] = {
     "spec.training.ewc.weight": "recipes.training.loop._ewc_penalty",
     "spec.training.ewc.reference": "recipes.training.loop._reference_texts",
     "spec.training.ewc.samples": "recipes.training.loop._reference_texts",
+    "spec.training.report_to": TRAINING_ARGS,
     "spec.evaluation.generation_examples": "recipes.evaluation.evaluate.evaluate",
     "spec.evaluation.max_new_tokens": "recipes.evaluation.evaluate.evaluate",
     "spec.evaluation.general": "recipes.training.entry._evaluate",
