@@ -80,24 +80,45 @@ def _is_list(annotation: object) -> bool:
     return any(_is_list(a) for a in typing.get_args(annotation))
 
 
-def sections(root: type[BaseModel]) -> list[Section]:
-    """Every model reachable from ``root``, depth first, each once (at its first path)."""
-    first: dict[type[BaseModel], Section] = {root: Section(TOP, root, _doc(root))}
-    also: dict[type[BaseModel], list[str]] = {}
+def _field_paths(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, type[BaseModel]]]:
+    for name, info in model.model_fields.items():
+        for sub in _models_in(info.annotation):
+            yield f"{prefix}{name}" + ("[]" if _is_list(info.annotation) else ""), sub
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, info in model.model_fields.items():
-            for sub in _models_in(info.annotation):
-                path = f"{prefix}{name}" + ("[]" if _is_list(info.annotation) else "")
-                if sub in first:
-                    also.setdefault(sub, []).append(path)
-                    continue
-                first[sub] = Section(path, sub, info.description or _doc(sub))
-                walk(sub, path + ".")
+
+def sections(root: type[BaseModel]) -> list[Section]:
+    """Every model reachable from ``root``, each documented once, at its shortest path
+    (``spec.data.fields`` rather than ``spec.data.sources[].fields``), in reading order."""
+    home: dict[type[BaseModel], str] = {root: TOP}
+    queue = [(root, "")]
+    while queue:  # breadth first: the first path found to a model is a shortest one
+        model, prefix = queue.pop(0)
+        for path, sub in _field_paths(model, prefix):
+            if sub not in home:
+                home[sub] = path
+                queue.append((sub, path + "."))
+    out: list[Section] = [Section(TOP, root, _doc(root))]
+    also: dict[type[BaseModel], list[str]] = {}
+    descriptions = {path: info.description or "" for model in home
+                    for path, info in _described_paths(model, home[model])}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:  # depth first, as a recipe reads
+        for path, sub in _field_paths(model, prefix):
+            if path != home[sub]:
+                also.setdefault(sub, []).append(path)
+                continue
+            out.append(Section(path, sub, _doc(sub) or descriptions.get(path, "")))
+            walk(sub, path + ".")
 
     walk(root, "")
-    return [Section(s.path, s.model, s.description, tuple(also.get(m, ())))
-            for m, s in first.items()]
+    return [Section(s.path, s.model, s.description, tuple(also.get(s.model, ())))
+            for s in out]
+
+
+def _described_paths(model: type[BaseModel], path: str) -> Iterator[tuple[str, FieldInfo]]:
+    prefix = "" if path == TOP else path + "."
+    for name, info in model.model_fields.items():
+        yield f"{prefix}{name}" + ("[]" if _is_list(info.annotation) else ""), info
 
 
 def _doc(cls: type) -> str:
