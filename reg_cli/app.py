@@ -20,6 +20,7 @@ from reg_cli import (
     runs_cmd,
     serve_cmd,
     stages_cmd,
+    status_cmd,
     train_cmd,
     versions_cmd,
 )
@@ -35,5 +36,5 @@ app = typer.Typer(
 # In the order `reg --help` lists them.
 for module in (recipes_cmd, train_cmd, versions_cmd, models_cmd, stages_cmd, runs_cmd,
                events_cmd, export_cmd, db_cmd, reconcile_cmd, rollout_cmd,
-               serve_cmd, fault_cmd):
+               serve_cmd, status_cmd, fault_cmd):
     module.register(app)
