@@ -6,7 +6,7 @@ STAMP := .venv/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 # package ("WARNING: Location ... is ignored"), hundreds of lines that hide real errors.
 QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
-.PHONY: demo test lint typecheck unit services install bench bench-smoke bench-tools clean docs
+.PHONY: demo test lint typecheck unit services install bench bench-smoke bench-tools clean docs dashboards
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ demo: install
 	@bash scripts/demo.sh
 
 lint: install
-	.venv/bin/ruff check recipes registry serving rollout reg_cli tests bench scripts
+	.venv/bin/ruff check recipes registry serving rollout reg_cli tests bench scripts deploy
 	.venv/bin/lint-imports
 
 typecheck: install
@@ -42,6 +42,12 @@ test: install services bench-tools lint typecheck
 # The generated references (docs/reference/); tests/reg_cli/test_reference.py fails on drift.
 docs: install
 	$(PY) -m reg_cli.reference docs/reference
+
+# The Grafana dashboard (deploy/grafana/reg-dashboard.json) and docs/metrics.md, from code;
+# tests/deploy fails when either drifts.
+dashboards: install
+	$(PY) -m deploy.grafana.dashboard
+	$(PY) -m deploy.metrics_reference
 
 # Every benchmark under bench/, one table: bench/RESULTS.md, bench/results.json, bench/plots/.
 bench: install bench-tools

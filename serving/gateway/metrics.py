@@ -264,6 +264,7 @@ class Metrics:
                     slots: Mapping[str, int] | None = None) -> None:
         for engine, ok in up.items():
             self.engine_up.labels(engine).set(1 if ok else 0)
+            self.engine_restarts.labels(engine)  # exported at 0 before the first restart
         for engine, n in adapters.items():
             self.adapters_loaded.labels(engine).set(n)
         for engine, n in (slots or {}).items():

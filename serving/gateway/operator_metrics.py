@@ -268,7 +268,7 @@ def families(snap: OperatorSnapshot) -> list[Metric]:
     runs = GaugeMetricFamily(
         "reg_training_runs", "Training runs in the registry, by model and status.",
         labels=["model", "status"])
-    for model in sorted({m for m, _ in snap.runs}):
+    for model in sorted({*snap.models, *(m for m, _ in snap.runs)}):
         for status in sorted({*(s.value for s in RunStatus),
                               *(s for m, s in snap.runs if m == model)}):
             runs.add_metric([model, status], snap.runs.get((model, status), 0))
@@ -323,16 +323,19 @@ class OperatorMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.reader is None:
             return
-        yield from families(self.snapshot)
-        stamp = GaugeMetricFamily(
-            "reg_operator_refresh_timestamp_seconds",
-            "When the operator metrics (reg_rollout_*, reg_reconcile_*, reg_training_*) were "
-            "last read from the registry (UNIX seconds; 0 before the first read).")
-        stamp.add_metric([], self.snapshot.read_at)
-        errors = CounterMetricFamily(
-            "reg_operator_refresh_errors",
-            "Reads of the registry for the operator metrics that failed (the previous values "
-            "stay until a read succeeds).")
-        errors.add_metric([], self.errors)
-        yield stamp
-        yield errors
+        yield from operator_families(self.snapshot, self.errors)
+
+
+def operator_families(snap: OperatorSnapshot, errors: int) -> list[Metric]:
+    """Every family the collector exports: :func:`families` and its own freshness (pure)."""
+    stamp = GaugeMetricFamily(
+        "reg_operator_refresh_timestamp_seconds",
+        "When the operator metrics (reg_rollout_*, reg_reconcile_*, reg_training_*) were "
+        "last read from the registry (UNIX seconds; 0 before the first read).")
+    stamp.add_metric([], snap.read_at)
+    failed = CounterMetricFamily(
+        "reg_operator_refresh_errors",
+        "Reads of the registry for the operator metrics that failed (the previous values "
+        "stay until a read succeeds).")
+    failed.add_metric([], errors)
+    return [*families(snap), stamp, failed]
