@@ -146,10 +146,12 @@ def sweep(size: str, tmp: Path, counts: tuple[int, ...], n: int, rounds: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sizes", nargs="*", choices=["tiny", "small"], metavar="SIZE",
+    ap.add_argument("sizes", nargs="*", metavar="SIZE",
                     help="tiny and/or small (default both; smoke: tiny)")
     add_arguments(ap)
     args = ap.parse_args()
+    if bad := sorted(set(args.sizes) - {"tiny", "small"}):
+        ap.error(f"unknown size(s) {', '.join(bad)}: choose from tiny, small")
     sizes = args.sizes or (["tiny"] if args.smoke else ["tiny", "small"])
     n, rounds = (16, 1) if args.smoke else (N, 2)
     report = BenchReport(bench="adapters", smoke=args.smoke)

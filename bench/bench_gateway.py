@@ -127,7 +127,7 @@ def echo_home(tmp: Path) -> Path:
     home = tmp / "echo-home"
     if not home.exists():
         home.mkdir()
-        build_registry(home, base_model_path="/echo")
+        build_registry(home, base_model_path="/echo", cache=tmp / "adapters")
     return home
 
 
@@ -300,7 +300,7 @@ def real_engine(tmp: Path, z: Sizes) -> list[Measure]:
     n, rounds = z.engine_n, z.engine_rounds
     home = tmp / "vllm-home"
     home.mkdir()
-    build_registry(home)
+    build_registry(home, cache=tmp / "adapters")
     with reg_serve(home) as (url, _):
         status = get_json(url + "/admin/status", token="bench")
         engine = next(iter(status["engines"].values()))["url"]

@@ -100,14 +100,16 @@ def plain_trainer(loaded: Any, workdir: Path) -> tuple[float, int]:
     set_seed(t.seed)
     model = load_base_model(spec.base_model, loaded.base_model_path, settings)
     config = build_peft_config(spec.adapter, loaded.base_model_path)
-    model = get_peft_model(model, config)
+    if config is None:
+        raise SystemExit(f"{loaded.path}: the bench compares LoRA loops; method 'full' has none")
+    peft_model = get_peft_model(model, config)
     args = TrainingArguments(
         output_dir=str(workdir), per_device_train_batch_size=t.batch_size,
         num_train_epochs=t.epochs, learning_rate=float(t.learning_rate),
         lr_scheduler_type=t.lr_scheduler, seed=t.seed, report_to="none", disable_tqdm=True,
         save_strategy="no", logging_steps=10, use_cpu=True, log_level="error",
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train,
+    trainer = Trainer(model=peft_model, args=args, train_dataset=train,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True,
                                                            label_pad_token_id=-100))
     trainer.remove_callback(PrinterCallback)  # reg drops it too; printing is not training

@@ -51,13 +51,13 @@ class Bench:
 # simulation (rollout_analysis); tests/serving/test_rollout_live.py covers the live path.
 BENCHES = (
     Bench("rollout_analysis", "bench_rollout_analysis.py", (), (), 1800, 120),
-    Bench("registry", "bench_registry.py", (), (), 1800, 240),
-    Bench("training", "bench_training.py", (), (), 3600, 300),
-    Bench("reconcile", "bench_reconcile.py", (), (), 7200, 420),
+    Bench("registry", "bench_registry.py", (), (), 1800, 300),
+    Bench("training", "bench_training.py", (), (), 3600, 600),
+    Bench("reconcile", "bench_reconcile.py", (), (), 7200, 600),
     Bench("gateway", "bench_gateway.py", (), ("proxy", "curve", "promote", "engine"), 3600,
-          480),
-    Bench("adapters", "bench_adapters.py", (), (), 3600, 420),
-    Bench("rollout", "bench_rollout.py", ("gitops", "rollback", "analysis"), (), 7200, 600,
+          900),
+    Bench("adapters", "bench_adapters.py", (), (), 3600, 600),
+    Bench("rollout", "bench_rollout.py", ("gitops", "rollback", "analysis"), (), 7200, 900,
           in_smoke=False),
 )
 

@@ -58,8 +58,14 @@ def wait_ready(url: str, timeout: float = 300.0) -> None:
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-def build_registry(home: Path, *, base_model_path: str | None = None) -> None:
-    """Tiny model + two trained adapters, registered and promoted (v1 prod, v2 canary)."""
+def build_registry(home: Path, *, base_model_path: str | None = None,
+                   cache: Path | None = None) -> None:
+    """Tiny model + two trained adapters, registered and promoted (v1 prod, v2 canary).
+
+    With ``cache``, the model and the adapters are made there once and reused by every
+    registry built with the same cache (each registry registers its own copy)."""
+    import shutil
+
     from recipes.artifact import read_manifest, write_manifest
     from recipes.scaffold.example import write_example_workspace
     from recipes.scaffold.tiny_model import build_tiny_llama
@@ -67,16 +73,23 @@ def build_registry(home: Path, *, base_model_path: str | None = None) -> None:
     from registry.settings import Settings
     from tests.support.adapters import train_keyword_adapter
 
-    model_dir = home / "tiny-llama"
+    where = cache or home
+    model_dir = where / "tiny-llama"
     if not model_dir.exists():
         build_tiny_llama(model_dir)
-    workspace = home / "workspace"
+    workspace = where / "workspace"
     if not workspace.exists():
         write_example_workspace(workspace, model_from=model_dir)
     reg = Registry(Settings.for_home(home))
     try:
         for kw in ("alpha", "bravo"):
-            out = train_keyword_adapter(workspace, home / "trained" / kw, keyword=kw)
+            trained = where / "trained" / kw / "artifact"
+            if not trained.exists():
+                made = train_keyword_adapter(workspace, where / "trained" / kw, keyword=kw)
+                if made != trained:
+                    shutil.copytree(made, trained)
+            out = home / "registered" / kw
+            shutil.copytree(trained, out)
             if base_model_path is not None:  # serve it on another engine (the echo backend)
                 ident = read_manifest(out)["identity"]
                 (out / "manifest.json").unlink()
