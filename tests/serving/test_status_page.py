@@ -266,6 +266,17 @@ def test_the_page_shows_the_registrys_values_and_the_gateways_counters(
             expect(row.locator("td").nth(1)).to_contain_text(
                 f"{len(engine['adapters'])} of {engine['adapter_slots']} slots")
         expect(page.locator(f"[data-chart^='{MODEL}:']")).to_have_count(3)
+        # Polls update the page in place: an opened table of chart values stays open, and
+        # the scroll position stays where the reader left it.
+        chart = page.locator(f"[data-chart='{MODEL}:rate']")
+        chart.locator("summary").click()
+        page.locator("#audit").scroll_into_view_if_needed()
+        at = page.evaluate("window.scrollY")
+        updated = page.locator("#fresh-detail").inner_text()
+        expect(page.locator("#fresh-detail")).not_to_have_text(updated, timeout=WAIT_MS)
+        assert chart.locator("details").evaluate("d => d.open")
+        assert page.evaluate("window.scrollY") == at
+        expect(chart.locator("tbody tr").first).to_be_visible()
         path = screenshot(page, f"counters-{size}")
         assert path.stat().st_size > 10_000
         assert serious_violations(page) == [], size

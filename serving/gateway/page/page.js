@@ -41,6 +41,10 @@
   }
 
   const td = (text, props) => el("td", props, text);
+  // A table that may be wider than a phone scrolls sideways in its own box, which must
+  // then take the keyboard focus (and be named) to be scrollable without a mouse.
+  const scrollBox = (label, table) =>
+    el("div", { class: "scroll", role: "region", "aria-label": label, tabIndex: 0 }, table);
   const num = (text, field) => el("td", { class: "num", "data-field": field }, text);
 
   // ---- formatting ----------------------------------------------------------------------
@@ -54,6 +58,7 @@
   const fmtSec = (s) => (s === null || s === undefined ? dash
     : s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(2)} s`);
   const clock = (d) => d.toLocaleTimeString([], { hour12: false });
+  const hhmm = (d) => d.toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit" });
   function when(iso) {
     if (!iso) return dash;
     const d = new Date(iso);
@@ -122,12 +127,15 @@
     const live = doc.gateway ? doc.gateway.versions.filter((v) => v.model === model) : [];
     const tbody = el("tbody");
     rowsInto(tbody, live);
-    return el("div", { class: "scroll" }, el("table", { class: "live" },
+    const windowS = live.length && live[0].recent ? live[0].recent.seconds : null;
+    const note = el("p", { class: "note" }, "Total and 5xx: requests answered since this gateway " +
+      `started; rate, errors (their share) and p95 latency: the last ${windowS ? Math.max(1, Math.round(windowS / 60)) : 5} min.`);
+    return [scrollBox(`Requests per version of ${model}`, el("table", { class: "live" },
       el("caption", { class: "visually-hidden" }, `Requests per version of ${model}`),
       el("thead", {}, el("tr", {},
-        ...["Version", "Requests", "5xx", "Rate", "Error rate", "p95"].map((h, i) =>
+        ...["Version", "Total", "5xx", "Rate", "Errors", "p95"].map((h, i) =>
           el("th", { scope: "col", class: i ? "num" : "", text: h })))),
-      tbody));
+      tbody)), note];
 
     function rowsInto(body, list) {
       const out = list.map((v) => {
@@ -189,7 +197,7 @@
       if (routed && m && JSON.stringify(routed.weights) !== JSON.stringify(m.traffic.weights)) {
         card.append(el("p", { class: "note" }, "The registry holds a newer split; the gateway follows within a second."));
       }
-      card.append(el("h4", {}, "Requests through this gateway"), liveTable(name, doc));
+      card.append(el("h4", {}, "Requests through this gateway"), ...liveTable(name, doc));
       return card;
     });
     box.replaceChildren(...(cards.length ? cards : [el("p", { class: "empty", text: "No models yet." })]));
@@ -231,7 +239,7 @@
         num(`${c.canary_n} / ${c.baseline_n}`, "n"), num(fmtNum(c.p_value), "p_value"),
         num(fmtPct(c.confidence), "confidence"), td(c.detail, { class: "detail" })),
       "No analysis yet for this step.");
-      art.append(el("div", { class: "scroll" }, el("table", { class: "analysis" },
+      art.append(scrollBox(`Analysis of rollout ${r.id}`, el("table", { class: "analysis" },
         el("caption", {}, "Last analysis of the current step"),
         el("thead", {}, el("tr", {}, ...["Check", "Verdict", "Value", "Limit",
           "Requests canary / baseline", "p-value", "Confidence worse", "Detail"]
@@ -314,7 +322,9 @@
       c.uplot = new uPlot({
         width: plotWidth(c), height: 180,
         scales: { y: { range: (u, lo, hi) => [0, hi > 0 ? hi * 1.1 : 1] } },
-        axes: [{}, { values: (u, ticks) => ticks.map((t) => m.fmt(t)), size: 64 }],
+        legend: { live: false },
+        axes: [{ values: (u, ticks) => ticks.map((t) => hhmm(new Date(t * 1000))) },
+          { values: (u, ticks) => ticks.map((t) => m.fmt(t)), size: 64 }],
         series: [{ value: (u, t) => (t === null ? dash : clock(new Date(t * 1000))) },
           ...names.map((n, i) => ({ label: n, stroke: PALETTE[i % PALETTE.length], width: 2,
             dash: DASHES[i % DASHES.length], value: (u, v) => m.fmt(v) }))],
