@@ -198,13 +198,17 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+_KEY_PATHS = tuple((key, tuple(key.split("."))) for key in KEY_METRICS)
+
+
 def key_metrics(report: Mapping[str, Any] | None) -> dict[str, float]:
     """The :data:`KEY_METRICS` a stored evaluation report holds, by dotted key."""
     out: dict[str, float] = {}
-    for key in KEY_METRICS:
+    for key, path in _KEY_PATHS:
         node: Any = report or {}
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
+        for part in path:
+            # dict, not Mapping: decoded JSON is dicts, and an ABC check costs 10x more
+            node = node.get(part) if isinstance(node, dict) else None
         value = _number(node)
         if value is not None:
             out[key] = value
@@ -324,13 +328,16 @@ class OverviewApi(UnitOfWork):
                 vt.c.spec_hash, vt.c.artifact_digest, vt.c.git_commit, vt.c.git_dirty,
                 vt.c.run_id, vt.c.creator, vt.c.created_at, vt.c.method, vt.c.adapter_rank,
                 vt.c.objective, vt.c.metrics, vt.c.gates_passed, vt.c.gate_results]
-        ranked = sa.select(*cols, rank).where(vt.c.model_id.in_(ids)).subquery()
+        # Ranked over the narrow (model_id, number) index; the wide columns (metrics JSON)
+        # are read only for the rows kept.
+        ranked = sa.select(vt.c.id, rank).where(vt.c.model_id.in_(ids)).subquery()
         keep = ranked.c.rn <= n_versions
         if staged:
             keep = sa.or_(keep, ranked.c.id.in_(list(staged)))
+        kept = sa.select(ranked.c.id).where(keep)
         versions: dict[int, list[VersionOverview]] = {i: [] for i in ids}
-        for r in conn.execute(sa.select(ranked).where(keep).order_by(
-                ranked.c.model_id, ranked.c.number.desc())).mappings():
+        for r in conn.execute(sa.select(*cols).where(vt.c.id.in_(kept)).order_by(
+                vt.c.model_id, vt.c.number.desc())).mappings():
             versions[r["model_id"]].append(VersionOverview(
                 number=r["number"], adapter_name=adapter_name(names[r["model_id"]], r["number"]),
                 status=str(r["status"]), stages=staged.get(r["id"], []),
