@@ -167,6 +167,38 @@ def test_the_page_draws_a_bare_gateway_and_goes_stale_when_it_stops(
         page.close()
 
 
+def test_with_api_keys_the_page_asks_for_one_and_keeps_it_in_the_tab(
+    browser: BrowserContext,
+) -> None:
+    from serving.config import ServeConfig
+    from serving.gateway.app import create_app
+    from tests.support.sources import InMemorySource
+
+    cfg = ServeConfig(api_keys=frozenset({"k-page"}))
+    srv = serve_in_thread(create_app(InMemorySource([]), cfg, manage_engines=False))
+    page = browser.new_page()
+    try:
+        assert httpx.get(srv.url + "/", timeout=30).status_code == 200  # the page is open
+        page.goto(srv.url + "/")
+        page.wait_for_selector("body[data-fresh=stale]", timeout=WAIT_MS)
+        assert "API key" in page.locator("#fresh-detail").inner_text()
+        key = page.get_by_label("API key")
+        expect(page.locator("#key-form")).to_be_visible()
+        key.fill("wrong")
+        page.get_by_role("button", name="Use key").click()
+        page.wait_for_timeout(3000)  # longer than a poll: the wrong key was tried
+        expect(page.locator("#fresh-state")).to_have_text("stale")
+        key.fill("k-page")
+        page.get_by_role("button", name="Use key").click()
+        page.wait_for_selector("body[data-fresh=live]", timeout=WAIT_MS)
+        expect(page.locator("#key-form")).to_be_hidden()
+        assert page.evaluate("sessionStorage.length") == 1  # this tab only, not localStorage
+        assert page.evaluate("localStorage.length") == 0
+    finally:
+        page.close()
+        srv.stop()
+
+
 # ---- slow: the live stack ------------------------------------------------------------------
 
 
