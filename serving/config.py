@@ -17,6 +17,11 @@ class ConfigError(RegError):
     """A serving setting is malformed."""
 
 
+# Whole-number settings read from the environment that must be at least 1.
+_POSITIVE = (("max_concurrency", "REG_MAX_CONCURRENCY"), ("max_loras", "REG_MAX_LORAS"),
+             ("max_body_bytes", "REG_MAX_BODY_BYTES"))
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"
@@ -29,6 +34,10 @@ class ServeConfig:
     # Requests answered at once; beyond it the gateway answers 429 with Retry-After.
     max_concurrency: int = 64
     retry_after_s: int = 1
+    # The largest request body read, on every route (413 beyond it, refused before reading
+    # when Content-Length says so). 4 MiB is about a million tokens of text: longer than
+    # any context an engine here runs with.
+    max_body_bytes: int = 4 * 1024 * 1024
     # Where fetched, digest-verified adapters live; engines load only from here.
     adapter_root: Path = Path(".reg/serving/adapters")
     log_dir: Path = Path(".reg/serving/logs")
@@ -70,9 +79,7 @@ class ServeConfig:
             "adapter_root": home / "serving" / "adapters",
             "log_dir": home / "serving" / "logs",
         }
-        for name, var in (("max_concurrency", "REG_MAX_CONCURRENCY"),
-                          ("max_loras", "REG_MAX_LORAS"),
-                          ("max_num_seqs", "REG_MAX_NUM_SEQS")):
+        for name, var in (*_POSITIVE, ("max_num_seqs", "REG_MAX_NUM_SEQS")):
             if var in e:
                 try:
                     values[name] = int(e[var])
@@ -92,6 +99,8 @@ class ServeConfig:
             values["external_engines"] = engines
         values.update(overrides)
         cfg = cls(**values)  # type: ignore[arg-type]
-        if cfg.max_concurrency < 1 or cfg.max_loras < 1:
-            raise ConfigError("REG_MAX_CONCURRENCY and REG_MAX_LORAS must be at least 1")
+        low = [f"{var}={getattr(cfg, name)}" for name, var in _POSITIVE if getattr(cfg, name) < 1]
+        if low:
+            raise ConfigError(f"{', '.join(low)}: must be at least 1",
+                              hint="set it to a positive integer, or unset it for the default")
         return cfg

@@ -46,8 +46,9 @@ from serving.engines.supervisor import Supervisor
 from serving.gateway import openapi
 from serving.gateway.admin import admin_router
 from serving.gateway.auth import AdminDenied, admin_denied_handler
-from serving.gateway.errors import error_response
+from serving.gateway.errors import NESTED_TOO_DEEPLY, error_response
 from serving.gateway.faults import Faults
+from serving.gateway.limits import BodyTooLarge, check_declared, declared_length, limited_receive
 from serving.gateway.metrics import CONTENT_TYPE, Metrics
 from serving.gateway.openai_api import PATHS, Kind, OpenAIRoutes
 from serving.gateway.operator_metrics import OperatorMetrics, RegistryReader
@@ -109,11 +110,20 @@ class GatewayApp(FastAPI):
     api: OpenAIRoutes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            kind = _FAST_ROUTES.get(scope["path"])
-            if kind is not None:
-                await self.api.handle(scope, receive, send, kind)
+        if scope["type"] == "http":
+            if scope["method"] == "POST":
+                kind = _FAST_ROUTES.get(scope["path"])
+                if kind is not None:
+                    await self.api.handle(scope, receive, send, kind)
+                    return
+            # Every other route reads its body under the same limit (limits.py).
+            limit = self.api.config.max_body_bytes
+            try:
+                check_declared(declared_length(scope["headers"]), limit)
+            except BodyTooLarge as e:
+                await e.response()(scope, receive, send)
                 return
+            receive = limited_receive(receive, limit)
         await super().__call__(scope, receive, send)
 
 
@@ -228,8 +238,14 @@ def create_app(
     app.include_router(page_router())  # the status page at /, over /api/status
     app.add_exception_handler(AdminDenied, admin_denied_handler)
 
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> Response:
+        return exc.response()
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI's parse of a JSON body
+            return error_response(400, NESTED_TOO_DEEPLY, code="invalid_request")
         return error_response(exc.status_code, str(exc.detail), code=None,
                               headers=getattr(exc, "headers", None))
 

@@ -13,6 +13,10 @@ from typing import Any
 
 from starlette.responses import Response
 
+# A body whose arrays and objects nest past what the JSON parser can recurse into.
+NESTED_TOO_DEEPLY = ("The request body is nested too deeply to be read (arrays and objects "
+                     "within each other, hundreds of levels): no OpenAI request needs that.")
+
 # OpenAI's error `type` per status; `code` carries the specific reason.
 _TYPES = {
     400: "invalid_request_error",

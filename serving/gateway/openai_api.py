@@ -2,8 +2,12 @@
 
 A completion request:
 
-1. is checked (API key, JSON body, the few fields the gateway reads);
-2. is resolved to a version by :func:`serving.gateway.routing.resolve` (pure);
+1. is checked (API key, body size, JSON body, the few fields the gateway reads): bad
+   input is a 4xx in OpenAI's shape naming the field, never forwarded;
+2. is resolved to a version by :func:`serving.gateway.routing.resolve` (pure), and
+   ``max_tokens`` checked against that version's engine context; a version that is
+   deployed but degraded (its adapter failed to load) is answered as a failed engine:
+   failover to production, or a 503 with the reason;
 3. is admitted if fewer than ``max_concurrency`` requests are in flight, else 429;
    a fault injected for its version (:mod:`serving.gateway.faults`, game days) delays
    or fails it here;
@@ -46,8 +50,13 @@ from serving.gateway.accounting import (
     shadow_dropped,
 )
 from serving.gateway.auth import ApiKeys
-from serving.gateway.errors import error_response, normalize_upstream_error
+from serving.gateway.errors import (
+    NESTED_TOO_DEEPLY,
+    error_response,
+    normalize_upstream_error,
+)
 from serving.gateway.faults import Faults
+from serving.gateway.limits import BodyTooLarge, read_body
 from serving.gateway.metrics import Metrics
 from serving.gateway.routing import Route, RouteError, Target, model_listing, resolve
 from serving.gateway.state import GatewayState
@@ -60,9 +69,9 @@ from serving.upstream.proxy import (
     is_done,
     is_usage_only_chunk,
     open_upstream,
-    read_body,
     usage,
 )
+from serving.upstream.proxy import read_body as read_upstream_body
 
 Kind = Literal["chat", "completions"]
 PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -78,6 +87,14 @@ class BadRequest(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+class VersionDegraded(UpstreamFailure):
+    """The chosen version is deployed but cannot be served (its adapter failed to sync):
+    failed like an engine before any byte, so failover applies."""
+
+    def __init__(self, target: Target, why: str) -> None:
+        super().__init__(f"{target.adapter} is deployed but cannot be served: {why}")
 
 
 @dataclass
@@ -111,20 +128,26 @@ class OpenAIRoutes:
         t0 = time.perf_counter()
         auth: bytes | None = None
         session: bytes | None = None
+        length: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 auth = value
             elif name == b"x-reg-session":
                 session = value
+            elif name == b"content-length":
+                length = value
         if self.keys.required and not self.keys.allows(auth):
             return await self._key_denied()(scope, receive, send)
-        raw = await _read_body(receive)
         try:
+            raw = await read_body(receive, self.config.max_body_bytes,
+                                  int(length) if length is not None and length.isdigit()
+                                  else None)
             payload = parse_request(raw, kind)
+        except BodyTooLarge as e:
+            rejected(self.metrics, "too_large", 413)
+            return await e.response()(scope, receive, send)
         except BadRequest as e:
-            rejected(self.metrics, "bad_request", 400)
-            return await error_response(400, e.message, code="invalid_request",
-                                        param=e.param)(scope, receive, send)
+            return await self._bad_request(e)(scope, receive, send)
         asked: str = payload["model"]
         key, _ = route_key(payload.get("user"),
                            None if session is None else session.decode("latin-1"))
@@ -137,6 +160,12 @@ class OpenAIRoutes:
         if self.state.drained and route.failover is not None and not route.pinned and (
                 (route.target.model, route.target.version) in self.state.drained):
             route = Route(route.failover, pinned=False)  # being rolled back: production
+        engine = self.state.engines.get(route.target.engine)
+        if engine is not None and engine.max_model_len:
+            try:
+                check_max_tokens(payload, engine.max_model_len)
+            except BadRequest as e:
+                return await self._bad_request(e)(scope, receive, send)
         if self.state.in_flight >= self.config.max_concurrency:
             rejected(self.metrics, "overloaded", 429)
             return await error_response(
@@ -175,6 +204,9 @@ class OpenAIRoutes:
                 answer = await self._open(route, payload, kind, stream, account)
             except UpstreamFailure as e:
                 return await self._engine_failed(account, e)(scope, receive, send)
+            except BadRequest as e:  # it could not be sent (see _send)
+                account.finish(400)
+                return await self._bad_request(e)(scope, receive, send)
             headers = self._response_headers(answer.target, account.failover_reason)
             if answer.stream is None:
                 if answer.status != 200:
@@ -282,7 +314,8 @@ class OpenAIRoutes:
             if route.failover is None:
                 raise
             fo = route.failover
-            reason = "engine_down" if first.status == 503 else f"http_{first.status}"
+            reason = ("degraded" if isinstance(first, VersionDegraded) else
+                      "engine_down" if first.status == 503 else f"http_{first.status}")
             failed_over(self.metrics, route.target, fo, reason)
             account.switch(fo, reason)
             return await self._send(fo, payload, kind, stream)
@@ -292,15 +325,25 @@ class OpenAIRoutes:
     ) -> _Answer:
         """Everything up to the first byte the client would get: a whole body, or a stream
         with its first bytes in, so a failure anywhere before that can fail over."""
+        if self.state.degraded:
+            why = self.state.degraded.get((target.model, target.version))
+            if why is not None:
+                raise VersionDegraded(target, why)
         down = self.state.engine_unavailable_reason(target.engine)
         if down is not None:
             raise UpstreamFailure(down)
         assert self.pool is not None, "the lifespan opens the pool"
         payload["model"] = target.adapter
+        try:
+            body = json.dumps(payload).encode()
+        except RecursionError as e:
+            # Parsed a few frames higher up the stack than it is written here: a body
+            # nested within a few levels of the interpreter's limit passes one, not both.
+            raise BadRequest(NESTED_TOO_DEEPLY) from e
         resp = await open_upstream(self.pool, self.state.engines[target.engine].url,
-                                   PATHS[kind], json.dumps(payload).encode())
+                                   PATHS[kind], body)
         if not stream or resp.status != 200:
-            return _Answer(target, resp.status, await read_body(resp))
+            return _Answer(target, resp.status, await read_upstream_body(resp))
         try:
             await resp.wait_first_chunk()
         except UpstreamError as e:
@@ -316,6 +359,12 @@ class OpenAIRoutes:
         """The engine failed before any byte was sent (and failover too, if it applied)."""
         status = 503 if e.status in (503, 404) or e.status < 500 else 502
         account.finish(status)
+        if isinstance(e, VersionDegraded):
+            return error_response(
+                503, f"{e.reason}. The request was not answered; the gateway retries "
+                "loading it (with a backoff), or pin another version.",
+                code="version_degraded",
+                headers={"retry-after": str(self.config.retry_after_s)})
         message = e.reason
         if e.body and status == 502:
             with contextlib.suppress(ValueError, AttributeError):
@@ -348,6 +397,8 @@ class OpenAIRoutes:
             code = str(answer.status)
         except UpstreamFailure as e:
             code = str(e.status)
+        except BadRequest:
+            code = "400"
         finally:
             self.state.shadow_in_flight -= 1
             shadow_done(self.metrics, target, code, time.perf_counter() - t0)
@@ -357,6 +408,10 @@ class OpenAIRoutes:
             t.cancel()
 
     # -- the model list and API keys on FastAPI routes -------------------------------------
+
+    def _bad_request(self, e: BadRequest) -> Response:
+        rejected(self.metrics, "bad_request", 400)
+        return error_response(400, e.message, code="invalid_request", param=e.param)
 
     def _key_denied(self) -> Response:
         rejected(self.metrics, "unauthorized", 401)
@@ -399,23 +454,16 @@ class OpenAIRoutes:
         return {"object": "list", "data": data}
 
 
-async def _read_body(receive: Receive) -> bytes:
-    msg = await receive()
-    body: bytes = msg.get("body", b"")
-    if not msg.get("more_body"):
-        return body
-    parts = [body]
-    while msg.get("more_body"):
-        msg = await receive()
-        parts.append(msg.get("body", b""))
-    return b"".join(parts)
-
-
 async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]],
                       body: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [*headers, (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+# Fields the gateway checks (it reads them, or they bound the engine's work); vLLM checks
+# the rest. bool is excluded from the integers, as JSON Schema does.
+_COUNTS = ("max_tokens", "max_completion_tokens", "n")
 
 
 def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
@@ -424,8 +472,10 @@ def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"The request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise BadRequest(NESTED_TOO_DEEPLY) from e
     if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
+        raise BadRequest(f"The request body must be a JSON object, not {_json_type(body)}.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required: a model name, MODEL:STAGE or MODEL@vN.", "model")
@@ -443,5 +493,45 @@ def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
     for name, types in (("stream", bool), ("user", str), ("stream_options", dict)):
         value = body.get(name)
         if value is not None and not isinstance(value, types):
-            raise BadRequest(f"'{name}' must be a {types.__name__}, got {value!r}.", name)
+            raise BadRequest(f"'{name}' must be a {_JSON_NAMES[types]}, not "
+                             f"{_json_type(value)}.", name)
+    for name in _COUNTS:
+        value = body.get(name)
+        if value is not None and (type(value) is not int or value < 1):
+            raise BadRequest(f"'{name}' must be a whole number of at least 1, got "
+                             f"{_shown(value)}.", name)
     return body
+
+
+def check_max_tokens(body: dict[str, Any], max_model_len: int) -> None:
+    """A completion longer than the engine's context cannot be served whatever the prompt:
+    refused here, naming the field, rather than sent to the engine."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and value > max_model_len:
+            raise BadRequest(
+                f"'{name}' is {value}, more than this model's context of {max_model_len} "
+                f"tokens (prompt and completion together); ask for at most "
+                f"{max_model_len} minus the prompt's tokens.", name)
+
+
+_JSON_NAMES: dict[type, str] = {bool: "boolean", str: "string", dict: "object"}
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _shown(value: object) -> str:
+    """A value as it would appear in JSON, cut short (a message never echoes a whole body)."""
+    text = json.dumps(value) if not isinstance(value, (list, dict)) else _json_type(value)
+    return text if len(text) <= 40 else text[:37] + "..."
