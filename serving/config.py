@@ -28,9 +28,10 @@ class ServeConfig:
     port: int = 8000
     # Admin routes (policy, adapters, reload) need `Authorization: Bearer <admin_token>`;
     # with no token set they are disabled (403), never open.
-    admin_token: str | None = None
+    # Secrets: kept out of the repr, so a logged or printed config never shows them.
+    admin_token: str | None = field(default=None, repr=False)
     # When non-empty, the OpenAI routes need `Authorization: Bearer <one of these>`.
-    api_keys: frozenset[str] = frozenset()
+    api_keys: frozenset[str] = field(default=frozenset(), repr=False)
     # Requests answered at once; beyond it the gateway answers 429 with Retry-After.
     max_concurrency: int = 64
     retry_after_s: int = 1

@@ -178,7 +178,10 @@ def engine_command(spec: EngineSpec, python: str = sys.executable) -> list[str]:
 
 
 def engine_env(spec: EngineSpec, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
+    """The engine's environment: ours without reg's own settings (vLLM reads none of them,
+    and some are secrets: the admin token, the API keys, a database URL's password)."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith("REG_")}
     env.update(
         VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",  # enables /v1/load_lora_adapter
         VLLM_NO_USAGE_STATS="1",
