@@ -102,7 +102,8 @@
       select.replaceChildren(el("option", { value: "", text: "All models" }),
         ...names.map((n) => el("option", { value: n, text: n })));
     }
-    select.value = names.includes(view.model) ? view.model : "";
+    if (view.model && !names.includes(view.model)) view.model = "";  // gone, or a typo in ?model=
+    select.value = view.model;
   }
 
   function splitBar(label, weights, stages) {
@@ -140,8 +141,10 @@
     function rowsInto(body, list) {
       const out = list.map((v) => {
         const r = v.recent || {};
+        const why = degradedWhy(doc, v.model, v.version);
         return el("tr", { "data-counter": v.adapter_name },
-          el("th", { scope: "row", text: `v${v.version}` }),
+          el("th", { scope: "row" }, `v${v.version}`,
+            why ? [" ", el("span", { class: "badge badge-bad", title: why }, "degraded")] : null),
           num(fmtInt(v.totals.total), "total"), num(fmtInt(v.totals.errors), "errors"),
           num(fmtRate(r.rate), "rate"), num(fmtPct(r.error_rate), "error_rate"),
           num(fmtSec(r.latency_p95_s), "p95"));
@@ -150,6 +153,11 @@
         text: "No requests through this gateway yet." })));
       body.replaceChildren(...out);
     }
+  }
+
+  function degradedWhy(doc, model, version) {
+    const d = doc.gateway ? doc.gateway.degraded.find((x) => x.model === model && x.version === version) : null;
+    return d ? d.reason : "";
   }
 
   function renderModels(doc) {
@@ -277,9 +285,10 @@
     box.append(fig);
     c = { fig, plot, summary, thead, tbody, metric, uplot: null, lines: "" };
     view.charts.set(id, c);
-    new ResizeObserver(() => {
+    c.resize = new ResizeObserver(() => {
       if (c.uplot) c.uplot.setSize({ width: plotWidth(c), height: 180 });
-    }).observe(plot);
+    });
+    c.resize.observe(plot);
     return c;
   }
 
@@ -305,6 +314,7 @@
     for (const [id, c] of view.charts) {
       if (!wanted.has(c)) {
         if (c.uplot) c.uplot.destroy();
+        c.resize.disconnect();
         c.fig.remove();
         view.charts.delete(id);
       }
@@ -383,8 +393,8 @@
     const box = $("degraded-list");
     const bad = g ? g.degraded.filter((d) => shown(d.model)) : [];
     box.replaceChildren(bad.length
-      ? el("ul", {}, ...bad.map((d) => el("li", { "data-degraded": `${d.model}@v${d.version}` },
-        el("strong", {}, `${d.model}@v${d.version}`), ` (${d.stages.join(", ") || "no stage"}): ${d.reason}`)))
+      ? el("ul", { class: "degraded" }, ...bad.map((d) => el("li", { "data-degraded": `${d.model}@v${d.version}` },
+        badge("degraded", "bad"), " ", el("strong", {}, `${d.model}@v${d.version}`), ` (${d.stages.join(", ") || "no stage"}): ${d.reason}`)))
       : el("p", { class: "empty", text: "None: every deployed version can be served." }));
     const rejected = g ? Object.entries(g.rejected).filter(([, n]) => n > 0) : [];
     if (rejected.length) {
