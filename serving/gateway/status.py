@@ -16,11 +16,11 @@ it. It holds two parts:
 
 The time series: :class:`StatusHost` samples the gateway's routed counters (by the
 version routing chose, as the canary analysis counts) every ``sample_interval_s`` into
-a bounded ring buffer (:data:`HISTORY_S` of history). A point is the difference of two
-samples (:func:`series_points`, pure): request rate, error rate, and the p95 latency of
-the answered requests from the analysis histogram's buckets, interpolated as PromQL's
-``histogram_quantile`` does. The recent window of each version (:func:`window_of`) is
-the difference between now and the sample ``RECENT_S`` ago.
+bounded ring buffers (:data:`HISTORY_S` of history). A point is the difference of two
+samples (:func:`point_between`, pure, computed once per sample): request rate, error
+rate, and the p95 latency of the answered requests from the analysis histogram's
+buckets, interpolated as PromQL's ``histogram_quantile`` does. A version's recent window
+(:func:`window_of`) is the difference between now and the sample ``RECENT_S`` ago.
 """
 
 from __future__ import annotations
@@ -219,28 +219,46 @@ def take_sample(routed: Mapping[tuple[str, int], RoutedMetrics], at: float) -> S
     return Sample(at, {key: cumulative_of(r) for key, r in list(routed.items())})
 
 
-def series_points(samples: Sequence[Sample], interval_s: float) -> Series:
-    """The time series between consecutive samples (a version absent earlier starts at 0)."""
-    keys = sorted({k for s in samples for k in s.values})
+@dataclass(frozen=True, slots=True)
+class Point:
+    """The series' values of one interval: (rate, error rate, p95 latency) per version."""
+
+    at: float  # the interval's end
+    values: Mapping[tuple[str, int], tuple[float, float | None, float | None]]
+
+
+def point_between(before: Sample, after: Sample) -> Point | None:
+    """The interval from ``before`` to ``after`` (a version absent before starts at 0);
+    None when no time passed. Computed once per sample, so a viewer costs no quantiles."""
+    dt = after.at - before.at
+    if dt <= 0:
+        return None
+    values: dict[tuple[str, int], tuple[float, float | None, float | None]] = {}
+    for key, now in after.values.items():
+        d = now.minus(before.values.get(key))
+        values[key] = (d.requests / dt, d.errors / d.requests if d.requests else None,
+                       d.quantile(0.95))
+    return Point(after.at, values)
+
+
+def series_of(points: Sequence[Point], interval_s: float) -> Series:
+    """The points as aligned columns, one line per version (null where it had no data)."""
+    keys = sorted({k for p in points for k in p.values})
     lines = {k: SeriesLine(model=k[0], version=k[1]) for k in keys}
-    times: list[float] = []
-    for before, after in itertools.pairwise(samples):
-        dt = after.at - before.at
-        if dt <= 0:
-            continue
-        times.append(after.at)
+    for p in points:
         for key, line in lines.items():
-            now = after.values.get(key)
-            if now is None:
-                line.rate.append(None)
-                line.error_rate.append(None)
-                line.latency_p95_s.append(None)
-                continue
-            d = now.minus(before.values.get(key))
-            line.rate.append(d.requests / dt)
-            line.error_rate.append(d.errors / d.requests if d.requests else None)
-            line.latency_p95_s.append(d.quantile(0.95))
-    return Series(interval_s=interval_s, times=times, versions=list(lines.values()))
+            rate, error_rate, p95 = p.values.get(key, (None, None, None))
+            line.rate.append(rate)
+            line.error_rate.append(error_rate)
+            line.latency_p95_s.append(p95)
+    return Series(interval_s=interval_s, times=[p.at for p in points],
+                  versions=list(lines.values()))
+
+
+def series_points(samples: Sequence[Sample], interval_s: float) -> Series:
+    """The time series between consecutive samples."""
+    points = (point_between(a, b) for a, b in itertools.pairwise(samples))
+    return series_of([p for p in points if p is not None], interval_s)
 
 
 def window_of(samples: Sequence[Sample], now: Sample, seconds: float
@@ -331,16 +349,15 @@ def version_counters(metrics: Metrics) -> dict[tuple[str, int], dict[str, StageC
 
 
 def _summed(stages: Mapping[str, StageCounters]) -> StageCounters:
-    total = StageCounters()
+    codes: collections.Counter[str] = collections.Counter()
     for c in stages.values():
-        for code, n in c.requests.items():
-            total.requests[code] = total.requests.get(code, 0) + n
-        total.total += c.total
-        total.errors += c.errors
-        total.in_flight += c.in_flight
-        total.prompt_tokens += c.prompt_tokens
-        total.output_tokens += c.output_tokens
-    return total
+        codes.update(c.requests)
+    cs = stages.values()
+    return StageCounters(requests=dict(codes), total=sum(c.total for c in cs),
+                         errors=sum(c.errors for c in cs),
+                         in_flight=sum(c.in_flight for c in cs),
+                         prompt_tokens=sum(c.prompt_tokens for c in cs),
+                         output_tokens=sum(c.output_tokens for c in cs))
 
 
 # ---- I/O: the host and the route -----------------------------------------------------------
@@ -373,8 +390,9 @@ class StatusHost:
         self.overview = overview
         self.interval = sample_interval_s
         self.clock = clock
-        self.samples: collections.deque[Sample] = collections.deque(
-            maxlen=max(2, round(history_s / sample_interval_s) + 1))
+        size = max(2, round(history_s / sample_interval_s) + 1)
+        self.samples: collections.deque[Sample] = collections.deque(maxlen=size)
+        self.points: collections.deque[Point] = collections.deque(maxlen=size - 1)
         self.started_at = datetime.fromtimestamp(clock(), UTC)
         self._cached: tuple[float, Overview | None, str] | None = None
         self._lock = asyncio.Lock()
@@ -383,6 +401,10 @@ class StatusHost:
     def sample(self) -> Sample:
         """Take a sample now (the sampler's step; tests call it to step time)."""
         s = take_sample(self.gw.metrics.routed, self.clock())
+        if self.samples:
+            point = point_between(self.samples[-1], s)
+            if point is not None:
+                self.points.append(point)
         self.samples.append(s)
         return s
 
@@ -457,7 +479,7 @@ class StatusHost:
             max_concurrency=self.gw.config.max_concurrency, marker=cat.marker,
             last_error=st.last_error, engines=engines, degraded=degraded, routing=routing,
             versions=versions, rejected=rejected,
-            series=series_points([*self.samples, now], self.interval))
+            series=series_of(list(self.points), self.interval))
 
     async def status(self) -> GatewayStatus:
         ov, note = await self.registry_part()
@@ -466,11 +488,8 @@ class StatusHost:
                              verdicts=verdicts_of(ov, generated), gateway=self.live())
 
 
-class KeyCheck(Protocol):
-    def __call__(self, request: Request) -> Response | None: ...
-
-
-def status_router(host: StatusHost, check_key: KeyCheck) -> APIRouter:
+def status_router(host: StatusHost,
+                  check_key: Callable[[Request], Response | None]) -> APIRouter:
     """``GET /api/status``; ``check_key`` answers the 401 when API keys are required."""
     router = APIRouter(tags=["status"])
 
