@@ -45,7 +45,13 @@ from recipes.training.checkpoint import (
     clean_temporaries,
     list_checkpoints,
 )
-from recipes.training.tracking.record import MANIFEST_KEY, TENSORBOARD_DIR, TrackingRecord
+from recipes.training.tracking.record import (
+    MANIFEST_KEY,
+    TENSORBOARD_DIR,
+    TRACKING_EXTRA,
+    TrackingRecord,
+    tracker_problem,
+)
 from recipes.training.tracking.record import WORKDIR_FILE as TRACKING_FILE
 
 if TYPE_CHECKING:
@@ -241,6 +247,10 @@ def _setup(loaded: LoadedRecipe, workdir: Path) -> _Setup:
     )
 
     spec = loaded.recipe.spec
+    # A tracker uninstalled since the recipe validated (the loader's cache served it).
+    tracker_missing = tracker_problem(spec.training.trackers)
+    if tracker_missing is not None:
+        raise RegError(tracker_missing, hint=TRACKING_EXTRA)
     model_dir = loaded.base_model_path
     tokenizer = load_tokenizer(spec.base_model, model_dir)
     data = prepare_data(loaded, tokenizer)

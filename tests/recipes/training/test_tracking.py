@@ -23,6 +23,7 @@ from recipes.training.tracking.record import (
     version_tags,
 )
 from recipes.training.tracking.session import TrackingSession
+from tests.support.factories import LoadedRecipeFactory
 from tests.support.services import free_port
 
 CPU = DeviceSettings(device="cpu", precision="fp32", gradient_checkpointing=False,
@@ -137,3 +138,18 @@ def test_tagging_without_a_tracked_run_does_nothing(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("x")
     write_manifest(tmp_path, {"name": "m", "spec_hash": "sha256:00"})
     assert tag_registered(tmp_path, model="m", number=1, digest=None, status="ready") is None
+
+
+def test_training_with_a_tracker_missing_fails_before_the_workdir_exists(
+    make_recipe: LoadedRecipeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recipes.training.entry import train
+
+    loaded = make_recipe("support-bot", name="untracked",
+                         **{"spec.training.report_to": ["tensorboard", "mlflow"]})
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(RegError, match=r"training\.report_to names mlflow, which is not "
+                                       r"installed") as err:
+        train(loaded, tmp_path / "w", progress=False)
+    assert err.value.hint == "pip install 'reg[tracking]'"
+    assert not (tmp_path / "w").exists()
