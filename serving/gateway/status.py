@@ -395,6 +395,7 @@ class StatusHost:
         self.points: collections.deque[Point] = collections.deque(maxlen=size - 1)
         self.started_at = datetime.fromtimestamp(clock(), UTC)
         self._cached: tuple[float, Overview | None, str] | None = None
+        self._series_of: tuple[Point | None, Series] | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -479,7 +480,14 @@ class StatusHost:
             max_concurrency=self.gw.config.max_concurrency, marker=cat.marker,
             last_error=st.last_error, engines=engines, degraded=degraded, routing=routing,
             versions=versions, rejected=rejected,
-            series=series_of(list(self.points), self.interval))
+            series=self._series())
+
+    def _series(self) -> Series:
+        """The series, rebuilt only when a sample added a point (not per viewer)."""
+        last = self.points[-1] if self.points else None
+        if self._series_of is None or self._series_of[0] is not last:
+            self._series_of = (last, series_of(list(self.points), self.interval))
+        return self._series_of[1]
 
     async def status(self) -> GatewayStatus:
         ov, note = await self.registry_part()
