@@ -241,3 +241,30 @@ def test_an_adapter_that_keeps_failing_is_retried_with_backoff_and_degraded(
     assert "adapter bot@v2 synced after 5 failed attempts" in caplog.text
     assert ('reg_deployment_servable{model="bot",stage="canary",version="v2"} 1.0'
             in metrics.render().decode())
+
+
+def test_a_pass_that_keeps_failing_the_same_way_logs_its_traceback_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Unreachable(InMemorySource):
+        def change_marker(self) -> int:
+            raise ConnectionError("the registry database is unreachable")
+
+    cfg = ServeConfig(adapter_root=tmp_path / "adapters", log_dir=tmp_path / "logs",
+                      poll_interval_s=0.01)
+    state = GatewayState()
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            sup = Supervisor(Unreachable([]), cfg, StatePublisher(state, Metrics()), session)
+            sup.start()
+            await asyncio.sleep(0.5)
+            await sup.stop()
+
+    with caplog.at_level(logging.DEBUG, logger="reg.serving"):
+        asyncio.run(run())
+    failed = [r for r in caplog.records if r.getMessage() == "supervisor pass failed"]
+    again = [r for r in caplog.records if "failed again" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert len(again) >= 3 and all(r.levelno == logging.DEBUG for r in again)
+    assert state.last_error == "ConnectionError: the registry database is unreachable"
