@@ -305,6 +305,7 @@ class OperatorMetrics(Collector):
     def start(self) -> None:
         if self.reader is None or self._thread is not None:
             return
+        self._stop.clear()  # an app's lifespan may run again (tests reuse an app)
         self._thread = threading.Thread(target=self._run, name="reg-operator-metrics",
                                         daemon=True)
         self._thread.start()
