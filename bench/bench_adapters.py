@@ -164,7 +164,9 @@ def main() -> None:
     print(f"{'base model':<12}{'requests to':<28}{'req/s':>10}{'x base':>9}")
     with tempfile.TemporaryDirectory(prefix="reg-bench-adapters-") as t:
         for size in sizes:
-            points = sweep(size, Path(t), COUNTS, n, rounds)
+            # The small model answers several times slower: half the requests a point.
+            size_n = n if size == "tiny" else max(16, n // 2)
+            points = sweep(size, Path(t), COUNTS, size_n, rounds)
             for p in points:
                 print(f"{size:<12}{'base model only':<28}{p.base_rps:>10.1f}{1.0:>9.2f}")
                 print(f"{size:<12}{f'{p.adapters} adapters, round-robin':<28}"
@@ -175,7 +177,7 @@ def main() -> None:
                 f"(vLLM CPU, {CONCURRENCY} concurrent)", at.lora_rps, "req/s",
                 reference=at.base_rps, reference_name="base model only, same engine",
                 ratio=at.ratio, goal=">= 0.8x", rounds=rounds,
-                notes=f"{n} requests a run, --max-loras {max(COUNTS)}; median of per-pair "
+                notes=f"{size_n} requests a run, --max-loras {max(COUNTS)}; median of per-pair "
                       "ratios"))
             curve.series.append(Series(label=f"{size}: adapters",
                                        points=[(p.adapters, p.lora_rps) for p in points]))

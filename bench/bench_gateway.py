@@ -220,7 +220,8 @@ def concurrency_curve(tmp: Path, st: EchoStack, z: Sizes
                       for name, by_c in med.items()]),
         Curve(key="gateway_latency", title="Latency vs concurrency (loopback echo)",
               x_label="connections", y_label="ms", log_x=True, notes=note,
-              series=[Series(label=f"{name} {q}", points=[(c, v[i]) for c, v in by_c.items()])
+              series=[Series(label=f"{name} {q}", points=[(c, v[i]) for c, v in by_c.items()],
+                             dashed=q == "p99")
                       for name, by_c in med.items() for i, q in ((1, "p50"), (2, "p99"))]),
     ]
     return curves, notes
@@ -305,8 +306,8 @@ def real_engine(tmp: Path, z: Sizes) -> list[Measure]:
         status = get_json(url + "/admin/status", token="bench")
         engine = next(iter(status["engines"].values()))["url"]
         direct_body = {**BODY, "model": f"{MODEL}@v1"}
-        asyncio.run(load(url, BODY, 40))  # warm up both paths
-        asyncio.run(load(engine, direct_body, 40))
+        asyncio.run(load(url, BODY, min(40, n)))  # warm up both paths
+        asyncio.run(load(engine, direct_body, min(40, n)))
         d, g = [], []
         for _ in range(rounds):
             d.append(asyncio.run(load(engine, direct_body, n)))

@@ -93,7 +93,8 @@ def _curve_table(c: Curve) -> str:
     rows = []
     for x in xs:
         cells = [fmt(dict(s.points).get(x)) for s in c.series]
-        rows.append(f"| {fmt(x)} | " + " | ".join(cells) + " |")
+        shown = f"{x:,.0f}" if float(x).is_integer() else fmt(x)
+        rows.append(f"| {shown} | " + " | ".join(cells) + " |")
     return "\n".join([f"{c.y_label}:", "", head, rule, *rows])
 
 
