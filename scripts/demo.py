@@ -221,8 +221,6 @@ class Demo:
         self.traffic = self.start("users", argv, self.home / "demo-traffic.log")
         self.out.print(f"{lib.USERS} users send up to {lib.RATE:g} chats a second to "
                        f"{lib.MODEL} ({lib.CONCURRENCY} at once), sticky per user")
-        time.sleep(5)
-        self.out.print(f"users so far: {self._tally_line()}")
 
     def newest_event(self) -> int:
         events = self.reg_json("events", "--limit", "1")
@@ -241,6 +239,7 @@ class Demo:
         self.git("commit", "-q", "-am", "support-bot: new answers, rolled out progressively")
         self.run(["reg", "plan", "recipes"], ok=(2,))
         self.run(["reg", "reconcile", "recipes", "--once"])
+        self.out.print(f"the users meanwhile: {self._tally_line()}")
         row = self.watch(2, since)
         if row["phase"] != "succeeded":
             raise DemoFailed(f"v2's rollout ended {row['phase']}, not succeeded: "

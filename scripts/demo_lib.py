@@ -62,7 +62,7 @@ def rollout_yaml(plan: Mapping[str, Any]) -> str:
     for key, value in plan.items():
         text = f"      {key}: {json.dumps(value) if not isinstance(value, str) else value}"
         comment = _PLAN_COMMENTS.get(key)
-        lines.append(f"{text:<38}# {comment}" if comment else text)
+        lines.append(f"{text.ljust(37)} # {comment}" if comment else text)
     return "\n".join(lines) + "\n"
 
 
@@ -173,7 +173,8 @@ def event_line(event: Mapping[str, Any], seconds: float) -> str:
     if kind == "started":
         where = f"v{event.get('version')} against v{data.get('baseline')}, {plan_steps} steps"
     elif "weight" in data:
-        where = f"step {int(data.get('step', -1)) + 1}, canary {data['weight']}%"
+        step = int(data.get("step", -1))
+        where = (f"step {step + 1}, " if step >= 0 else "") + f"canary {data['weight']}%"
     else:
         where = escape(str(event.get("message", "")))
     checks = "; ".join(check_text(c) for c in data.get("analysis", []) or [])

@@ -162,6 +162,10 @@ def test_an_event_line_shows_each_checks_value_limit_and_sample() -> None:
     line = lib.event_line(event, 8.2)
     assert "rolled_back" in line and "step 1, canary 0%" in line
     assert "errors 0.204 (limit 0.01, n 44/186) Failed" in line
+    verifying = {**event, "kind": "rollout.verifying", "data": {"rollout": 1, "step": -1,
+                                                                "weight": 0}}
+    assert "canary 0%" in lib.event_line(verifying, 0.5)
+    assert "step" not in lib.event_line(verifying, 0.5).split("verifying")[1]
 
 
 def test_the_summary_has_a_row_per_version_with_its_last_rollout_and_counts() -> None:
