@@ -244,6 +244,7 @@ def pages(browser: BrowserContext, stack: Server) -> Iterator[dict[str, Page]]:
 
 def screenshot(page: Page, name: str) -> Path:
     path = artifacts_dir("status-page") / f"{name}.png"
+    page.evaluate("window.scrollTo(0, 0)")  # a sticky header is drawn where the view is
     page.screenshot(path=str(path), full_page=True)
     return path
 

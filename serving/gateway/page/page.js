@@ -43,8 +43,9 @@
   const td = (text, props) => el("td", props, text);
   // A table that may be wider than a phone scrolls sideways in its own box, which must
   // then take the keyboard focus (and be named) to be scrollable without a mouse.
-  const scrollBox = (label, table) =>
-    el("div", { class: "scroll", role: "region", "aria-label": label, tabIndex: 0 }, table);
+  const scrollBox = (label, table, extra = "") =>
+    el("div", { class: `scroll ${extra}`.trim(), role: "region", "aria-label": label, tabIndex: 0 },
+      table);
   const num = (text, field) => el("td", { class: "num", "data-field": field }, text);
 
   // ---- formatting ----------------------------------------------------------------------
@@ -281,7 +282,7 @@
       "aria-describedby": `sum-${slug}` },
       el("figcaption", {}, `${metric.title}: ${model}`),
       plot, summary, el("details", {}, el("summary", {}, "Values as a table"),
-        el("div", { class: "scroll tall" }, table)));
+        scrollBox(`${metric.title} of ${model}, values`, table, "tall")));
     box.append(fig);
     c = { fig, plot, summary, thead, tbody, metric, uplot: null, lines: "" };
     view.charts.set(id, c);
