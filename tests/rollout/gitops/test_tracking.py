@@ -2,7 +2,8 @@
 real MLflow tracking server (loopback, SQLite backend), the version is registered, the MLflow
 run carries the loss, the evaluation and the reg tags (so the version is found from the
 run), `reg show` prints the run's link (so the run is found from the version); an MLflow that
-does not answer costs a warning, never the version; turning tracking off retrains nothing."""
+does not answer costs a warning, never the version; turning tracking off retrains nothing;
+an interrupted run continues its MLflow run."""
 
 from __future__ import annotations
 
@@ -154,3 +155,36 @@ def test_an_mlflow_that_does_not_answer_costs_a_warning_not_the_version(
     shown = reg_ok(sqlite_settings, "show", "support-bot", "v1").stdout
     assert "mlflow run" not in shown
     assert f"tensorboard --logdir {workdir / 'tensorboard'}" in shown
+
+
+def test_an_interrupted_run_continues_the_same_mlflow_run(
+    tmp_path: Path, mlflow_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed mid-training resumes in its workdir: MLflow sees one run, not two."""
+    from mlflow import MlflowClient
+
+    from recipes.training.tracking.session import tracking_session
+
+    experiment = f"reg-resume-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_url)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    client = MlflowClient(mlflow_url)
+    with pytest.raises(KeyboardInterrupt), tracking_session(
+            ("mlflow",), tmp_path, "m", "sha256:" + "ab" * 32) as first:
+        assert first.report_to == ["mlflow"] and first.mlflow_run is not None
+        raise KeyboardInterrupt
+    assert first.mlflow_run is not None
+    run_id = first.mlflow_run.run_id
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    with tracking_session(("mlflow",), tmp_path, "m", "sha256:" + "ab" * 32) as second:
+        assert second.mlflow_run is not None and second.mlflow_run.run_id == run_id
+        assert client.get_run(run_id).info.status == "RUNNING"
+        second.finish({"test.loss": 1.5, "nan": float("nan")}, "sha256:" + "cd" * 32)
+    done = client.get_run(run_id)
+    assert done.info.status == "FINISHED"
+    assert done.data.metrics == {"test.loss": 1.5}
+    assert done.data.tags["reg.artifact_digest"] == "sha256:" + "cd" * 32
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None and len(client.search_runs([exp.experiment_id])) == 1
+    assert second.warnings == []
