@@ -334,7 +334,9 @@
         width: plotWidth(c), height: 180,
         scales: { y: { range: (u, lo, hi) => [0, hi > 0 ? hi * 1.1 : 1] } },
         legend: { live: false },
-        axes: [{ values: (u, ticks) => ticks.map((t) => hhmm(new Date(t * 1000))) },
+        // Ticks less than a minute apart (a gateway just started) need their seconds.
+        axes: [{ space: 70, values: (u, ticks) => ticks.map((t) => (ticks.length > 1 && ticks[1] - ticks[0] < 60
+          ? clock : hhmm)(new Date(t * 1000))) },
           { values: (u, ticks) => ticks.map((t) => m.fmt(t)), size: 64 }],
         series: [{ value: (u, t) => (t === null ? dash : clock(new Date(t * 1000))) },
           ...names.map((n, i) => ({ label: n, stroke: PALETTE[i % PALETTE.length], width: 2,
