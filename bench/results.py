@@ -166,7 +166,8 @@ class BenchRun(BaseModel):
     seconds: float
     log: str
     report: BenchReport | None = None
-    error: str = ""  # why no report came back (exit status, timeout, the log's tail)
+    error: str = ""  # why no report came back (exit status, timeout)
+    log_tail: str = ""  # the log's last lines when no report came back
 
 
 class Goal12(BaseModel):

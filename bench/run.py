@@ -141,6 +141,7 @@ def run_one(b: Bench, out: Path, smoke: bool) -> BenchRun:
     else:
         run.error = (f"timed out after {timeout} s" if code is None else
                      f"exited {code}" if code else "wrote no report")
+        run.log_tail = _table_tail(tail)
     print(tail if run.report is None else _table_tail(tail), flush=True)
     print(f"== {b.name}: {'ok' if run.report else run.error} in {seconds:.0f} s\n", flush=True)
     return run
@@ -189,7 +190,8 @@ def goals(runs: list[BenchRun], smoke: bool) -> list[Goal12]:
 def problems(res: RunResults) -> list[str]:
     """What makes a run incomplete: a benchmark without a report, a measure with neither
     a figure nor a reason."""
-    out = [f"{r.bench}: {r.error} (log {r.log})" for r in res.runs if r.report is None]
+    out = [f"{r.bench}: {r.error} (log {r.log}); its last lines:\n{r.log_tail}"
+           for r in res.runs if r.report is None]
     for m in res.measures():
         if m.value is None and not m.notes:
             out.append(f"{m.key}: no figure and no reason")

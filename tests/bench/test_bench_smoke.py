@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.results import RunResults, Verdict
+from tests.support.browser import artifacts_dir
 from tests.support.services import service_missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,15 +30,18 @@ NOT_IN_SMOKE = {"rollout.time_to_zero_p95"}
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResults, Path]:
+def smoke() -> tuple[RunResults, Path]:
     if shutil.which("wrk") is None or not (shutil.which("nginx") or
                                            Path("/usr/sbin/nginx").exists()):
         service_missing("wrk or nginx (bash scripts/install_bench.sh)")
-    out = tmp_path_factory.mktemp("bench-smoke")
+    # Kept with the other test artifacts: the logs say why a benchmark failed.
+    out = artifacts_dir("bench-smoke")
+    shutil.rmtree(out)
+    out.mkdir()
     cp = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out",
                          str(out)], cwd=ROOT, capture_output=True, text=True, timeout=2600)
-    assert cp.returncode == 0, f"bench/run.py --smoke exited {cp.returncode}:\n" \
-        f"{cp.stdout[-4000:]}\n{cp.stderr[-3000:]}"
+    assert cp.returncode == 0, f"bench/run.py --smoke exited {cp.returncode} (logs in " \
+        f"{out / 'logs'}):\n{cp.stderr[-6000:]}\n{cp.stdout[-2000:]}"
     return RunResults.read(out / "results.json"), out
 
 
