@@ -1,7 +1,7 @@
 """The status page: a static bundle shipped in the package, served read-only at ``/``.
 
-The page (``page/index.html``, ``page.js``, ``page.css`` and the vendored uPlot chart
-library) holds no data and no secret: its script polls ``GET /api/status`` (see
+The page (``page/index.html``, ``page.js``, ``page.css``, the vendored uPlot chart
+library and morphdom, which updates the page in place) holds no data and no secret: its script polls ``GET /api/status`` (see
 :mod:`serving.gateway.status`) every two seconds and draws what it reads, so the page
 needs no build step and no server-side rendering. The files are read from the package
 once, when the router is built, and answered with a strict Content-Security-Policy:
@@ -33,6 +33,7 @@ PAGE_FILES: dict[str, tuple[str, str]] = {
     "/page/page.css": ("page.css", "text/css; charset=utf-8"),
     "/page/uPlot.iife.min.js": ("uPlot.iife.min.js", "text/javascript; charset=utf-8"),
     "/page/uPlot.min.css": ("uPlot.min.css", "text/css; charset=utf-8"),
+    "/page/morphdom-umd.min.js": ("morphdom-umd.min.js", "text/javascript; charset=utf-8"),
     "/page/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 

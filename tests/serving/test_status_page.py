@@ -116,7 +116,7 @@ def test_slash_answers_the_page_and_every_file_it_loads(bare_gateway: Server) ->
     assert not [t for t, a in tags.tags if "style" in a or any(k.startswith("on") for k in a)]
     loads = [a.get("src") or a.get("href") for t, a in tags.tags
              if t == "script" or (t == "link" and a.get("rel") in ("stylesheet", "icon"))]
-    assert len(loads) == 5
+    assert len(loads) == 6
     kinds = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
              ".svg": "image/svg+xml"}
     for path in loads:

@@ -31,13 +31,35 @@
     return node;
   }
 
+  // Replace what `box` holds by `children`, changing only what differs (morphdom): nodes
+  // that stay keep their place, so the browser's scroll anchoring and the focus hold
+  // while a poll redraws a section above the reader.
+  function update(box, children) {
+    if (typeof morphdom !== "function") {
+      box.replaceChildren(...children);
+      return;
+    }
+    const next = box.cloneNode(false);
+    next.append(...children);
+    morphdom(box, next, {
+      childrenOnly: true,
+      onBeforeElUpdated: (from, to) => {
+        // Through the CSSOM: the CSP refuses style attributes set as markup.
+        if (from.style && to.style && from.style.cssText !== to.style.cssText) {
+          from.style.cssText = to.style.cssText;
+        }
+        return !from.isEqualNode(to);
+      },
+    });
+  }
+
   function rows(tbody, list, cells, empty) {
     const out = list.map(cells);
     if (!out.length && empty) {
       const n = tbody.closest("table").tHead.rows[0].cells.length;
       out.push(el("tr", {}, el("td", { colspan: n, class: "empty", text: empty })));
     }
-    tbody.replaceChildren(...out);
+    update(tbody, out);
   }
 
   const td = (text, props) => el("td", props, text);
@@ -209,7 +231,7 @@
       card.append(el("h4", {}, "Requests through this gateway"), ...liveTable(name, doc));
       return card;
     });
-    box.replaceChildren(...(cards.length ? cards : [el("p", { class: "empty", text: "No models yet." })]));
+    update(box, cards.length ? cards : [el("p", { class: "empty", text: "No models yet." })]);
   }
 
   function renderRollouts(doc) {
@@ -256,7 +278,7 @@
         body)));
       return art;
     });
-    box.replaceChildren(...(out.length ? out : [el("p", { class: "empty", text: "No rollout yet." })]));
+    update(box, out.length ? out : [el("p", { class: "empty", text: "No rollout yet." })]);
   }
 
   // ---- charts --------------------------------------------------------------------------
@@ -351,13 +373,13 @@
       ? lines.map((l) => `v${l.version} ${m.fmt(last(l[m.key]))}`).join(", ") : "no data") + ".";
     const head = el("tr", {}, el("th", { scope: "col", text: "Time" }),
       ...names.map((n) => el("th", { scope: "col", class: "num", text: n })));
-    c.thead.replaceChildren(head);
+    update(c.thead, [head]);
     const out = [];
     for (let i = times.length - 1; i >= 0; i--) {
       out.push(el("tr", {}, el("th", { scope: "row", text: clock(new Date(times[i] * 1000)) }),
         ...lines.map((l) => num(m.fmt(l[m.key][i])))));
     }
-    c.tbody.replaceChildren(...out);
+    update(c.tbody, out);
   }
 
   // ---- versions, engines, audit ----------------------------------------------------------
@@ -395,15 +417,16 @@
     g ? "No engine running yet." : doc.gateway_note);
     const box = $("degraded-list");
     const bad = g ? g.degraded.filter((d) => shown(d.model)) : [];
-    box.replaceChildren(bad.length
+    const parts = [bad.length
       ? el("ul", { class: "degraded" }, ...bad.map((d) => el("li", { "data-degraded": `${d.model}@v${d.version}` },
         badge("degraded", "bad"), " ", el("strong", {}, `${d.model}@v${d.version}`), ` (${d.stages.join(", ") || "no stage"}): ${d.reason}`)))
-      : el("p", { class: "empty", text: "None: every deployed version can be served." }));
+      : el("p", { class: "empty", text: "None: every deployed version can be served." })];
     const rejected = g ? Object.entries(g.rejected).filter(([, n]) => n > 0) : [];
     if (rejected.length) {
-      box.append(el("p", { class: "note" }, "Rejected by the gateway: " +
+      parts.push(el("p", { class: "note" }, "Rejected by the gateway: " +
         rejected.map(([why, n]) => `${why}: ${n}`).join(", ")));
     }
+    update(box, parts);
   }
 
   function renderAudit(doc) {
