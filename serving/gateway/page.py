@@ -1,12 +1,12 @@
 """The status page: a static bundle shipped in the package, served read-only at ``/``.
 
 The page (``page/index.html``, ``page.js``, ``page.css``, the vendored uPlot chart
-library and morphdom, which updates the page in place) holds no data and no secret: its script polls ``GET /api/status`` (see
-:mod:`serving.gateway.status`) every two seconds and draws what it reads, so the page
-needs no build step and no server-side rendering. The files are read from the package
-once, when the router is built, and answered with a strict Content-Security-Policy:
-scripts, styles and fetches from this origin only, no inline script or style, no
-frames, no forms.
+library and morphdom, which updates the page in place) holds no data and no secret: its
+script polls ``GET /api/status`` (see :mod:`serving.gateway.status`) every two seconds
+and draws what it reads, so the page needs no build step and no server-side rendering.
+The files are read from the package once, when the router is built, and answered with a
+strict Content-Security-Policy: scripts, styles and fetches from this origin only, no
+inline script or style, no frames, no forms.
 """
 
 from __future__ import annotations
