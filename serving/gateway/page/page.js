@@ -75,7 +75,10 @@
   const dash = "–";
   const fmtInt = (n) => (n === null || n === undefined ? dash : String(n));
   const fmtNum = (x, digits = 3) =>
-    (x === null || x === undefined ? dash : Number(x).toPrecision(digits).replace(/\.?0+$/, ""));
+    (x === null || x === undefined ? dash
+      : Math.abs(x) >= 10 ** digits ? String(Math.round(x))  // 4260, not 4.26e+3
+      // Trailing zeros of a fraction only: 4260 keeps its zero.
+      : Number(x).toPrecision(digits).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, ""));
   const fmtRate = (x) => (x === null || x === undefined ? dash : `${x.toFixed(2)}/s`);
   const fmtPct = (x) => (x === null || x === undefined ? dash : `${(100 * x).toFixed(1)}%`);
   const fmtSec = (s) => (s === null || s === undefined ? dash
