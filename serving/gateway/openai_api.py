@@ -488,8 +488,9 @@ def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
                              "messages")
     else:
         prompt = body.get("prompt")
-        if not isinstance(prompt, (str, list)):
-            raise BadRequest("'prompt' is required: a string or an array.", "prompt")
+        if not isinstance(prompt, (str, list)) or not prompt:
+            # vLLM refuses an empty one too, with a message about prompt_embeds.
+            raise BadRequest("'prompt' is required: a non-empty string or array.", "prompt")
     for name, types in (("stream", bool), ("user", str), ("stream_options", dict)):
         value = body.get(name)
         if value is not None and not isinstance(value, types):

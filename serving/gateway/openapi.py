@@ -30,9 +30,11 @@ ERROR = {
 }
 
 _ERRORS = {
-    "400": "The body is not valid JSON or a field has the wrong type.",
+    "400": "The body is not valid JSON (or nested too deeply), a field has the wrong type, "
+           "or max_tokens is beyond the model's context; `param` names the field.",
     "401": "An API key is required (REG_API_KEYS) and was missing or wrong.",
     "404": "Unknown model, stage or version; the message lists what exists.",
+    "413": "The body is larger than the gateway accepts (REG_MAX_BODY_BYTES).",
     "429": "Too many requests in flight; retry after the Retry-After header's seconds.",
     "502": "The engine failed while answering.",
     "503": "The engine is down or restarting; the message says why.",
@@ -111,7 +113,8 @@ def chat_completions() -> dict[str, Any]:
 
 
 def completions() -> dict[str, Any]:
-    props = {**_SAMPLING, "prompt": {"type": "string"}}
+    # vLLM refuses an empty prompt.
+    props = {**_SAMPLING, "prompt": {"type": "string", "minLength": 1}}
     return {"requestBody": _body(props, ["model", "prompt"]),
             "responses": _responses(_COMPLETION, streams=True)}
 

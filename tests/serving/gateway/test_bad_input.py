@@ -168,6 +168,8 @@ def test_every_depth_near_the_parsers_limit_is_answered_never_a_500(gateway: Gat
                  "'messages' must be a non-empty array", id="message-number"),
     pytest.param("completions", {"model": MODEL}, "prompt", "'prompt' is required",
                  id="no-prompt"),
+    pytest.param("completions", {"model": MODEL, "prompt": ""}, "prompt",
+                 "'prompt' is required: a non-empty string", id="empty-prompt"),
     pytest.param("chat", {"model": MODEL, "messages": MESSAGES, "stream": "yes"}, "stream",
                  "'stream' must be a boolean, not a string", id="stream-string"),
     pytest.param("chat", {"model": MODEL, "messages": MESSAGES, "user": 5}, "user",
