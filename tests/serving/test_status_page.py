@@ -300,15 +300,17 @@ def test_the_page_shows_the_registrys_values_and_the_gateways_counters(
                 f"{len(engine['adapters'])} of {engine['adapter_slots']} slots")
         expect(page.locator(f"[data-chart^='{MODEL}:']")).to_have_count(3)
         # Polls update the page in place: an opened table of chart values stays open, and
-        # the scroll position stays where the reader left it.
+        # what the reader scrolled to stays where it is on screen (the page may grow above
+        # it: that table gets a row every sample).
         chart = page.locator(f"[data-chart='{MODEL}:rate']")
         chart.locator("summary").click()
         page.locator("#audit").scroll_into_view_if_needed()
-        at = page.evaluate("window.scrollY")
+        top = "e => Math.round(e.getBoundingClientRect().top)"
+        at = page.locator("#audit-h").evaluate(top)
         updated = page.locator("#fresh-detail").inner_text()
         expect(page.locator("#fresh-detail")).not_to_have_text(updated, timeout=WAIT_MS)
         assert chart.locator("details").evaluate("d => d.open")
-        assert page.evaluate("window.scrollY") == at
+        assert page.locator("#audit-h").evaluate(top) == at
         expect(chart.locator("tbody tr").first).to_be_visible()
         path = screenshot(page, f"counters-{size}")
         assert path.stat().st_size > 10_000
@@ -390,9 +392,11 @@ def test_a_rollout_moves_on_the_page_without_a_reload(
         rollout_world.command(MODEL, Command.resume, actor="tester", reason="page test")
         phase_is(ENDED, 120)
     row = registry.get_rollout(rid)
-    assert (row.phase, row.step) == ("succeeded", 1), row.reason
+    # Approved, it went on to its last step (100%); how that step ended is the analysis's
+    # call on a loaded machine (a latency check may fail it): the page shows either.
+    assert row.step == 1 and row.phase in ENDED, row.reason
     for size, page in pages.items():
-        expect(field(page, "phase")).to_have_text("succeeded", timeout=WAIT_MS)
+        expect(field(page, "phase")).to_have_text(row.phase, timeout=WAIT_MS)
         expect(field(page, "step")).to_have_text("2 of 2")
         expect(field(page, "reason")).to_have_text(row.reason)
-        screenshot(page, f"rollout-succeeded-{size}")
+        screenshot(page, f"rollout-ended-{size}")
