@@ -47,7 +47,7 @@ def wrk(url: str, body: dict[str, object], tmp: Path, seconds: float,
         f"wrk.body = {json.dumps(json.dumps(body))}\n"
     )
     threads = min(2, connections)
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                           "--latency", "-s", str(script), url + "/v1/chat/completions"],
                          capture_output=True, text=True, check=True).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)

@@ -208,6 +208,8 @@ def main() -> int:
                     help="where results go (default bench/; --smoke: a temporary directory)")
     ap.add_argument("--only", default=None, help="benchmarks to run, comma-separated: "
                     + ", ".join(b.name for b in BENCHES))
+    ap.add_argument("--reuse", default=None, help="benchmarks (of --only) whose runs are "
+                    "taken from OUT/results.json instead of run again, comma-separated")
     args = ap.parse_args()
     out: Path = args.out or (Path(tempfile.mkdtemp(prefix="reg-bench-smoke-")) if args.smoke
                              else BENCH)
@@ -222,7 +224,10 @@ def main() -> int:
     date = datetime.now(UTC).isoformat(timespec="seconds")
     print(f"{'smoke' if args.smoke else 'full'} run of {len(chosen)} benchmarks into {out}; "
           f"load average {load_before[0]:.2f} on {os.cpu_count()} cores\n", flush=True)
-    runs = [run_one(b, out, args.smoke) for b in chosen]
+    kept = {} if not args.reuse else {
+        r.bench: r for r in RunResults.read(out / "results.json").runs
+        if r.bench in args.reuse.split(",") and r.report is not None}
+    runs = [kept.get(b.name) or run_one(b, out, args.smoke) for b in chosen]
     res = RunResults(date=date, commit=commit(), smoke=args.smoke, machine=machine(load_before),
                      runs=runs, goals=goals(runs, args.smoke))
     res.write(out / "results.json")

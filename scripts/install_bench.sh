@@ -20,11 +20,14 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 # vllm-router 0.1.17 is a Rust binary behind a small Python launcher; --no-deps keeps its
-# declared dependencies (which include vLLM itself) out: the launcher needs only these two.
-if [ ! -x bench/.venv/bin/python ] || ! bench/.venv/bin/python -c "import vllm_router" 2>/dev/null; then
+# declared dependencies (which include vLLM itself) out: the launcher needs only aiohttp,
+# fastapi, uvicorn, requests,
+# setproctitle and orjson.
+if [ ! -x bench/.venv/bin/python ] || ! bench/.venv/bin/python -c "import vllm_router.launch_router" 2>/dev/null; then
   echo "Installing vllm-router into bench/.venv ..."
   python3 -m venv bench/.venv
-  bench/.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
-      vllm-router==0.1.17 setproctitle orjson 2>&1 | { grep -v '^WARNING: Location' || true; } \
+  { bench/.venv/bin/python -m pip install -q --disable-pip-version-check aiohttp fastapi uvicorn requests setproctitle orjson \
+    && bench/.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps vllm-router==0.1.17; } \
+    2>&1 | { grep -v '^WARNING: Location' || true; } \
     || echo "vllm-router not installed: its rows will say so" >&2
 fi
