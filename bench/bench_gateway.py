@@ -260,6 +260,11 @@ def promotion_visible(st: EchoStack, z: Sizes) -> list[Measure]:
                 time.sleep(0.005)
             if i:  # the first one also waits for the traffic change
                 seconds.append(time.perf_counter() - t0)
+        # Back to the stages build_registry left (v1 production, v2 canary, 80/20): the
+        # stacks after this one pin v1.
+        reg.promote(MODEL, 1, "production", actor="bench", reason="bench reset")
+        reg.promote(MODEL, 2, "canary", actor="bench", reason="bench reset")
+        reg.set_traffic(MODEL, {"production": 80, "canary": 20}, None, reason="bench reset")
     print(f"\npromotion -> the gateway answers from the new version: median "
           f"{statistics.median(seconds):.3f} s, max {max(seconds):.3f} s "
           f"({len(seconds)} promotions; goal <= 1 s)")
