@@ -12,8 +12,6 @@ families are rendered from a one-rollout snapshot.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 from prometheus_client.core import Metric
 from prometheus_client.metrics import MetricWrapperBase
 
+from deploy import generated
 from serving.gateway.metrics import Metrics
 from serving.gateway.operator_metrics import (
     CheckView,
@@ -135,21 +134,8 @@ def render() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if the file differs from what the code generates")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != text:
-            print(f"{args.out} is out of date: run `make dashboards`", file=sys.stderr)
-            return 1
-        return 0
-    args.out.write_text(text)
-    print(f"wrote {args.out} ({len(catalogue())} metrics)")
-    return 0
+    return generated.main(argv, description=__doc__.splitlines()[0], default_out=OUT,
+                          render=render, summary=lambda _: f"{len(catalogue())} metrics")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ request series are per replica, so panels sum them.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
@@ -36,6 +34,8 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableRefresh,
     VariableSort,
 )
+
+from deploy import generated
 
 OUT = Path(__file__).with_name("reg-dashboard.json")
 UID = "reg-overview"
@@ -269,21 +269,9 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if the file differs from what the code generates")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != text:
-            print(f"{args.out} is out of date: run `make dashboards`", file=sys.stderr)
-            return 1
-        return 0
-    args.out.write_text(text)
-    print(f"wrote {args.out} ({len(targets(json.loads(text)))} queries)")
-    return 0
+    return generated.main(
+        argv, description=__doc__.splitlines()[0], default_out=OUT, render=render,
+        summary=lambda text: f"{len(targets(json.loads(text)))} queries")
 
 
 if __name__ == "__main__":
