@@ -198,6 +198,13 @@ def create_app(
                      docs_url=None, redoc_url=None)
     app.api = gw.api
     app.state.gateway = gw
+
+    def openapi_now() -> dict[str, Any]:
+        contexts = [e.max_model_len for e in state.engines.values() if e.max_model_len]
+        return openapi.with_context_limit(FastAPI.openapi(app),
+                                          max(contexts) if contexts else None)
+
+    app.openapi = openapi_now  # type: ignore[method-assign]
     app.state.status = status
 
     @app.post("/v1/chat/completions", openapi_extra=openapi.chat_completions(),

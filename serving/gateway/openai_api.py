@@ -498,6 +498,9 @@ def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
                              f"{_json_type(value)}.", name)
     for name in _COUNTS:
         value = body.get(name)
+        if type(value) is float and value.is_integer():
+            # JSON Schema counts 1024.0 as an integer, as vLLM's pydantic models do.
+            value = body[name] = int(value)
         if value is not None and (type(value) is not int or value < 1):
             raise BadRequest(f"'{name}' must be a whole number of at least 1, got "
                              f"{_shown(value)}.", name)

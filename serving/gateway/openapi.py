@@ -10,6 +10,7 @@ OpenAI error body.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 ERROR = {
@@ -165,3 +166,19 @@ def status() -> dict[str, Any]:
     """``GET /api/status``: the 200 body's schema comes from its pydantic model."""
     return {"responses": {"401": {"description": _ERRORS["401"],
                                   "content": {"application/json": {"schema": ERROR}}}}}
+
+
+def with_context_limit(schema: dict[str, Any], context: int | None) -> dict[str, Any]:
+    """``schema`` with ``max_tokens``'s ``maximum`` set to ``context``: the largest context
+    of the engines serving now (known only once they run, so set per render). A model with
+    a smaller context refuses more, naming the field in its 400."""
+    if context is None:
+        return schema
+    out = copy.deepcopy(schema)
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        body = out.get("paths", {}).get(path, {}).get("post", {}).get("requestBody", {})
+        props = body.get("content", {}).get("application/json", {}).get("schema", {}).get(
+            "properties", {})
+        if "max_tokens" in props:
+            props["max_tokens"] = {**props["max_tokens"], "maximum": context}
+    return out

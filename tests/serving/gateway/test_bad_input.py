@@ -313,3 +313,31 @@ def test_a_body_at_the_limit_is_served(gateway: Gateway) -> None:
     assert gateway.post("/v1/chat/completions", padded).status_code == 200
     assert gateway.post("/v1/chat/completions", padded + b" ").status_code == 413
     assert len(gateway.forwarded()) == 1
+
+
+def test_the_openapi_document_bounds_max_tokens_by_the_served_context(gateway: Gateway) -> None:
+    """A client generated from /openapi.json (schemathesis, SDKs) learns the bound the
+    gateway enforces; the one just past it is refused naming the field."""
+    spec = gateway.http.get(gateway.srv.url + "/openapi.json").json()
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert body["schema"]["properties"]["max_tokens"]["maximum"] == CONTEXT
+    r = gateway.post("/v1/completions", json.dumps(
+        {"model": MODEL, "prompt": "hi", "max_tokens": CONTEXT + 1}).encode())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    gateway.srv.gateway.state.engines = {}
+    spec = gateway.http.get(gateway.srv.url + "/openapi.json").json()
+    props = spec["paths"]["/v1/completions"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]
+    assert "maximum" not in props["max_tokens"]  # no engine yet: no bound to state
+
+
+def test_a_whole_number_written_as_a_float_is_a_count(gateway: Gateway) -> None:
+    # JSON Schema (and vLLM's pydantic models) count 8.0 as the integer 8; 8.5 stays a 400.
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 8.0}
+    assert gateway.post("/v1/chat/completions", json.dumps(body).encode()).status_code == 200
+    [sent] = gateway.forwarded()
+    assert json.loads(sent.body)["max_tokens"] == 8 and b"8.0" not in sent.body
+    body["max_tokens"] = float(CONTEXT + 1)
+    r = gateway.post("/v1/chat/completions", json.dumps(body).encode())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
