@@ -4,27 +4,14 @@ tracker that is not installed, and a spec hash that tracking does not change."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-from recipes.core.errors import Problem
 from recipes.identity import spec_hash
 from recipes.loading.loader import check_recipes, load_recipe
 from recipes.training.tracking.record import TRACKING_EXTRA
 from tests.support.factories import RecipeFactory
-
-
-def _only(problems: list[Problem]) -> Problem:
-    assert len(problems) == 1, [p.render() for p in problems]
-    return problems[0]
-
-
-def _line_of(path: Path, needle: str) -> int:
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if needle in line:
-            return n
-    raise AssertionError(f"{needle!r} not in {path}")
+from tests.support.problems import line_of, only
 
 
 @pytest.mark.parametrize(("value", "trackers"), [
@@ -55,8 +42,8 @@ def test_a_bad_report_to_names_file_line_field_and_fix(
     write_recipe: RecipeFactory, value: object, message: str
 ) -> None:
     path = write_recipe("bad", **{"spec.training.report_to": value})
-    p = _only(check_recipes([path]).all_problems)
-    assert (p.file, p.line, p.field) == (str(path), _line_of(path, "report_to"),
+    p = only(check_recipes([path]).all_problems)
+    assert (p.file, p.line, p.field) == (str(path), line_of(path, "report_to"),
                                          "spec.training.report_to")
     assert message in p.message
     if "twice" not in message:
@@ -72,8 +59,8 @@ def test_a_tracker_not_installed_is_a_problem_with_the_install_command(
     # `import` raises ImportError, as on a machine without the package.
     monkeypatch.setitem(sys.modules, tracker, None)
     path = write_recipe("tracked", **{"spec.training.report_to": ["mlflow", "tensorboard"]})
-    p = _only(check_recipes([path]).all_problems)
-    assert (p.field, p.line) == ("spec.training.report_to", _line_of(path, "report_to"))
+    p = only(check_recipes([path]).all_problems)
+    assert (p.field, p.line) == ("spec.training.report_to", line_of(path, "report_to"))
     assert p.message.startswith(f"training.report_to names {tracker}, which is not installed")
     assert p.hint == TRACKING_EXTRA == "pip install 'reg[tracking]'"
 

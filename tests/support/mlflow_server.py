@@ -17,11 +17,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.services import free_port
+from tests.support.services import free_port, wait_answering
 
 
 def mlflow_command() -> Path | None:
@@ -63,21 +62,5 @@ def start_mlflow(root: Path, *, timeout_s: float = 120.0) -> tuple[str, Callable
         log.close()
         shutil.rmtree(root / "artifacts", ignore_errors=True)
 
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            stop()
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}: "
-                               f"{log_path.read_text(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return url, stop
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop()
-            raise TimeoutError(f"mlflow server at {url} not healthy after {timeout_s} s: "
-                               f"{log_path.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.2)
+    wait_answering(proc, url + "/health", "mlflow server", log_path, stop, timeout_s)
+    return url, stop

@@ -215,23 +215,9 @@ def start_prometheus(tmpdir: Path, targets: Sequence[str], *, scrape_interval_s:
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            stop()
-            raise RuntimeError(f"prometheus exited with {proc.returncode}: "
-                               f"{(root / 'prometheus.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/-/ready", timeout=1).status_code == 200:
-                return url, stop
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop()
-            raise TimeoutError(f"prometheus at {url} not ready after {timeout_s} s")
-        time.sleep(0.1)
+    wait_answering(proc, url + "/-/ready", "prometheus", root / "prometheus.log", stop,
+                   timeout_s, poll_s=0.1)
+    return url, stop
 
 
 def prometheus_query(url: str, expr: str) -> list[dict[str, Any]]:
@@ -281,3 +267,27 @@ def running_prometheus(tmpdir: Path, targets: Sequence[str]) -> Iterator[str]:
         yield url
     finally:
         stop()
+
+
+def wait_answering(proc: subprocess.Popen[bytes], url: str, what: str, log_path: Path,
+                   stop: Callable[[], None], timeout_s: float, *, poll_s: float = 0.2) -> None:
+    """Wait until ``url`` answers 200; on the server's exit or the timeout, ``stop()`` it
+    and raise with the tail of its log."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            stop()
+            raise RuntimeError(f"{what} exited with {proc.returncode}: "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop()
+            raise TimeoutError(f"{what} at {url} not answering after {timeout_s} s: "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(poll_s)

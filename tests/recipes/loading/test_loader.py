@@ -6,21 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from recipes.core.errors import Problem, ValidationFailed
+from recipes.core.errors import ValidationFailed
 from recipes.loading.loader import check_recipes, load_recipe, load_recipes, validate_document
 from tests.support.factories import RecipeFactory
-
-
-def _only(problems: list[Problem]) -> Problem:
-    assert len(problems) == 1, [p.render() for p in problems]
-    return problems[0]
-
-
-def _line_of(path: Path, needle: str) -> int:
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if needle in line:
-            return n
-    raise AssertionError(f"{needle!r} not in {path}")
+from tests.support.problems import line_of, only
 
 
 def test_example_recipes_load(workspace: Path) -> None:
@@ -34,8 +23,8 @@ def test_example_recipes_load(workspace: Path) -> None:
 
 def test_unknown_key_has_position_and_did_you_mean(write_recipe: RecipeFactory) -> None:
     path = write_recipe("typo", **{"spec.training.max_stepz": 5})
-    p = _only(check_recipes([path]).all_problems)
-    assert (p.file, p.line, p.field) == (str(path), _line_of(path, "max_stepz"),
+    p = only(check_recipes([path]).all_problems)
+    assert (p.file, p.line, p.field) == (str(path), line_of(path, "max_stepz"),
                                          "spec.training.max_stepz")
     assert p.column == 5
     assert p.hint == "did you mean 'max_steps'?"
@@ -44,7 +33,7 @@ def test_unknown_key_has_position_and_did_you_mean(write_recipe: RecipeFactory) 
 
 def test_unknown_key_without_close_match_lists_allowed(write_recipe: RecipeFactory) -> None:
     path = write_recipe("typo", **{"spec.adapter.zzzz": 1})
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert p.hint is not None and p.hint.startswith("allowed keys: method, r, alpha")
 
 
@@ -59,7 +48,7 @@ def test_unknown_key_without_close_match_lists_allowed(write_recipe: RecipeFacto
 def test_wrong_type(write_recipe: RecipeFactory, field: str, value: object,
                     message: str) -> None:
     path = write_recipe("wrong", **{field: value})
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert p.field.startswith(field)
     assert message in p.message
     assert p.got is not None and p.line is not None
@@ -67,16 +56,16 @@ def test_wrong_type(write_recipe: RecipeFactory, field: str, value: object,
 
 def test_missing_field_names_it(write_recipe: RecipeFactory, delete: object) -> None:
     path = write_recipe("nobase", **{"spec.base_model": delete})
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert (p.field, p.message, p.hint) == ("spec.base_model", "required field is missing",
                                             "add 'base_model'")
-    assert p.line == _line_of(path, "spec:")
+    assert p.line == line_of(path, "spec:")
 
 
 def test_yaml_syntax_error_has_line_and_column(workspace: Path) -> None:
     path = workspace / "recipes" / "broken.yaml"
     path.write_text("apiVersion: reg/v1\nkind: Recipe\nmetadata:\n  name: [unclosed\n")
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert "YAML syntax error" in p.message
     assert p.line is not None and p.line >= 4 and p.column is not None
 
@@ -84,7 +73,7 @@ def test_yaml_syntax_error_has_line_and_column(workspace: Path) -> None:
 def test_duplicate_key_is_an_error(workspace: Path) -> None:
     path = workspace / "recipes" / "dupkey.yaml"
     path.write_text("apiVersion: reg/v1\nkind: Recipe\nkind: Recipe\n")
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert "duplicate" in p.message and p.line == 3
 
 
@@ -92,19 +81,19 @@ def test_duplicate_model_name_across_files(workspace: Path) -> None:
     recipes = workspace / "recipes"
     (recipes / "zz-copy.yaml").write_text((recipes / "support-bot.yaml").read_text())
     result = check_recipes([recipes])
-    p = _only(result.all_problems)
+    p = only(result.all_problems)
     assert p.file == str(recipes / "zz-copy.yaml")
     assert p.field == "metadata.name" and "already used by" in p.message
-    assert p.line == _line_of(recipes / "zz-copy.yaml", "name: support-bot")
+    assert p.line == line_of(recipes / "zz-copy.yaml", "name: support-bot")
     assert sorted(r.name for r in result.recipes) == ["faq-bot", "polite-dpo", "support-bot"]
 
 
 def test_missing_data_file(write_recipe: RecipeFactory) -> None:
     path = write_recipe("nodata", **{"spec.data.sources.0.path": "../data/nope.jsonl"})
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert p.field == "spec.data.sources.0.path"
     assert "data file not found" in p.message and p.got == "'../data/nope.jsonl'"
-    assert p.line == _line_of(path, "nope.jsonl")
+    assert p.line == line_of(path, "nope.jsonl")
 
 
 @pytest.mark.parametrize(("target", "message"), [
@@ -115,7 +104,7 @@ def test_missing_data_file(write_recipe: RecipeFactory) -> None:
 def test_base_model_path_not_a_model(write_recipe: RecipeFactory, target: str,
                                      message: str) -> None:
     path = write_recipe("nomodel", **{"spec.base_model.path": target})
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert p.field == "spec.base_model.path" and message in p.message
 
 
@@ -125,7 +114,7 @@ def test_base_model_without_safetensors(write_recipe: RecipeFactory, workspace: 
     (fake / "config.json").write_text("{}")
     (fake / "pytorch_model.bin").write_bytes(b"\x80\x04")
     path = write_recipe("pickled", **{"spec.base_model.path": "../models/pickled"})
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert "no *.safetensors" in p.message and "safetensors only" in (p.hint or "")
 
 
@@ -135,16 +124,16 @@ def test_base_model_without_safetensors(write_recipe: RecipeFactory, workspace: 
 ])
 def test_path_escaping_workspace(write_recipe: RecipeFactory, field: str, value: str) -> None:
     path = write_recipe("escape", **{field: value})
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert p.field == field and "outside the workspace" in p.message
     assert p.hint == "use a path inside the workspace"
 
 
 def test_cross_field_problem_is_located(write_recipe: RecipeFactory) -> None:
     path = write_recipe("rank", **{"spec.adapter.r": 7})
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert p.field == "spec.adapter.r" and "vLLM serves LoRA ranks" in p.message
-    assert p.line == _line_of(path, "r: 7")
+    assert p.line == line_of(path, "r: 7")
 
 
 def test_many_broken_files_reported_at_once(write_recipe: RecipeFactory, workspace: Path,
@@ -191,7 +180,7 @@ def test_odd_documents_are_problems(tmp_path: Path, text: str, message: str) -> 
 
 
 def test_no_recipe_files(tmp_path: Path) -> None:
-    p = _only(check_recipes([tmp_path]).all_problems)
+    p = only(check_recipes([tmp_path]).all_problems)
     assert "no recipe files" in p.message and "reg init" in (p.hint or "")
 
 
@@ -216,6 +205,6 @@ def test_promote_to_a_version_shaped_stage_fails_validation(write_recipe: Recipe
     # The registry refuses `v2` as a stage name; the recipe must be refused at `reg validate`,
     # not at reconcile, by the same rule (recipes.core.names).
     path = write_recipe("bad-stage", **{"spec.deploy.promote_to": "v2"})
-    p = _only(check_recipes([path]).all_problems)
+    p = only(check_recipes([path]).all_problems)
     assert p.field == "spec.deploy.promote_to"
     assert "'v2' is not a valid stage name" in p.message
