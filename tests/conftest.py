@@ -148,3 +148,17 @@ def make_artifact(tmp_path: Path) -> ArtifactFactory:
         return root
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The reliability suite's figures, in one block at the end of the run."""
+    from tests.support.browser import artifacts_dir
+    from tests.support.figures import recorded, summary_lines, write_json
+
+    figures = recorded()
+    if not figures:
+        return
+    terminalreporter.section("reliability figures (each one a check that held)")
+    for line in summary_lines(figures):
+        terminalreporter.write_line(line)
+    write_json(figures, artifacts_dir() / "reliability.json")
