@@ -16,11 +16,8 @@ it. It holds two parts:
 
 The time series: :class:`StatusHost` samples the gateway's routed counters (by the
 version routing chose, as the canary analysis counts) every ``sample_interval_s`` into
-bounded ring buffers (:data:`HISTORY_S` of history). A point is the difference of two
-samples (:func:`point_between`, pure, computed once per sample): request rate, error
-rate, and the p95 latency of the answered requests from the analysis histogram's
-buckets, interpolated as PromQL's ``histogram_quantile`` does. A version's recent window
-(:func:`window_of`) is the difference between now and the sample ``RECENT_S`` ago.
+bounded ring buffers (:data:`HISTORY_S` of history); the points and each version's recent
+window (the last :data:`RECENT_S`) are computed by :mod:`serving.gateway.status_series`.
 """
 
 from __future__ import annotations
@@ -28,11 +25,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import itertools
-import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -42,12 +36,20 @@ from starlette.responses import JSONResponse, Response
 
 from recipes.core.names import adapter_name
 from registry.api.overview import Overview, RolloutOverview
-from rollout.canary import series
-from rollout.canary.series import Outcome
 from serving.config import ServeConfig
 from serving.gateway import openapi
-from serving.gateway.metrics import Metrics, RoutedMetrics
+from serving.gateway.metrics import Metrics
 from serving.gateway.state import GatewayState
+from serving.gateway.status_series import (
+    Point,
+    RecentWindow,
+    Sample,
+    Series,
+    point_between,
+    series_of,
+    take_sample,
+    window_of,
+)
 
 OVERVIEW_TTL_S = 1.0  # a registry read serves every viewer for this long
 SAMPLE_INTERVAL_S = 5.0
@@ -72,18 +74,6 @@ class StageCounters(BaseModel):
     output_tokens: int = 0
 
 
-class RecentWindow(BaseModel):
-    """A version's last ``seconds`` (at most RECENT_S), by the version routing chose."""
-
-    seconds: float
-    requests: int = 0
-    errors: int = 0  # 5xx, and requests that failed over to production
-    rate: float = 0.0  # requests per second
-    error_rate: float | None = None
-    latency_p50_s: float | None = None  # of the answered requests
-    latency_p95_s: float | None = None
-
-
 class VersionLive(BaseModel):
     model: str
     version: int
@@ -91,22 +81,6 @@ class VersionLive(BaseModel):
     totals: StageCounters  # summed over the stages it served under
     stages: dict[str, StageCounters] = Field(default_factory=dict)
     recent: RecentWindow | None = None
-
-
-class SeriesLine(BaseModel):
-    """One version's values, aligned with :attr:`Series.times` (null: no data there)."""
-
-    model: str
-    version: int
-    rate: list[float | None] = Field(default_factory=list)  # requests per second
-    error_rate: list[float | None] = Field(default_factory=list)
-    latency_p95_s: list[float | None] = Field(default_factory=list)
-
-
-class Series(BaseModel):
-    interval_s: float
-    times: list[float] = Field(default_factory=list)  # UNIX seconds, each interval's end
-    versions: list[SeriesLine] = Field(default_factory=list)
 
 
 class EngineHealth(BaseModel):
@@ -168,114 +142,6 @@ class GatewayStatus(BaseModel):
     verdicts: dict[str, str] = Field(default_factory=dict)
     gateway: GatewayLive | None = None
     gateway_note: str = ""  # why ``gateway`` is null (reg status: not reachable)
-
-
-# ---- pure: samples, points, windows ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Cumulative:
-    """One routed version's counters at a sample: requests, errors, latency buckets."""
-
-    requests: int
-    errors: int
-    buckets: tuple[int, ...]  # answered requests per analysis bucket (last: above all)
-
-    def minus(self, earlier: Cumulative | None) -> Cumulative:
-        if earlier is None:
-            return self
-        return Cumulative(self.requests - earlier.requests, self.errors - earlier.errors,
-                          tuple(a - b for a, b in zip(self.buckets, earlier.buckets,
-                                                      strict=True)))
-
-    def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile of the answered requests' latency (None: none answered)."""
-        from rollout.canary.analysis import Histogram
-
-        total = 0
-        cumulative: list[float] = []
-        for n in self.buckets:
-            total += n
-            cumulative.append(total)
-        if total <= 0:
-            return None
-        value = Histogram((*series.ANALYSIS_BUCKETS, math.inf), tuple(cumulative)).quantile(q)
-        return None if math.isnan(value) else value
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    at: float  # UNIX seconds
-    values: Mapping[tuple[str, int], Cumulative]
-
-
-def cumulative_of(routed: RoutedMetrics) -> Cumulative:
-    o = routed.outcomes
-    return Cumulative(sum(o.values()), o[Outcome.error] + o[Outcome.failover],
-                      tuple(routed.duration.counts))
-
-
-def take_sample(routed: Mapping[tuple[str, int], RoutedMetrics], at: float) -> Sample:
-    return Sample(at, {key: cumulative_of(r) for key, r in list(routed.items())})
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    """The series' values of one interval: (rate, error rate, p95 latency) per version."""
-
-    at: float  # the interval's end
-    values: Mapping[tuple[str, int], tuple[float, float | None, float | None]]
-
-
-def point_between(before: Sample, after: Sample) -> Point | None:
-    """The interval from ``before`` to ``after`` (a version absent before starts at 0);
-    None when no time passed. Computed once per sample, so a viewer costs no quantiles."""
-    dt = after.at - before.at
-    if dt <= 0:
-        return None
-    values: dict[tuple[str, int], tuple[float, float | None, float | None]] = {}
-    for key, now in after.values.items():
-        d = now.minus(before.values.get(key))
-        values[key] = (d.requests / dt, d.errors / d.requests if d.requests else None,
-                       d.quantile(0.95))
-    return Point(after.at, values)
-
-
-def series_of(points: Sequence[Point], interval_s: float) -> Series:
-    """The points as aligned columns, one line per version (null where it had no data)."""
-    keys = sorted({k for p in points for k in p.values})
-    lines = {k: SeriesLine(model=k[0], version=k[1]) for k in keys}
-    for p in points:
-        for key, line in lines.items():
-            rate, error_rate, p95 = p.values.get(key, (None, None, None))
-            line.rate.append(rate)
-            line.error_rate.append(error_rate)
-            line.latency_p95_s.append(p95)
-    return Series(interval_s=interval_s, times=[p.at for p in points],
-                  versions=list(lines.values()))
-
-
-def series_points(samples: Sequence[Sample], interval_s: float) -> Series:
-    """The time series between consecutive samples."""
-    points = (point_between(a, b) for a, b in itertools.pairwise(samples))
-    return series_of([p for p in points if p is not None], interval_s)
-
-
-def window_of(samples: Sequence[Sample], now: Sample, seconds: float
-              ) -> dict[tuple[str, int], RecentWindow]:
-    """Each version's last ``seconds``: ``now`` less the oldest sample inside the window."""
-    start = next((s for s in samples if s.at >= now.at - seconds), None)
-    out: dict[tuple[str, int], RecentWindow] = {}
-    for key, current in now.values.items():
-        earlier = None if start is None else start.values.get(key)
-        span = now.at - start.at if start is not None and earlier is not None else seconds
-        d = current.minus(earlier)
-        span = max(span, 1e-9)
-        out[key] = RecentWindow(
-            seconds=round(span, 3), requests=d.requests, errors=d.errors,
-            rate=d.requests / span, error_rate=d.errors / d.requests if d.requests else None,
-            latency_p50_s=d.quantile(0.5), latency_p95_s=d.quantile(0.95))
-    return out
 
 
 def step_verdict_of(rollout: RolloutOverview, now: datetime) -> str | None:

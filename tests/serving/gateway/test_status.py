@@ -26,15 +26,8 @@ from rollout.canary import series
 from serving.config import ServeConfig
 from serving.engines.process import EngineState
 from serving.engines.state import EngineStatus
-from serving.gateway.status import (
-    Cumulative,
-    GatewayStatus,
-    Sample,
-    StatusHost,
-    series_points,
-    step_verdict_of,
-    window_of,
-)
+from serving.gateway.status import GatewayStatus, StatusHost, step_verdict_of
+from serving.gateway.status_series import Cumulative, Sample, series_points, window_of
 from tests.support.factories import ArtifactFactory, RegistryFactory
 from tests.support.fault_server import FaultServer, Request, chat_body
 from tests.support.gateway import Server, serve_in_thread
