@@ -21,6 +21,10 @@ from tests.support.clock import FakeClock, running_postgres
 from tests.support.factories import ArtifactFactory, RegistryFactory
 from tests.support.services import create_database
 
+# The live stack (one real vLLM engine per session), shared by tests/serving and
+# tests/reliability: a plugin, since fixtures of a folder's conftest.py are seen only below it.
+pytest_plugins = ["tests.support.live_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

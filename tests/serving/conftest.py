@@ -1,10 +1,9 @@
-"""Fixtures of the serving tests: OpenAI's schemas, and the live stack (a real registry,
-real adapters, a real vLLM).
+"""Fixtures of the serving tests: OpenAI's schemas, and the live stack's registry under
+the name ``registry`` with a tampered version of it.
 
-One session starts ONE vLLM CPU engine (through the gateway's own supervisor,
-as `reg serve` does, with the canary controller hosted beside it) on the tiny Llama,
-with two adapters trained here whose answers start with "alpha" (v1) and "bravo" (v2),
-so content proves the version.
+The live stack itself (``stack``, ``trained_adapters``, ``reg_home``, ``live_registry``:
+ONE real vLLM engine per session) lies in tests/support/live_fixtures.py, registered by
+tests/conftest.py, so the reliability suite shares the same engine.
 What tests import (names, helpers, the served app) lies in tests/support/.
 """
 
@@ -12,21 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from registry.api import Registry
-from tests.support.gateway import Server, serve_in_thread, wait_ready
-from tests.support.live_stack import (
-    ADMIN_TOKEN,
-    KEYWORDS,
-    MAX_MODEL_LEN,
-    open_registry,
-    set_baseline,
-)
+from tests.support.live_stack import KEYWORDS
 
 # The official OpenAI schemas (JSON Schema extracted from OpenAI's published OpenAPI
 # spec), kept with the tests so they run from any checkout.
@@ -78,37 +70,10 @@ def validate_openai(openai_schemas: dict[str, Any]) -> Callable[[str, Any], None
 
 
 @pytest.fixture(scope="session")
-def trained_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-                     ) -> dict[int, Path]:
-    """support-bot v1 ("alpha") and v2 ("bravo"), trained by `recipes.training.entry.train`;
-    v2's recipe asks for a longer context (``MAX_MODEL_LEN``)."""
-    from recipes.scaffold.example import write_example_workspace
-    from tests.support.adapters import train_keyword_adapter
-
-    root = tmp_path_factory.mktemp("adapters")
-    workspace = write_example_workspace(root / "ws", model_from=tiny_model_dir)
-    return {
-        v: train_keyword_adapter(workspace, root / f"run-{kw}", keyword=kw,
-                                 max_model_len=MAX_MODEL_LEN[v])
-        for v, kw in KEYWORDS.items()
-    }
-
-
-@pytest.fixture(scope="session")
-def reg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("reg-home")
-
-
-@pytest.fixture(scope="session")
-def registry(reg_home: Path, trained_adapters: dict[int, Path]) -> Iterator[Registry]:
-    """A real SQLite registry with support-bot v1 (alpha) and v2 (bravo) registered."""
-    reg = open_registry(reg_home)
-    for v in sorted(trained_adapters):
-        out = reg.register(trained_adapters[v])
-        assert out.version.number == v
-    set_baseline(reg)
-    yield reg
-    reg.close()
+def registry(live_registry: Registry) -> Registry:
+    """The live stack's registry (tests/support/live_fixtures.py), under the name the
+    serving tests use (the name tests/conftest.py gives a fresh registry elsewhere)."""
+    return live_registry
 
 
 @pytest.fixture(scope="session")
@@ -133,31 +98,3 @@ def tampered_version(registry: Registry, trained_adapters: dict[int, Path],
     (root / "manifest.json").unlink()
     write_manifest(root, identity)
     return registry.register(root).version.number
-
-
-@pytest.fixture(scope="session")
-def stack(registry: Registry, reg_home: Path) -> Iterator[Server]:
-    """The gateway, its supervisor, the canary controller it hosts and ONE real vLLM
-    engine, for the whole session."""
-    from serving.config import ServeConfig
-    from serving.gateway.app import create_app
-    from serving.source import RegistrySource
-
-    # The gateway reads through its own Registry, as a `reg serve` process would.
-    reg = open_registry(reg_home)
-    source = RegistrySource(reg)
-    cfg = ServeConfig(
-        admin_token=ADMIN_TOKEN,
-        adapter_root=reg_home / "serving" / "adapters",
-        log_dir=reg_home / "serving" / "logs",
-        max_concurrency=64,
-        restart_backoff_s=(0.5, 5.0),
-        controller_interval_s=0.25,
-    )
-    srv = serve_in_thread(create_app(source, cfg, writer=source, controller=reg))
-    try:
-        wait_ready(srv.url)
-        yield srv
-    finally:
-        srv.stop()
-        reg.close()
