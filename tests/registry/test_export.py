@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -11,44 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from recipes.artifact import write_manifest
 from registry.api import Registry
 from registry.errors import Refused
-from registry.export import export_version
+from registry.export import ExportFormat, GgufType, export_version
 from registry.settings import Settings
+from tests.support.exports import greedy, make_lora_artifact
 from tests.support.paths import REPO
-
-
-def make_lora_artifact(base_dir: Path, out: Path) -> Path:
-    """A real LoRA adapter on the tiny model, with non-zero B so it changes the outputs."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from recipes.identity import model_identity
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False, task_type="CAUSAL_LM"))
-    model.save_pretrained(str(out), safe_serialization=True)
-    (out / "recipe.yaml").write_text("apiVersion: reg/v1\nkind: Recipe\n")
-    (out / "metrics.json").write_text(json.dumps({"gates_passed": True, "gates": []}))
-    write_manifest(out, {
-        "name": "support-bot", "spec_hash": "sha256:" + "e" * 64,
-        "base_model": model_identity(base_dir), "base_model_path": str(base_dir),
-        "data_digests": {}, "method": "lora", "adapter_rank": 8, "objective": "sft",
-    })
-    return out
-
-
-def greedy(model: object, tok: object, prompt: str) -> list[int]:
-    import torch
-
-    ids = tok(prompt, return_tensors="pt")  # type: ignore[operator]
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=12, do_sample=False)  # type: ignore[attr-defined]
-    return [int(t) for t in out[0].tolist()]
 
 
 @pytest.mark.slow
@@ -109,10 +76,14 @@ def test_export_refuses_a_changed_base_and_an_existing_out(
         v = reg.register_artifact(art)
         (base_dir / "config.json").write_text((base_dir / "config.json").read_text() + " ")
         with pytest.raises(Refused, match=r"has changed since training \(files: config.json\)"):
-            export_version(reg, v, tmp_path / "out", merged=True)
+            export_version(reg, v, tmp_path / "out", fmt=ExportFormat.MERGED)
         assert not (tmp_path / "out").exists()
         (tmp_path / "taken").mkdir()
         (tmp_path / "taken" / "x").write_text("mine")
         with pytest.raises(Refused, match="already exists and is not an empty directory"):
-            export_version(reg, v, tmp_path / "taken", merged=False)
+            export_version(reg, v, tmp_path / "taken")
         assert (tmp_path / "taken" / "x").read_text() == "mine"
+        with pytest.raises(Refused, match=r"a GGUF type \(q8_0\) was given for the merged format"):
+            export_version(reg, v, tmp_path / "out", fmt=ExportFormat.MERGED,
+                           gguf_type=GgufType.Q8_0)
+        assert not (tmp_path / "out").exists()
