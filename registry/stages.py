@@ -127,8 +127,13 @@ def decide_rollback(
     stage: str,
     stack: Sequence[int | None],
     statuses: Mapping[int, VersionStatus],
+    traffic_weight: int,
 ) -> Decision:
-    """Return ``stage`` to the value it had before its last change."""
+    """Return ``stage`` to the value it had before its last change.
+
+    Going back past a clear points the stage at no version: refused, as a clear is, while the
+    traffic policy sends it requests (the stored policy would route to nothing).
+    """
     if len(stack) < 2:
         where = f"v{stack[-1]}" if stack and stack[-1] is not None else "no version"
         raise Refused(
@@ -137,6 +142,12 @@ def decide_rollback(
             hint="`reg history --stage STAGE` shows its timeline; `reg promote` sets it directly",
         )
     target = stack[-2]
+    if target is None and traffic_weight > 0:
+        raise Refused(
+            f"stage {stage} would roll back to no version (it was cleared before v{stack[-1]}), "
+            f"but it receives {traffic_weight}% of traffic",
+            hint="set its weight to 0 with `reg traffic` first, or promote a version to it",
+        )
     if target is not None and STAGE_ADMISSION[statuses[target]] is Admission.never:
         raise Refused(
             f"stage {stage} would roll back to v{target}, which is now "

@@ -179,7 +179,8 @@ class StagesApi(UnitOfWork):
                 n: VersionStatus(st) for n, st in s.exec(
                     select(Version.number, Version.status).where(col(Version.model_id) == m.id))
             }
-            d = decide_rollback(stage, stack, statuses)
+            share = share_of(load_policy(s, m.id or 0, m.name), stage)
+            d = decide_rollback(stage, stack, statuses, share)
             return self._apply(s, m, d, actor or default_actor(), reason, force=force)
 
     def clear_stage(self, model: str | None, stage: str, *, actor: str | None = None,

@@ -42,6 +42,7 @@ from starlette.types import Receive, Scope, Send
 from rollout.canary.records import RequestLog
 from rollout.policy import route_key
 from serving.config import ServeConfig
+from serving.gateway import openapi
 from serving.gateway.accounting import (
     RequestAccount,
     failed_over,
@@ -504,6 +505,9 @@ def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
         if value is not None and (type(value) is not int or value < 1):
             raise BadRequest(f"'{name}' must be a whole number of at least 1, got "
                              f"{_shown(value)}.", name)
+    if body.get("n", 1) > openapi.MAX_CHOICES:
+        raise BadRequest(f"'n' is {body['n']}; ask for at most {openapi.MAX_CHOICES} choices "
+                         "in one request, as OpenAI allows.", "n")
     return body
 
 

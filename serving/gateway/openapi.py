@@ -30,9 +30,14 @@ ERROR = {
     },
 }
 
+# OpenAI's own ceiling on choices per request; vLLM has none, and one request asking for a
+# million choices would hold the engine. The gateway refuses more (openai_api).
+MAX_CHOICES = 128
+
 _ERRORS = {
     "400": "The body is not valid JSON (or nested too deeply), a field has the wrong type, "
-           "or max_tokens is beyond the model's context; `param` names the field.",
+           f"max_tokens is beyond the model's context, or n asks for more than {MAX_CHOICES} "
+           "choices; `param` names the field.",
     "401": "An API key is required (REG_API_KEYS) and was missing or wrong.",
     "404": "Unknown model, stage or version; the message lists what exists.",
     "413": "The body is larger than the gateway accepts (REG_MAX_BODY_BYTES).",
@@ -50,6 +55,9 @@ _SAMPLING: dict[str, Any] = {
     "user": {"type": ["string", "null"], "description": "Routing key: the same user always "
              "reaches the same version while the policy is unchanged."},
     "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+    "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+    "n": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_CHOICES,
+          "description": f"Choices to generate (at most {MAX_CHOICES}, as OpenAI allows)."},
     "temperature": {"type": ["number", "null"], "minimum": 0},
 }
 
@@ -86,11 +94,21 @@ def _responses(ok_schema: dict[str, Any], *, streams: bool) -> dict[str, Any]:
     return out
 
 
+# vLLM, like OpenAI, refuses stream_options set (non-empty) on a request that does not
+# stream: the schema says so, so a client (or a fuzzer) reading it is not surprised.
+_STREAM_OPTIONS_NEED_STREAM: dict[str, Any] = {
+    "if": {"required": ["stream_options"],
+           "properties": {"stream_options": {"type": "object", "minProperties": 1}}},
+    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+}
+
+
 def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {
         "required": True,
         "content": {"application/json": {"schema": {
             "type": "object", "required": required, "properties": properties,
+            **_STREAM_OPTIONS_NEED_STREAM,
         }}},
     }
 
@@ -179,6 +197,7 @@ def with_context_limit(schema: dict[str, Any], context: int | None) -> dict[str,
         body = out.get("paths", {}).get(path, {}).get("post", {}).get("requestBody", {})
         props = body.get("content", {}).get("application/json", {}).get("schema", {}).get(
             "properties", {})
-        if "max_tokens" in props:
-            props["max_tokens"] = {**props["max_tokens"], "maximum": context}
+        for name in ("max_tokens", "max_completion_tokens"):
+            if name in props:
+                props[name] = {**props[name], "maximum": context}
     return out

@@ -81,16 +81,16 @@ def test_stack_replays_promote_clear_and_rollback() -> None:
 
 def test_rollback_goes_one_step_back_each_time() -> None:
     statuses = {1: R, 2: R, 3: R}
-    d = decide_rollback("production", [1, 2, 3], statuses)
+    d = decide_rollback("production", [1, 2, 3], statuses, 0)
     assert (d.from_version, d.to_version, d.changed) == (3, 2, True)
-    assert decide_rollback("production", [1, 2], statuses).to_version == 1
+    assert decide_rollback("production", [1, 2], statuses, 0).to_version == 1
     with pytest.raises(Refused, match=r"has no earlier version to roll back to .*points at v1"):
-        decide_rollback("production", [1], statuses)
+        decide_rollback("production", [1], statuses, 0)
 
 
 def test_rollback_refuses_an_archived_target() -> None:
     with pytest.raises(Refused, match="would roll back to v1, which is now archived"):
-        decide_rollback("production", [1, 2], {1: VersionStatus.archived, 2: R})
+        decide_rollback("production", [1, 2], {1: VersionStatus.archived, 2: R}, 0)
 
 
 @pytest.mark.parametrize(("status", "force", "outcome"), [
@@ -115,6 +115,13 @@ def test_promotion_admission(status: VersionStatus, force: bool, outcome: str) -
 
 def test_promoting_the_current_version_is_no_change() -> None:
     assert not decide_promote("production", [1, 4], 4, R, force=False).changed
+
+
+def test_rollback_to_no_version_is_refused_while_the_stage_has_traffic() -> None:
+    # Back past a clear: [.., None, 2] returns to no version, which a weighted stage cannot.
+    assert decide_rollback("staging", [1, None, 2], {1: R, 2: R}, 0).to_version is None
+    with pytest.raises(Refused, match=r"staging would roll back to no version .* receives 20%"):
+        decide_rollback("staging", [1, None, 2], {1: R, 2: R}, 20)
 
 
 def test_clear_is_refused_while_the_stage_has_traffic() -> None:

@@ -127,3 +127,24 @@ def test_set_traffic_validates_in_its_transaction_and_stores_the_value(
     assert event.data["revision"] == 2 and previous.data["shadow"] == {"canary": 5}
     with pytest.raises(Refused, match="stage canary receives 25% of traffic"):
         registry.clear_stage(None, "canary")
+
+
+def test_rollback_past_a_clear_is_refused_while_the_stage_has_traffic(
+    registry: Registry, make_artifact: ArtifactFactory
+) -> None:
+    # The invariant tests/registry/test_concurrency.py's replay checks after every event: a
+    # rollback to "no version" (back past a clear) used to leave the stored policy sending
+    # traffic to a stage that held nothing.
+    for _ in range(2):
+        registry.register_artifact(make_artifact())
+    registry.promote(None, "v1", "production")
+    registry.promote(None, "v1", "staging")
+    registry.clear_stage(None, "staging")
+    registry.promote(None, "v2", "staging")
+    registry.set_traffic(None, {"production": 80, "staging": 20})
+    marker = registry.change_marker()
+    with pytest.raises(Refused, match=r"staging would roll back to no version .* receives 20%"):
+        registry.rollback(None, "staging")
+    assert registry.stage_map(None)["staging"].number == 2 and registry.change_marker() == marker
+    registry.set_traffic(None, {"production": 100, "staging": 0})
+    assert registry.rollback(None, "staging").to_version is None

@@ -186,6 +186,8 @@ def test_every_depth_near_the_parsers_limit_is_answered_never_a_500(gateway: Gat
                  "max_tokens", "got 1.5", id="max-tokens-fraction"),
     pytest.param("completions", {"model": MODEL, "prompt": "hi", "n": -1}, "n", "got -1",
                  id="n-negative"),
+    pytest.param("completions", {"model": MODEL, "prompt": "hi", "n": 129}, "n",
+                 "at most 128 choices", id="n-past-openais-ceiling"),
     pytest.param("chat", {"model": MODEL, "messages": MESSAGES, "max_tokens": 10**6},
                  "max_tokens", f"'max_tokens' is 1000000, more than this model's context of "
                  f"{CONTEXT} tokens", id="max-tokens-beyond-context"),
