@@ -55,7 +55,7 @@ def serve(
     )
     source = RegistrySource(reg)
     app = create_app(source, cfg, writer=source, controller=None if no_controller else reg,
-                     registry=reg)
+                     registry=reg, changes=reg.change_feed())
     out = Output()
     base = f"http://{host}:{port}"
     out.message(f"[bold]reg gateway[/bold] on {base}")

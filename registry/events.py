@@ -3,7 +3,8 @@
 Who, when, what, why. Rows are written in the same transaction as the change
 they describe, so the log never claims a change that did not happen. The
 largest event id doubles as a cheap change marker: readers (the gateway)
-poll it and reload only when it moves.
+poll it and reload only when it moves; on PostgreSQL each transaction that
+records one also notifies them (:mod:`registry.changes`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from registry.changes import notify
 from registry.tables import Event, EventPublic
 
 
@@ -52,6 +54,7 @@ def record(
         run_id=run_id, message=message, data=data or {},
     )
     session.add(ev)
+    notify(session)  # PostgreSQL: readers listening hear of it when this commits
     return ev
 
 

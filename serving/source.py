@@ -38,6 +38,17 @@ class DeploymentSource(Protocol):
         ...
 
 
+class ChangeFeed(Protocol):
+    """Wakes a reader when the registry commits a change (PostgreSQL's LISTEN/NOTIFY:
+    :class:`registry.changes.PostgresChangeFeed`). Blocking: call it in a thread."""
+
+    def wait(self, timeout_s: float) -> bool:
+        """True once a change may have committed; False after ``timeout_s`` of quiet."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class PolicyWriter(Protocol):
     """Where admin routes record a change: validated and audited by the registry.
 

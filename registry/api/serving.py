@@ -6,6 +6,8 @@ from pathlib import Path
 
 from registry import events as audit
 from registry.api.unit import UnitOfWork
+from registry.changes import PostgresChangeFeed
+from registry.db import is_sqlite
 from registry.deployments import Deployment, load_deployments
 from registry.errors import NotFound
 from registry.tables import VersionPublic
@@ -29,3 +31,10 @@ class ServingApi(UnitOfWork):
         """Cheap: the newest audit event id. Poll it; reload when it moves."""
         with self._read() as s:
             return audit.change_marker(s)
+
+    def change_feed(self) -> PostgresChangeFeed | None:
+        """A feed that wakes its reader when a change commits (PostgreSQL's LISTEN/NOTIFY);
+        None on SQLite, where readers poll :meth:`change_marker`. The caller closes it."""
+        if is_sqlite(self.engine):
+            return None
+        return PostgresChangeFeed(self.settings.database_url)

@@ -62,7 +62,7 @@ from serving.engines.process import (
     model_len_note,
 )
 from serving.engines.state import Deployed, EngineStatus, Observer
-from serving.source import DeploymentSource
+from serving.source import ChangeFeed, DeploymentSource
 
 log = logging.getLogger("reg.serving")
 
@@ -100,9 +100,11 @@ class Supervisor:
         observer: Observer,
         session: aiohttp.ClientSession,
         *,
+        changes: ChangeFeed | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
+        self.changes = changes
         self.config = config
         self.observer = observer
         self.session = session
@@ -144,7 +146,15 @@ class Supervisor:
                 else:  # the same failure every pass: said once, with its traceback
                     log.debug("supervisor pass failed again: %s", message)
                 last = message
+            await self._between_passes()
+
+    async def _between_passes(self) -> None:
+        """``poll_interval_s``, or less: a change feed ends the wait when a change commits,
+        so a promotion is routed at once rather than at the next poll."""
+        if self.changes is None:
             await asyncio.sleep(self.config.poll_interval_s)
+        else:
+            await asyncio.to_thread(self.changes.wait, self.config.poll_interval_s)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -56,7 +56,7 @@ from serving.gateway.page import page_router
 from serving.gateway.rollouts import RolloutHost
 from serving.gateway.state import GatewayState, StatePublisher
 from serving.gateway.status import StatusHost, status_router
-from serving.source import DeploymentSource, PolicyWriter
+from serving.source import ChangeFeed, DeploymentSource, PolicyWriter
 from serving.upstream.pool import UpstreamPool
 
 if TYPE_CHECKING:
@@ -148,6 +148,7 @@ def create_app(
     manage_engines: bool = True,
     controller: Registry | None = None,
     registry: Registry | None = None,
+    changes: ChangeFeed | None = None,
 ) -> FastAPI:
     """The gateway app. Nothing starts at import or here: the lifespan starts the supervisor.
 
@@ -157,6 +158,8 @@ def create_app(
     ``controller`` the app hosts the canary controller over that registry. ``registry``
     (else ``controller``) is what the operator metrics on ``/metrics`` are read from
     (rollouts, reconcile events, training runs); without either they are left out.
+    ``changes`` (the registry's :meth:`~registry.api.Registry.change_feed`, PostgreSQL)
+    wakes the supervisor when a change commits; the app closes it at shutdown.
     """
     state = GatewayState()
     m = metrics or Metrics()
@@ -174,7 +177,7 @@ def create_app(
         session = gw.session = _admin_session(config.connect_timeout_s,
                                               config.request_timeout_s)
         supervisor = gw.supervisor = Supervisor(source, config, StatePublisher(state, m),
-                                                session)
+                                                session, changes=changes)
         if manage_engines:
             supervisor.start()
         if controller is not None:
@@ -191,6 +194,8 @@ def create_app(
                 await asyncio.to_thread(gw.rollouts.stop)
             gw.api.cancel_shadows()
             await supervisor.stop()
+            if changes is not None:
+                await asyncio.to_thread(changes.close)
             await session.close()
             pool.close()
 
