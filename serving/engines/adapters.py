@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from recipes.artifact import FORBIDDEN_SUFFIXES
 from recipes.core.errors import RegError
 
 
@@ -64,6 +65,25 @@ def ensure_inside(path: Path, root: Path) -> Path:
     return resolved
 
 
+class AdapterRefused(AdapterPathError):
+    """An adapter directory holds pickle-format files (code an engine could run on load)."""
+
+
+def loadable(path: Path, root: Path) -> Path:
+    """``path`` resolved, if it lies under ``root`` and holds no pickle-format file; else
+    refuse. Every load goes through it, the hand-made ones (admin route) included."""
+    resolved = ensure_inside(path, root)
+    bad = sorted(p.relative_to(resolved).as_posix() for p in resolved.rglob("*")
+                 if p.suffix in FORBIDDEN_SUFFIXES and p.is_file())
+    if bad:
+        raise AdapterRefused(
+            f"adapter {resolved} holds pickle-format files: {', '.join(bad)}; not loaded",
+            hint="engines load safetensors adapters only; register the adapter with "
+            "`reg register` (which refuses pickles) and promote it",
+        )
+    return resolved
+
+
 class EngineAdmin:
     """vLLM's adapter routes, over one aiohttp session (shared with the proxy)."""
 
@@ -106,7 +126,7 @@ async def apply_plan(admin: EngineAdmin, plan: SyncPlan, root: Path) -> SyncResu
     result = SyncResult()
     for name, path in plan.load:
         try:
-            resolved = ensure_inside(path, root)
+            resolved = loadable(path, root)
             await admin.load(name, resolved)
             result.loaded.append(name)
         except (AdapterPathError, RuntimeError, aiohttp.ClientError, TimeoutError) as e:

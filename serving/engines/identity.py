@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import aiohttp
 import httpx
 
 from recipes.core.errors import RegError
@@ -34,6 +35,34 @@ from serving.engines.process import engine_key
 from serving.engines.state import EngineStatus
 
 NO_PROBES = "no probes recorded (the artifact was trained before probes existed)"
+
+
+async def probe_adapter(session: aiohttp.ClientSession, url: str, name: str,
+                        artifact: Path, timeout_s: float = 60.0) -> tuple[bool, str]:
+    """Ask the engine at ``url`` the probes recorded in ``artifact`` (pinned to the loaded
+    adapter ``name``, greedy) and compare: (matched, a sentence saying so). An engine that
+    cannot answer is a failure too: an adapter is not served before its probes match.
+    The supervisor runs it on adapters it re-loads into a restarted engine."""
+    probes = read_probes(artifact)
+    if probes is None:
+        return True, NO_PROBES
+    answers: list[str] = []
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    for i, p in enumerate(probes.probes):
+        body = {"model": name, "messages": p.messages, "temperature": 0,
+                "max_tokens": probes.max_tokens}
+        try:
+            async with session.post(url.rstrip("/") + "/v1/chat/completions", json=body,
+                                    timeout=timeout) as r:
+                if r.status != 200:
+                    text = (await r.text())[:300]
+                    return False, f"probe {i + 1} got HTTP {r.status}: {text}"
+                data = await r.json(content_type=None)
+            answers.append(str(data["choices"][0]["message"]["content"] or ""))
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError,
+                TypeError) as e:
+            return False, f"probe {i + 1} got no chat completion: {type(e).__name__}: {e}"
+    return compare(probes, answers)
 
 
 class IdentityUnavailable(RegError):

@@ -11,7 +11,9 @@ steps, each safe to repeat:
    starting -> ready when /health answers, ready -> down when the process exits or
    health fails, down -> starting after an exponential backoff;
 4. sync adapters on ready engines whose deployed set changed (or that restarted, or
-   whose failed adapter's backoff is over);
+   whose failed adapter's backoff is over); an adapter re-loaded into a restarted engine
+   is served again only once its identity probes match
+   (:func:`~serving.engines.identity.probe_adapter`); until then it counts as failed;
 5. report the registry read, the engines' status and the degraded versions to its
    :class:`~serving.engines.state.Observer` (the gateway routes by them).
 
@@ -42,9 +44,10 @@ from serving.engines.adapters import (
     SyncPlan,
     SyncResult,
     apply_plan,
-    ensure_inside,
+    loadable,
     plan_sync,
 )
+from serving.engines.identity import probe_adapter
 from serving.engines.lifecycle import (
     SyncFailure,
     backoff_delay,
@@ -87,6 +90,9 @@ class _Slot:
     last_health_at: float = 0.0
     needs_sync: bool = True
     adapters: set[str] = field(default_factory=set)
+    # Adapters this engine served before it went down or restarted: each is served again
+    # only once its identity probes match on the new process.
+    reverify: set[str] = field(default_factory=set)
     manual: dict[str, Path] = field(default_factory=dict)
 
 
@@ -259,6 +265,7 @@ class Supervisor:
         slot.state = EngineState.starting
         slot.health_failures = 0
         slot.needs_sync = True
+        slot.reverify |= slot.adapters
         slot.adapters = set()
         slot.next_start_at = self.clock()
         if slot.key in self.config.external_engines:
@@ -325,6 +332,7 @@ class Supervisor:
         else:
             why = f"failed {slot.health_failures} health checks"
         slot.state = EngineState.down
+        slot.reverify |= slot.adapters
         slot.adapters = set()
         slot.next_start_at = now + delay
         slot.reason = (
@@ -384,7 +392,9 @@ class Supervisor:
         plan = plan_sync(desired, loaded, keep=set(fetch_errors) | waiting)
         if not unload:
             plan = SyncPlan(load=plan.load)
+        plan = await self._verified(slot, plan, fetch_errors)
         result = await apply_plan(admin, plan, self.config.adapter_root)
+        await self._reverify(slot, admin, result, dict(plan.load))
         result.errors.update(fetch_errors)
         slot.adapters = (loaded | set(result.loaded)) - set(result.unloaded)
         # Failed adapters are tried again when their backoff is over (_retry_due).
@@ -394,6 +404,44 @@ class Supervisor:
             self.observer.error("adapter sync: " + "; ".join(
                 f"{n}: {e}" for n, e in sorted(result.errors.items())))
         return result
+
+    async def _verified(self, slot: _Slot, plan: SyncPlan, errors: dict[str, str]
+                        ) -> SyncPlan:
+        """The plan with each deployed adapter to load fetched again: the copy in the store
+        is verified against its manifest (a damaged one is rebuilt from the blobs, a blob
+        that does not match its digest fails), so an engine never loads bytes that were
+        changed on disk since the last fetch; a failure goes into ``errors``."""
+        by_name = {d.adapter_name: d for d in self.deployments if engine_key(d) == slot.key}
+        load: list[tuple[str, Path]] = []
+        for name, path in plan.load:
+            d = by_name.get(name)
+            if d is not None:
+                try:
+                    path = await asyncio.to_thread(self.source.fetch_artifact, d,
+                                                   self.config.adapter_root)
+                except Exception as e:  # one bad artifact must not block the others
+                    self._paths.pop(name, None)
+                    errors[name] = f"fetch failed: {type(e).__name__}: {e}"
+                    continue
+                self._paths[name] = path
+            load.append((name, path))
+        return SyncPlan(load=tuple(load), unload=plan.unload)
+
+    async def _reverify(self, slot: _Slot, admin: EngineAdmin, result: SyncResult,
+                        paths: dict[str, Path]) -> None:
+        """Probe the adapters just re-loaded into a restarted engine; one whose probes do
+        not match is unloaded again and fails (degraded, retried with the backoff)."""
+        for name in [n for n in result.loaded if n in slot.reverify]:
+            matched, detail = await probe_adapter(self.session, slot.url, name, paths[name])
+            if matched:
+                slot.reverify.discard(name)
+                log.info("%s: %s passed its identity probe on engine generation %d: %s",
+                         slot.key, name, slot.generation, detail)
+                continue
+            result.loaded.remove(name)
+            result.errors[name] = f"identity probe after the engine restarted: {detail}"
+            with contextlib.suppress(RuntimeError, aiohttp.ClientError, TimeoutError):
+                await admin.unload(name)
 
     def _record_attempts(self, tried: set[str], errors: dict[str, str]) -> None:
         """Back off from each failed adapter; forget the failures of those that synced."""
@@ -416,7 +464,7 @@ class Supervisor:
 
     async def load_manual(self, key: str, name: str, path: Path) -> None:
         """Load an adapter by hand (admin route); it must lie in the artifact store."""
-        resolved = ensure_inside(path, self.config.adapter_root)
+        resolved = loadable(path, self.config.adapter_root)
         async with self._lock:
             slot = self.slots[key]
             await EngineAdmin(self.session, slot.url).load(name, resolved)

@@ -25,7 +25,7 @@ from registry.errors import NotFound, RegistryError
 from registry.traffic import InvalidTraffic, Shadow
 from registry.versions import parse_version_ref
 from serving.config import ServeConfig
-from serving.engines.adapters import AdapterPathError, ensure_inside
+from serving.engines.adapters import AdapterPathError, AdapterRefused, loadable
 from serving.gateway.auth import ADMIN_ACTOR, AdminDenied, admin_guard
 from serving.gateway.errors import error_response
 from serving.gateway.faults import MAX_LATENCY_MS, Fault, Faults
@@ -236,10 +236,10 @@ def admin_router(gw: AdminContext) -> APIRouter:
         """Load an adapter by hand. Its path must lie inside the artifact store."""
         assert gw.supervisor is not None
         try:
-            path = ensure_inside(Path(body.path), gw.config.adapter_root)
+            path = loadable(Path(body.path), gw.config.adapter_root)
         except AdapterPathError as e:
-            return error_response(400, f"{e} ({e.hint})", code="path_outside_store",
-                                  param="path")
+            code = "pickle_refused" if isinstance(e, AdapterRefused) else "path_outside_store"
+            return error_response(400, f"{e} ({e.hint})", code=code, param="path")
         key = _engine(body.engine)
         try:
             await gw.supervisor.load_manual(key, body.name, path)
