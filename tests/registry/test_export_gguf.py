@@ -238,3 +238,27 @@ def test_an_unsupported_architecture_is_refused_before_any_work(
         assert list(tmp_path.iterdir()) == []
     finally:
         (base / "config.json").write_text(saved)
+
+
+@pytest.mark.slow
+def test_a_grouped_query_llama_round_trips_exactly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """K has fewer heads than Q (as in Llama 3): each is permuted by its own head count."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from registry.export_gguf import write_gguf
+
+    model_dir = tmp_path / "gqa"
+    config = AutoConfig.from_pretrained(tiny_model_dir, num_key_value_heads=2)
+    torch.manual_seed(0)
+    want = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+    want.save_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.save_pretrained(model_dir)
+    write_gguf(model_dir, tmp_path / "gqa.gguf", "f32", "gqa")
+    want.eval()
+    got, _ = _load(tmp_path, "gqa.gguf")
+    assert got.config.num_key_value_heads == 2
+    ids = tok(PROMPTS[0], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(got(**ids).logits, want(**ids).logits)
