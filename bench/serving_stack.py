@@ -59,11 +59,13 @@ def wait_ready(url: str, timeout: float = 300.0) -> None:
 
 
 def build_registry(home: Path, *, base_model_path: str | None = None,
-                   cache: Path | None = None) -> None:
+                   cache: Path | None = None, database_url: str | None = None) -> None:
     """Tiny model + two trained adapters, registered and promoted (v1 prod, v2 canary).
 
     With ``cache``, the model and the adapters are made there once and reused by every
-    registry built with the same cache (each registry registers its own copy)."""
+    registry built with the same cache (each registry registers its own copy). With
+    ``database_url`` the registry's database is that one (PostgreSQL), else ``home``'s
+    SQLite file."""
     import shutil
 
     from recipes.artifact import read_manifest, write_manifest
@@ -80,7 +82,10 @@ def build_registry(home: Path, *, base_model_path: str | None = None,
     workspace = where / "workspace"
     if not workspace.exists():
         write_example_workspace(workspace, model_from=model_dir)
-    reg = Registry(Settings.for_home(home))
+    settings = Settings.for_home(home)
+    if database_url is not None:
+        settings = Settings(home, database_url, settings.artifact_store)
+    reg = Registry(settings)
     try:
         for kw in ("alpha", "bravo"):
             trained = where / "trained" / kw / "artifact"
