@@ -82,11 +82,12 @@ def data(
 ) -> None:
     """Prepare a recipe's data (load, clean, redact, split, tokenize) and print the report."""
     from recipes.data.pipeline import load_base_tokenizer, prepare_data
+    from recipes.data.write import default_data_dir
     from recipes.loading.loader import load_recipe
 
     output = Output(json_mode)
     loaded = load_recipe(recipe)
-    out_dir = out if out is not None else loaded.workspace / ".reg" / "data" / loaded.name
+    out_dir = out if out is not None else default_data_dir(loaded.workspace, loaded.name)
     prepared = prepare_data(loaded, load_base_tokenizer(loaded), out_dir)
     report = prepared.report.to_json()
     output.data({**report, "out_dir": str(prepared.out_dir)})

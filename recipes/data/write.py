@@ -15,6 +15,14 @@ from typing import Any
 from recipes.core.fsutil import atomic_dir
 
 REPORT_FILE = "data_report.json"
+# Where `reg data` writes a recipe's prepared data when no --out is given, under its
+# workspace; `reg doctor` reads the report there.
+DATA_DIR = Path(".reg") / "data"
+
+
+def default_data_dir(workspace: Path, name: str) -> Path:
+    """``WORKSPACE/.reg/data/NAME``: the prepared data of recipe ``name`` by default."""
+    return workspace / DATA_DIR / name
 
 
 def _write(path: Path, lines: Iterable[str]) -> None:

@@ -11,7 +11,7 @@ from recipes.schema import (
     BaseModelSpec,
     TrainingSpec,
 )
-from recipes.training.lr import recommend_lr, resolve_lr
+from recipes.training.lr import recommend_lr, resolve_lr, usual_lr_range
 from recipes.training.model import TrainingConfigError, device_settings
 from recipes.training.progress import early_stop_verdict, read_log, truncate_log
 
@@ -27,6 +27,22 @@ def test_auto_learning_rate_scales_with_method_and_model_size() -> None:
     assert big_data.learning_rate == pytest.approx(1e-4)
     assert "anchor" in tiny.reason
     assert resolve_lr(3e-4, AdapterMethod.lora, 1, 1).learning_rate == 3e-4
+
+
+@pytest.mark.parametrize("params", [590_464, 10**8, 7 * 10**9, 7 * 10**10])
+@pytest.mark.parametrize("examples", [300, 50_000])
+@pytest.mark.parametrize("method", list(AdapterMethod))
+def test_the_auto_rate_lies_in_the_usual_range_reg_doctor_holds_rates_to(
+        method: AdapterMethod, params: int, examples: int) -> None:
+    low, high = usual_lr_range(method, params)
+    assert low <= recommend_lr(method, params, examples).learning_rate <= high
+
+
+def test_the_usual_range_grows_for_small_models_like_the_auto_rate() -> None:
+    assert usual_lr_range(AdapterMethod.lora, None) == (1e-5, 1e-3)  # 7B-class
+    assert usual_lr_range(AdapterMethod.lora, 7 * 10**10) == (1e-5, 1e-3)  # never below
+    low, high = usual_lr_range(AdapterMethod.lora, 590_464)
+    assert low == pytest.approx(5e-4) and high == pytest.approx(5e-2)  # the 50x cap
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,65 @@
+"""Builders of `reg doctor` snapshots for its pure checks: real recipe models validated the
+way the loader validates them, no file read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from recipes.evaluation.report import EvaluationReport
+from recipes.loading.recipe import LoadedRecipe
+from recipes.schema import Recipe
+from registry.doctor.snapshot import DataStats, RecipeState, VersionRecord
+
+WORKSPACE = Path("/ws")
+
+
+def recipe_doc(name: str = "bot") -> dict[str, Any]:
+    """The smallest valid recipe document (every other field at its default)."""
+    return {"apiVersion": "reg/v1", "kind": "Recipe", "metadata": {"name": name},
+            "spec": {"base_model": {"path": "../models/tiny"},
+                     "data": {"sources": [{"path": "../data/train.jsonl"}]}}}
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    node = doc
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+
+
+def loaded(changes: Mapping[str, Any] | None = None) -> LoadedRecipe:
+    """A validated recipe: ``loaded({"spec.training.learning_rate": 0.01})``."""
+    doc = recipe_doc()
+    for dotted, value in (changes or {}).items():
+        _set(doc, dotted, value)
+    recipe = Recipe.model_validate_json(json.dumps(doc))
+    return LoadedRecipe(recipe=recipe, path=WORKSPACE / "recipes" / "bot.yaml", text="",
+                        workspace=WORKSPACE)
+
+
+def data_stats(*, train: int = 300, validation: int = 30, test: int = 30,
+               removed: dict[str, int] | None = None,
+               pii: dict[str, int] | None = None, current: bool | None = True) -> DataStats:
+    return DataStats(source="v1's data report", current=current,
+                     rows_read=train + validation + test + sum((removed or {}).values()),
+                     train=train, validation=validation, test=test, removed=removed or {},
+                     pii_redacted=pii or {})
+
+
+def version(number: int = 1, *, method: str = "lora",
+            metrics: dict[str, Any] | None = None) -> VersionRecord:
+    report = None if metrics is None else EvaluationReport.parse(metrics)
+    return VersionRecord(number=number, status="ready", method=method, current=True,
+                         report=report)
+
+
+def state(changes: Mapping[str, Any] | None = None, *, data: DataStats | None = None,
+          versions: list[VersionRecord] | None = None,
+          num_params: int | None = 7_000_000_000) -> RecipeState:
+    """One recipe's state: ``changes`` sets recipe fields by dotted path."""
+    return RecipeState(loaded=loaded(changes), num_params=num_params,
+                       versions=versions or [], data=data)
