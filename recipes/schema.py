@@ -426,6 +426,16 @@ class RolloutSpec(Strict):
         return duration_seconds(self.interval) or 0.0
 
 
+class HumanEvalGate(Strict):
+    """A human evaluation a version must pass before production (`reg eval import` stores it)."""
+    min_win_rate: float = Field(
+        default=0.5, ge=0, le=1,
+        description="Least share of decided rows the version wins against the one compared.")
+    min_alpha: float = Field(
+        default=0.6, ge=-1, le=1,
+        description="Least inter-rater agreement (Krippendorff's alpha, nominal, on choices).")
+
+
 class DeploySpec(Strict):
     """Where each new ready version goes once registered."""
     target: Literal["vllm", "none"] = Field(default="vllm", description="Serving engine.")
@@ -435,6 +445,8 @@ class DeploySpec(Strict):
     )
     max_model_len: int = Field(default=512, gt=0, description="Engine context length.")
     rollout: RolloutSpec | None = Field(default=None, description="Progressive rollout plan.")
+    human_eval: HumanEvalGate | None = Field(
+        default=None, description="Human evaluation required before production.")
 
 
 class Spec(Strict):

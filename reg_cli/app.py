@@ -11,6 +11,7 @@ import typer
 from reg_cli import (
     db_cmd,
     doctor_cmd,
+    eval_cmd,
     events_cmd,
     export_cmd,
     fault_cmd,
@@ -36,6 +37,6 @@ app = typer.Typer(
 
 # In the order `reg --help` lists them.
 for module in (recipes_cmd, train_cmd, versions_cmd, models_cmd, stages_cmd, runs_cmd,
-               events_cmd, export_cmd, db_cmd, reconcile_cmd, rollout_cmd,
+               events_cmd, eval_cmd, export_cmd, db_cmd, reconcile_cmd, rollout_cmd,
                serve_cmd, status_cmd, doctor_cmd, fault_cmd):
     module.register(app)

@@ -24,7 +24,9 @@ from reg_cli.output import JsonOpt, Output
 from registry.versions import VersionStatus
 
 if TYPE_CHECKING:
+    from recipes.evaluation.human.results import HumanEvalResult
     from recipes.evaluation.report import EvaluationReport
+    from registry.tables import VersionPublic
 
 
 def _report(metrics: dict[str, Any]) -> EvaluationReport | None:
@@ -123,6 +125,7 @@ def show(
         v = reg.resolve(name, ref)
         m = reg.get_model(v.model)
         art = reg.get_artifact(v.artifact_digest) if v.artifact_digest else None
+        human = reg.human_evaluations(v.model, v.number)
     from recipes.training.tracking.record import TrackingRecord
 
     files = art.manifest.get("files", []) if art else []
@@ -131,7 +134,8 @@ def show(
     out.data({**version_json(v), "artifact": None if art is None else {
         "digest": art.digest, "size_bytes": art.size_bytes, "files": files},
         "tracking": None if tracking is None else {
-            **tracking.to_json(), "mlflow_url": tracking.mlflow.url if tracking.mlflow else None}})
+            **tracking.to_json(), "mlflow_url": tracking.mlflow.url if tracking.mlflow else None},
+        "human_evaluations": [h.model_dump(mode="json") for h in human]})
     out.table(f"{v.ref}", ["field", "value"], [
         ("status", v.status), ("stages", ", ".join(v.stages) or "-"),
         ("description", m.description or "-"), ("owner", m.owner or "-"),
@@ -155,9 +159,30 @@ def show(
             (g.gate, str(g.value), str(g.threshold), str(g.passed), g.reason)
             for g in report.gates
         ] or [("(none configured)", "", "", "", "")])
+    _human_table(out, v, human)
     out.table("Artifact files", ["path", "size", "sha256"], [
         (f["path"], f["size"], f["sha256"][:16]) for f in files
     ])
+
+
+def _human_table(out: Output, v: VersionPublic, human: list[HumanEvalResult]) -> None:
+    """The newest human evaluation, and what the recipe's deploy.human_eval says of it."""
+    from recipes.evaluation.human.results import gate_problems
+    from registry.human_eval import requirement
+
+    gate = requirement(v.recipe_text, v.ref)
+    if not human and gate is None:
+        return
+    rows: list[tuple[str, str]] = []
+    if human:
+        h = human[-1]
+        rows += [("latest", h.describe()), ("imported", ts(h.imported_at)),
+                 ("evaluations", str(len(human)))]
+    if gate is not None:
+        problems = gate_problems(gate, human[-1] if human else None, v.ref)
+        rows.append((f"required (win rate >= {gate.min_win_rate}, alpha >= {gate.min_alpha})",
+                     "passes" if not problems else "; ".join(problems)))
+    out.table("Human evaluation", ["field", "value"], rows)
 
 
 def diff(

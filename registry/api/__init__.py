@@ -3,10 +3,10 @@
 ``Registry.open()`` reads :class:`~registry.settings.Settings` from the environment,
 opens the database (migrating it on first use) and returns the facade. It is composed
 of one part per noun (``versions``, ``registration``, ``stages``, ``traffic``,
-``serving``, ``audit``, ``runs``, and ``overview``, the operators' read model) over one
-unit of work (``unit``). Decisions come from the pure modules (``registry.versions``,
-``registry.stages``, ``registry.traffic``); each part loads state, calls them and writes
-the outcome and its audit event in one transaction.
+``serving``, ``human_eval``, ``audit``, ``runs``, and ``overview``, the operators' read
+model) over one unit of work (``unit``). Decisions come from the pure modules
+(``registry.versions``, ``registry.stages``, ``registry.traffic``); each part loads state,
+calls them and writes the outcome and its audit event in one transaction.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from registry.api.audit import AuditApi
+from registry.api.human_eval import HumanEvalApi
 from registry.api.overview import Overview, OverviewApi
 from registry.api.registration import RegisterOutcome, RegistrationApi
 from registry.api.rollouts import RolloutChange, RolloutsApi
@@ -30,8 +31,8 @@ __all__ = ["Clock", "Overview", "RegisterOutcome", "Registry", "RolloutChange", 
            "utcnow"]
 
 
-class Registry(VersionsApi, RegistrationApi, RolloutsApi, StagesApi, TrafficApi, ServingApi,
-               AuditApi, RunsApi, OverviewApi, UnitOfWork):
+class Registry(VersionsApi, RegistrationApi, RolloutsApi, StagesApi, TrafficApi, HumanEvalApi,
+               ServingApi, AuditApi, RunsApi, OverviewApi, UnitOfWork):
     """Facade over the registry database and artifact store."""
 
     @classmethod

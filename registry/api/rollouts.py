@@ -19,6 +19,7 @@ from registry import events as audit
 from registry.api.stages import StagesApi
 from registry.api.traffic import TrafficApi
 from registry.errors import NotFound, Refused
+from registry.human_eval import guard_production
 from registry.rollouts import RolloutPublic, RolloutRow, StaleRollout, canary_weights
 from registry.settings import default_actor
 from registry.stages import decide_clear, decide_promote
@@ -122,6 +123,8 @@ class RolloutsApi(StagesApi, TrafficApi):
                 f"v{candidate} production`")
         if baseline == candidate:
             raise Refused(f"production of {name} already serves v{candidate}")
+        # A rollout ends in production: a human evaluation it requires is checked up front.
+        guard_production(s, m.id, name, candidate, baseline, force=False)
         return baseline
 
     def get_rollout(self, rollout_id: int) -> RolloutPublic:

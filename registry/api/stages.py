@@ -10,6 +10,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from recipes.core.names import PRODUCTION
 from registry import events as audit
 from registry.api.unit import UnitOfWork
 from registry.db import is_sqlite
@@ -21,6 +22,7 @@ from registry.deployments import (
     version_deployment,
 )
 from registry.errors import Ambiguous
+from registry.human_eval import guard_production
 from registry.settings import default_actor
 from registry.stages import (
     Decision,
@@ -86,22 +88,28 @@ class StagesApi(UnitOfWork):
     def _guard(self, s: Session, m: Model, d: Decision, *, force: bool) -> tuple[str, ...]:
         """Run the deploy rules on the change ``d`` would make; raises to refuse it.
 
-        The version moved into the stage must be servable by its deploy target; then
-        each injected guard judges the deployed set before and after the change.
+        The version moved into the stage must be servable by its deploy target, and a
+        promotion into production must pass the human evaluation its recipe requires
+        (``deploy.human_eval``: ``registry.human_eval``); then each injected guard judges
+        the deployed set before and after the change.
         """
         assert m.id is not None
         target = None
+        human: tuple[str, ...] = ()
         if d.to_version is not None:
             target = version_deployment(s, m.id, m.name, d.to_version)
             if target is not None:
                 check_servable(target, d.stage)
+            if d.stage == PRODUCTION and d.action is StageAction.promote:
+                human = tuple(guard_production(s, m.id, m.name, d.to_version, d.from_version,
+                                               force=force))
         if not self.guards:
-            return ()
+            return human
         if not is_sqlite(self.engine):  # SQLite's IMMEDIATE transaction already excludes
             s.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DEPLOY_LOCK})
         before = load_deployments(s)
         after = after_change(before, m.name, d.stage, target)
-        return tuple(run_guards(self.guards, before, after, force=force))
+        return human + tuple(run_guards(self.guards, before, after, force=force))
 
     def _apply(self, s: Session, m: Model, d: Decision, actor: str, reason: str, *,
                force: bool = False) -> StageResult:
