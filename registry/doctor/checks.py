@@ -238,10 +238,10 @@ def check_general_gate(r: RecipeState) -> Finding:
                         fix)
     gate = ev.gates.max_general_regression
     v = _evaluated(r)
-    measured = None if v is None or v.report is None or v.report.general is None else (
-        v.report.general.regression)
-    seen = "" if measured is None else f"; v{v.number if v else '?'}: general perplexity " \
-        f"{measured:+.1%} against the base"
+    general = None if v is None or v.report is None else v.report.general
+    seen = ""
+    if v is not None and general is not None and general.regression is not None:
+        seen = f"; v{v.number}: general perplexity {general.regression:+.1%} against the base"
     if gate is None:
         return _finding(r, "general-gate", Status.warn,
                         f"evaluation.general is measured but no gate holds it{seen}",

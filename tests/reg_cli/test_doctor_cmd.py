@@ -12,6 +12,7 @@ import pytest
 from recipes.scaffold.example import write_example_workspace
 from registry.settings import Settings
 from tests.support.cli import run_reg
+from tests.support.services import free_port
 
 
 @pytest.fixture
@@ -63,3 +64,12 @@ def test_a_folder_without_recipes_is_the_loaders_problem_and_fails(
     (first, *_) = json.loads(done.stdout)["findings"]
     assert (first["item"], first["status"]) == ("recipe-valid", "fail")
     assert "no recipe files" in first["detail"] and "reg init DIR --example" in first["detail"]
+
+
+def test_prometheus_is_asked_where_reg_prometheus_url_points(
+        ws: Path, settings: Settings) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: the item fails, naming it
+    done = run_reg(settings, "doctor", str(ws / "recipes"), "--json", REG_PROMETHEUS_URL=url)
+    assert done.returncode == 1, done.stdout + done.stderr
+    (item,) = [f for f in json.loads(done.stdout)["findings"] if f["item"] == "metrics-scraped"]
+    assert item["status"] == "fail" and f"cannot read {url}/api/v1/targets" in item["detail"]
