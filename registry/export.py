@@ -146,12 +146,19 @@ def merge_adapter(adapter_dir: Path, base_dir: Path, base_identity: dict[str, st
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    base = AutoModelForCausalLM.from_pretrained(
-        base_dir, dtype=torch.float32, trust_remote_code=False, use_safetensors=True)
-    model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
-    merged = model.merge_and_unload()
-    merged.save_pretrained(out, safe_serialization=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # the command reports
+    try:
+        base = AutoModelForCausalLM.from_pretrained(
+            base_dir, dtype=torch.float32, trust_remote_code=False, use_safetensors=True)
+        model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+        merged = model.merge_and_unload()
+        merged.save_pretrained(out, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     tok_src = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else base_dir
     AutoTokenizer.from_pretrained(tok_src).save_pretrained(out)
     for name in _TOKENIZER_FILES:  # keep anything save_pretrained did not rewrite
