@@ -36,6 +36,8 @@ class Traffic:
     model: str
     users: int = 8
     max_tokens: int = 2
+    # Seconds a user waits after each answer (0: back to back).
+    pause_s: float = 0.0
     answers: list[Answer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -73,6 +75,8 @@ class Traffic:
                 status, version = 0, ""
             with self._lock:
                 self.answers.append(Answer(sent, time.time(), status, version))
+            if self.pause_s:
+                self._stop.wait(self.pause_s)
         client.close()
 
     def snapshot(self) -> list[Answer]:
