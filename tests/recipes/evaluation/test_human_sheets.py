@@ -155,3 +155,12 @@ def test_a_key_that_is_not_one(tmp_path: Path) -> None:
     path.write_text('{"kind": "something"}')
     with pytest.raises(SheetError, match="not a human evaluation key"):
         read_key(path)
+
+
+def test_one_rater_twice_is_refused(tmp_path: Path) -> None:
+    key, sheets = build_sheets(ITEMS, model="bot", candidate=3, other=2, raters=2, seed=1)
+    write_sheets(tmp_path, key, sheets)
+    both = [read_sheet(tmp_path / f"rater-2.{ext}", key.criteria) for ext in ("csv", "jsonl")]
+    with pytest.raises(SheetError, match=r"rater-2\.jsonl: rater-2 is also rater-2\.csv; "
+                       r"import one sheet per rater"):
+        check_against_key(both, key, tmp_path / "key.json")
