@@ -43,11 +43,20 @@ def ws(example_template: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(example_template, tmp_path / "ws"))
 
 
-def test_the_example_workspace_as_written(ws: Path, registry: Registry) -> None:
+@pytest.fixture
+def empty_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A real SQLite registry with nothing registered (what these two tests read of it)."""
+    settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path}/r.db",
+                        artifact_store=str(tmp_path / "store"))
+    with Registry(settings) as reg:
+        yield reg
+
+
+def test_the_example_workspace_as_written(ws: Path, empty_registry: Registry) -> None:
     (ws / "recipes" / "broken.yaml").write_text(
         (ws / "recipes" / "faq-bot.yaml").read_text().replace("name: faq-bot", "name: broken")
         .replace("r: 8", "r: 7"))
-    snap = gather(ws / "recipes", registry, None)
+    snap = gather(ws / "recipes", empty_registry, None)
 
     assert sorted(r.name for r in snap.recipes) == ["faq-bot", "polite-dpo", "support-bot"]
     assert {r.num_params for r in snap.recipes} == {TINY_PARAMS}
@@ -62,13 +71,13 @@ def test_the_example_workspace_as_written(ws: Path, registry: Registry) -> None:
     assert items[("workspace", "metrics-scraped")].status is Status.warn
 
 
-def test_the_report_reg_data_wrote_is_read(ws: Path, registry: Registry) -> None:
+def test_the_report_reg_data_wrote_is_read(ws: Path, empty_registry: Registry) -> None:
     loaded = load_recipe(ws / "recipes" / "support-bot.yaml")
     prepared = prepare_data(loaded, load_base_tokenizer(loaded),
                             default_data_dir(loaded.workspace, loaded.name))
     expected = prepared.report
 
-    (state,) = [r for r in gather(ws / "recipes", registry, None).recipes
+    (state,) = [r for r in gather(ws / "recipes", empty_registry, None).recipes
                 if r.name == "support-bot"]
     d = state.data
     assert d is not None and "`reg data` report" in d.source and d.current is None
