@@ -251,7 +251,9 @@ def concurrency_curve(tmp: Path, st: EchoStack, z: Sizes
 
 def promotion_visible(st: EchoStack, z: Sizes) -> list[Measure]:
     """Seconds from a promotion (registry API) to the gateway's first answer from the
-    promoted version; production at 100% so every request goes to it."""
+    promoted version; production at 100% so every request goes to it. Measured from the
+    call (the goal of a promotion seen within a second) and from its commit, i.e. once the
+    call returned (the goal of a change routed within 100 ms of its commit)."""
     import urllib.request
 
     from registry.api import Registry
@@ -272,35 +274,51 @@ def promotion_visible(st: EchoStack, z: Sizes) -> list[Measure]:
             with urllib.request.urlopen(req, timeout=10) as r:
                 return str(r.headers["x-reg-version"])
 
+        after_commit: list[float] = []
         for i in range(z.promotions + 1):
             target = 2 - i % 2  # v2, v1, v2, ...
             t0 = time.perf_counter()
             reg.promote(MODEL, target, "production", actor="bench", reason="bench")
+            committed = time.perf_counter()
             while answering() != f"v{target}":
                 if time.perf_counter() - t0 > 30:
                     raise TimeoutError(f"v{target} not answering 30 s after its promotion")
                 time.sleep(0.005)
             if i:  # the first one also waits for the traffic change
-                seconds.append(time.perf_counter() - t0)
+                now = time.perf_counter()
+                seconds.append(now - t0)
+                after_commit.append(now - committed)
         # Back to the stages build_registry left (v1 production, v2 canary, 80/20): the
         # stacks after this one pin v1.
         reg.promote(MODEL, 1, "production", actor="bench", reason="bench reset")
         reg.promote(MODEL, 2, "canary", actor="bench", reason="bench reset")
         reg.set_traffic(MODEL, {"production": 80, "canary": 20}, None, reason="bench reset")
     pg = st.database_url is not None
-    goal = "<= 0.1 s" if pg else "<= 1 s"
-    print(f"\npromotion -> the gateway answers from the new version "
-          f"({'PostgreSQL, LISTEN/NOTIFY' if pg else 'SQLite, polled'}): median "
-          f"{statistics.median(seconds):.3f} s, max {max(seconds):.3f} s "
-          f"({len(seconds)} promotions; goal {goal})")
-    how = ("PostgreSQL: the gateway hears the commit (LISTEN/NOTIFY)" if pg
-           else "SQLite: the gateway polls its change marker")
-    return [measure("gateway.promotion_visible" + ("_pg" if pg else ""),
-                    f"promotion -> visible at the gateway, {'PostgreSQL' if pg else 'SQLite'} "
-                    f"(max of {len(seconds)})", max(seconds), "s", goal=goal,
-                    rounds=len(seconds),
-                    notes=f"median {statistics.median(seconds):.3f} s; registry API promote; "
-                          f"{how}; requests every 5 ms on the echo stack")]
+    db = "PostgreSQL" if pg else "SQLite"
+    how = ("the gateway hears the commit (LISTEN/NOTIFY)" if pg
+           else "the gateway polls its change marker every 200 ms")
+    med, med_c = statistics.median(seconds), statistics.median(after_commit)
+    print(f"\npromotion -> the gateway answers from the new version ({db}: {how}): from the "
+          f"call median {med:.3f} s, max {max(seconds):.3f} s; from the commit median "
+          f"{med_c:.3f} s, p90 {_p90(after_commit):.3f} s ({len(seconds)} promotions)")
+    suffix = "_pg" if pg else ""
+    return [
+        measure("gateway.promotion_visible" + suffix,
+                f"promotion -> visible at the gateway, {db} (max of {len(seconds)})",
+                max(seconds), "s", goal="<= 1 s", rounds=len(seconds),
+                notes=f"median {med:.3f} s from the registry API's promote call; {how}; "
+                      "requests every 5 ms on the echo stack"),
+        measure("gateway.promotion_routed" + suffix,
+                f"commit -> routed at the gateway, {db} (p90 of {len(seconds)})",
+                _p90(after_commit), "s", goal="<= 0.1 s" if pg else None,
+                rounds=len(seconds),
+                notes=f"median {med_c:.3f} s from the promote call's return (its commit) to "
+                      f"the first answer from the new version; {how}"),
+    ]
+
+
+def _p90(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=10, method="inclusive")[-1] if len(xs) > 1 else xs[0]
 
 
 # -- 4. real engine ---------------------------------------------------------------------------

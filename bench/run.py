@@ -80,7 +80,7 @@ GOALS = (
     ("8 adapters vs base >= 0.8x", "adapters", "adapters.tiny"),
     ("promotion visible at the gateway <= 1 s", "gateway", "gateway.promotion_visible"),
     ("with PostgreSQL, a promotion routed <= 100 ms after its commit", "gateway",
-     "gateway.promotion_visible_pg"),
+     "gateway.promotion_routed_pg"),
     ("time to 0% canary p95 <= 10 s (live)", "rollout", "rollout.time_to_zero_p95"),
     ("A/A false rollbacks <= 1%", "rollout_analysis", "rollout.aa_false_rollbacks"),
     ("power >= 95% (+20% errors caught before the 25% step)", "rollout_analysis",

@@ -188,7 +188,8 @@ class Supervisor:
             syncing = [s for s in self.slots.values() if s.state is EngineState.ready
                        and (self._dirty or s.needs_sync or retry)]
             for slot in syncing:
-                await self._sync(slot, unload=False)
+                if retry or slot.needs_sync or self._missing(slot):
+                    await self._sync(slot, unload=False)
             if self._dirty or not self._published:
                 self._publish_degraded()  # first: routing never sees a failed one servable
                 self._publish_deployed()
@@ -347,6 +348,17 @@ class Supervisor:
         log.warning("%s: %s", slot.key, slot.reason)
 
     # -- adapters --------------------------------------------------------------------------
+
+    def _missing(self, slot: _Slot) -> bool:
+        """Whether ``slot`` lacks an adapter it should hold (so the sync before publishing
+        has something to load). A change that only moves stages or weights between
+        adapters already loaded publishes at once; the sync after publishing still runs
+        and corrects whatever the engine holds."""
+        waiting = self._waiting()
+        wanted = {d.adapter_name for d in self.deployments
+                  if engine_key(d) == slot.key and d.adapter_name not in waiting}
+        wanted |= {n for n in slot.manual if n not in waiting}
+        return not wanted <= slot.adapters
 
     def _waiting(self) -> set[str]:
         """Adapters that failed and whose backoff is not over: not tried again yet."""

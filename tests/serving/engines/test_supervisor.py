@@ -20,6 +20,7 @@ import pytest
 from registry.deployments import Deployment
 from serving.config import ServeConfig
 from serving.engines.process import EngineState
+from serving.engines.state import Deployed
 from serving.engines.supervisor import Supervisor
 from serving.gateway.metrics import Metrics
 from serving.gateway.state import GatewayState, StatePublisher
@@ -35,9 +36,11 @@ class ScriptedEngine:
     def __init__(self) -> None:
         self.loaded: set[str] = set()
         self.healthy = True
+        self.paths: list[str] = []  # every request's path, in order
         self.server = FaultServer(self.handle)
 
     def handle(self, req: Request) -> list[bytes]:
+        self.paths.append(req.path)
         if req.path == "/health" and not self.healthy:
             return [response(b"", status="500 Internal Server Error", ctype="text/plain")]
         if req.path == "/v1/models":
@@ -268,3 +271,53 @@ def test_a_pass_that_keeps_failing_the_same_way_logs_its_traceback_once(
     assert len(failed) == 1 and failed[0].exc_info is not None
     assert len(again) >= 3 and all(r.levelno == logging.DEBUG for r in again)
     assert state.last_error == "ConnectionError: the registry database is unreachable"
+
+
+class PublishWatch(StatePublisher):
+    """Notes which engine requests had been made when routing was published."""
+
+    def __init__(self, engine: ScriptedEngine) -> None:
+        super().__init__(GatewayState(), Metrics())
+        self.engine = engine
+        self.seen_at_publish: list[list[str]] = []
+
+    def deployed(self, read: Deployed) -> None:
+        self.seen_at_publish.append(list(self.engine.paths))
+        super().deployed(read)
+
+
+def test_a_stage_move_between_loaded_adapters_publishes_before_asking_the_engine(
+    tmp_path: Path, engine: ScriptedEngine
+) -> None:
+    """Make before break only when something is to be made: a promotion between adapters
+    the engine holds is routed at once, a new version is loaded before it is routed."""
+    root = tmp_path / "adapters"
+    names = ("bot@v1", "bot@v2", "bot@v3")
+    for n in names:
+        (root / n).mkdir(parents=True)
+    source = InMemorySource([deployment(1, "production", 512), deployment(2, "canary", 512)],
+                            artifacts={n: root / n for n in names})
+    cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs",
+                      external_engines={BASE: engine.server.url})
+    watch = PublishWatch(engine)
+
+    async def run() -> tuple[int, int]:
+        async with aiohttp.ClientSession() as session:
+            sup = Supervisor(source, cfg, watch, session)
+            await sup.step()  # loads v1 and v2, then publishes
+            before_swap = len(engine.paths)
+            source.deps = [deployment(2, "production", 512), deployment(1, "canary", 512)]
+            source.marker += 1
+            await sup.step()
+            before_new = len(engine.paths)
+            source.deps = [deployment(2, "production", 512), deployment(3, "canary", 512)]
+            source.marker += 1
+            await sup.step()
+            return before_swap, before_new
+
+    before_swap, before_new = asyncio.run(run())
+    assert len(watch.seen_at_publish) == 3  # one publication a pass that changed something
+    swap, new = watch.seen_at_publish[1][before_swap:], watch.seen_at_publish[2][before_new:]
+    assert "/v1/models" not in swap and "/v1/load_lora_adapter" not in swap, swap
+    assert "/v1/load_lora_adapter" in new, new  # the new version: loaded, then routed
+    assert engine.loaded == {"bot@v2", "bot@v3"}  # and v1 unloaded after
