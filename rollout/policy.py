@@ -67,8 +67,11 @@ def hash_unit(key: str, salt: str) -> float:
     """Map ``key`` to a float in [0, 1), uniformly and stably across processes and machines.
 
     blake2b from the standard library: stable across Python versions, unlike ``hash()``.
+    A key from a request (``user``) may hold a lone surrogate, which JSON allows and UTF-8
+    cannot encode: surrogatepass gives it bytes, and every other key the same bytes as before.
     """
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, salt=_salt(salt))
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8,
+                             salt=_salt(salt))
     return int.from_bytes(digest.digest(), "big") / 2.0**64
 
 

@@ -506,8 +506,8 @@ def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
             raise BadRequest(f"'{name}' must be a whole number of at least 1, got "
                              f"{_shown(value)}.", name)
     if body.get("n", 1) > openapi.MAX_CHOICES:
-        raise BadRequest(f"'n' is {body['n']}; ask for at most {openapi.MAX_CHOICES} choices "
-                         "in one request, as OpenAI allows.", "n")
+        raise BadRequest(f"'n' is {_shown(body['n'])}; ask for at most {openapi.MAX_CHOICES} "
+                         "choices in one request, as OpenAI allows.", "n")
     return body
 
 
@@ -518,8 +518,8 @@ def check_max_tokens(body: dict[str, Any], max_model_len: int) -> None:
         value = body.get(name)
         if isinstance(value, int) and value > max_model_len:
             raise BadRequest(
-                f"'{name}' is {value}, more than this model's context of {max_model_len} "
-                f"tokens (prompt and completion together); ask for at most "
+                f"'{name}' is {_shown(value)}, more than this model's context of "
+                f"{max_model_len} tokens (prompt and completion together); ask for at most "
                 f"{max_model_len} minus the prompt's tokens.", name)
 
 
