@@ -110,53 +110,63 @@ def base_model_params(model_dir: Path) -> int | None:
 
 def _data_stats(reg: Registry, loaded: LoadedRecipe, rows: list[VersionPublic],
                 current: str | None) -> DataStats | None:
-    """The freshest data report: the version trained from the current spec's, else the one
-    `reg data` last wrote in the workspace, else the newest version's."""
-    stored = [(v, report) for v in reversed(rows)
-              if (report := _artifact_json(reg, v.artifact_digest, REPORT_FILE)) is not None]
-    exact = next(((v, rep) for v, rep in stored if v.spec_hash == current), None)
+    """The freshest readable data report: the version trained from the current spec's, else
+    the one `reg data` last wrote in the workspace, else the newest version's."""
+    stored = [stats for v in reversed(rows) if (stats := _stats(
+        _artifact_json(reg, v.artifact_digest, REPORT_FILE), f"{v.ref}'s data report",
+        v.spec_hash == current)) is not None]
+    exact = next((stats for stats in stored if stats.current), None)
     if exact is not None:
-        return _stats(exact[1], f"{exact[0].ref}'s data report", True)
+        return exact
     local = default_data_dir(loaded.workspace, loaded.name) / REPORT_FILE
     if local.is_file():
         try:
+            when = datetime.fromtimestamp(local.stat().st_mtime, UTC)
             report = json.loads(local.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             report = None
-        if isinstance(report, dict):
-            when = datetime.fromtimestamp(local.stat().st_mtime, UTC)
-            return _stats(report, f"the `reg data` report of {when:%Y-%m-%d %H:%M}Z", None)
-    if stored:
-        v, report = stored[0]
-        return _stats(report, f"{v.ref}'s data report", False)
-    return None
+        else:
+            stats = _stats(report, f"the `reg data` report of {when:%Y-%m-%d %H:%M}Z", None)
+            if stats is not None:
+                return stats
+    return stored[0] if stored else None
 
 
-def _stats(report: dict[str, Any], source: str, current: bool | None) -> DataStats:
-    """A data report's counts (``recipes.data.report.DataReport.to_json``'s shape)."""
-    splits = report.get("splits") or {}
-    cleaning = report.get("cleaning") or {}
+def _stats(report: Any, source: str, current: bool | None) -> DataStats | None:
+    """A data report's counts (``recipes.data.report.DataReport.to_json``'s shape); None for
+    a file of another shape (a hand-registered artifact's)."""
+    if not isinstance(report, dict):
+        return None
+    try:
+        splits = report.get("splits") or {}
+        cleaning = report.get("cleaning") or {}
 
-    def examples(split: str) -> int:
-        return int((splits.get(split) or {}).get("examples", 0))
+        def examples(split: str) -> int:
+            return int((splits.get(split) or {}).get("examples", 0))
 
-    return DataStats(
-        source=source, current=current, rows_read=int(report.get("rows_read", 0)),
-        train=examples("train"), validation=examples("validation"), test=examples("test"),
-        removed={str(k): int(n) for k, n in (cleaning.get("removed") or {}).items()},
-        pii_redacted={str(k): int(n) for k, n in (cleaning.get("pii_redacted") or {}).items()})
+        return DataStats(
+            source=source, current=current, rows_read=int(report.get("rows_read", 0)),
+            train=examples("train"), validation=examples("validation"), test=examples("test"),
+            removed={str(k): int(n) for k, n in (cleaning.get("removed") or {}).items()},
+            pii_redacted={str(k): int(n)
+                          for k, n in (cleaning.get("pii_redacted") or {}).items()})
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
-def _artifact_json(reg: Registry, digest: str | None, rel: str) -> dict[str, Any] | None:
-    """File ``rel`` of the stored artifact ``digest``, decoded; None when it has none."""
+def _artifact_json(reg: Registry, digest: str | None, rel: str) -> Any:
+    """File ``rel`` of the stored artifact ``digest``, decoded; None when it has none or it
+    is not JSON."""
     if digest is None:
         return None
     manifest = reg.get_artifact(digest).manifest
     entry = next((e for e in manifest.get("files", []) if e.get("path") == rel), None)
     if entry is None:
         return None
-    data = json.loads(reg.store.get_bytes(str(entry["sha256"])))
-    return data if isinstance(data, dict) else None
+    try:
+        return json.loads(reg.store.get_bytes(str(entry["sha256"])))
+    except ValueError:
+        return None
 
 
 def read_prometheus(url: str | None, client: httpx.Client | None = None) -> Prometheus:

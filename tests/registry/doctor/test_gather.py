@@ -100,8 +100,15 @@ def test_a_registered_versions_record_and_data_report(
     reg.register(make_artifact("faq-bot", metrics=metrics,
                                extra_files={"data_report.json": json.dumps(report).encode()}))
     reg.register(make_artifact("faq-bot", method="full"))  # v2: no data report, no base
+    for junk in (b"not json", b'{"splits": "train"}'):  # hand-made files: not data reports
+        reg.register(make_artifact("other-bot", extra_files={"data_report.json": junk}))
 
-    (state,) = [r for r in gather(ws / "recipes", reg, None).recipes if r.name == "faq-bot"]
+    (ws / "recipes" / "other-bot.yaml").write_text(
+        (ws / "recipes" / "faq-bot.yaml").read_text().replace("name: faq-bot", "name: other-bot"))
+    states = {r.name: r for r in gather(ws / "recipes", reg, None).recipes}
+    assert [v.number for v in states["other-bot"].versions] == [1, 2]
+    assert states["other-bot"].data is None
+    state = states["faq-bot"]
     assert [(v.number, v.method) for v in state.versions] == [(1, "lora"), (2, "full")]
     d = state.data
     assert d is not None and d.source == "faq-bot@v1's data report" and d.current is False
