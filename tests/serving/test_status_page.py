@@ -324,7 +324,7 @@ def shown_as(shown: float, value: float) -> bool:
         return shown == 0
     if abs(value) >= 1000:
         return abs(shown - value) <= 0.5
-    half_step = 0.5 * 10 ** (math.floor(math.log10(abs(value))) - 2)
+    half_step = 0.5 * 10.0 ** (math.floor(math.log10(abs(value))) - 2)
     return abs(shown - value) <= half_step * (1 + 1e-9)
 
 
