@@ -6,7 +6,7 @@ real registry of ``$REG_HOME`` / ``$REG_DATABASE_URL``, until no rollout is acti
 two inputs are not the real world's, so that a trial can be replayed:
 
 - the clock: virtual time, one second per pass, continuing from the registry's newest
-  event, so a controller started after a kill goes on from where the killed one stopped
+  recorded time, so a controller started after a kill goes on from where the killed one stopped
   (:func:`resume_clock`; the test process starts rollouts on the same clock);
 - the analysis input: :class:`SyntheticTraffic`, a window made from the canary weight the
   registry holds, a seeded random generator keyed by the window, and the candidates given
@@ -48,15 +48,15 @@ MAX_PASSES = 2_000  # a rollout that never ends is a failure, not a hang
 
 
 def resume_clock(settings: Settings) -> FakeClock:
-    """Virtual time one second after the registry's newest event (``EPOCH`` when empty)."""
+    """Virtual time one second after the registry's newest write that records a time (an
+    event, or a rollout's analysis note); ``EPOCH`` in an empty registry."""
     reg = Registry.open(settings)
     try:
-        newest = reg.events(limit=1)
+        times = [e.at for e in reg.events(limit=1)]
+        times += [r.updated_at for r in reg.list_rollouts(limit=1)]
     finally:
         reg.close()
-    start = newest[0].at if newest else EPOCH
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=UTC)
+    start = max((t if t.tzinfo else t.replace(tzinfo=UTC) for t in times), default=EPOCH)
     return FakeClock(start + timedelta(seconds=1))
 
 
