@@ -505,7 +505,7 @@ def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
         if value is not None and (type(value) is not int or value < 1):
             raise BadRequest(f"'{name}' must be a whole number of at least 1, got "
                              f"{_shown(value)}.", name)
-    if body.get("n", 1) > openapi.MAX_CHOICES:
+    if (body.get("n") or 1) > openapi.MAX_CHOICES:  # null is OpenAI's default, 1
         raise BadRequest(f"'n' is {_shown(body['n'])}; ask for at most {openapi.MAX_CHOICES} "
                          "choices in one request, as OpenAI allows.", "n")
     return body
