@@ -52,8 +52,8 @@ def doctor(
     """The fine-tuning checklist on the real state of a workspace: examples and a held-out
     test split, cleaning, deduplication and PII redaction, a baseline against the base
     model, a general-capability gate, PEFT before full fine-tuning, the learning rate,
-    checkpoints and early stopping, a rollout plan, and Prometheus scraping
-    ($REG_PROMETHEUS_URL). Each item passes, warns or fails with its fix; exit code 1 when
+    checkpoints and early stopping, a rollout plan, a human evaluation, and Prometheus
+    scraping ($REG_PROMETHEUS_URL). Each item passes, warns or fails with its fix; exit code 1 when
     one fails."""
     from registry.doctor import diagnose, gather
     from rollout.canary.prometheus import URL_ENV

@@ -18,8 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from recipes.evaluation.human.results import gate_problems
 from recipes.planning.advise import GOOD_EXAMPLES, MIN_EXAMPLES_TO_TUNE
-from recipes.schema import AdapterMethod
+from recipes.schema import AdapterMethod, Objective
 from recipes.training.lr import USUAL_LR_RANGE, usual_lr_range
 from registry.doctor.snapshot import (
     DataStats,
@@ -29,6 +30,7 @@ from registry.doctor.snapshot import (
     Snapshot,
     VersionRecord,
 )
+from registry.human_eval import fix_hint
 
 WORKSPACE = "workspace"  # the subject of items that are not about one recipe
 # A learning rate this many times outside its usual range fails rather than warns: a run
@@ -375,6 +377,36 @@ def check_rollout_plan(r: RecipeState) -> Finding:
                     "verdict")
 
 
+def check_human_eval(r: RecipeState) -> Finding:
+    spec = r.loaded.recipe.spec
+    if spec.deploy.target == "none" or spec.training.objective is Objective.cpt:
+        return _finding(r, "human-eval", Status.passed,
+                        "not served" if spec.deploy.target == "none" else
+                        "continued pre-training: no answers for people to judge")
+    gate, v, result = spec.deploy.human_eval, r.newest_ready, r.human_eval
+    fix = (fix_hint(r.name, v.number, None) if v is not None else
+           "`reg reconcile` first; then `reg eval export` deals the sheets")
+    if gate is None:
+        if result is not None:
+            return _finding(r, "human-eval", Status.passed,
+                            result.describe() + " (not required: no deploy.human_eval)")
+        return _finding(r, "human-eval", Status.warn,
+                        "no human evaluation, none required: for subjective tasks (tone, "
+                        "helpfulness) automatic scores miss what people prefer",
+                        "set deploy.human_eval: {min_win_rate: 0.5, min_alpha: 0.6}; " + fix)
+    if v is None:
+        return _finding(r, "human-eval", Status.warn,
+                        f"deploy.human_eval requires one, but no version of {r.name} is "
+                        "ready to evaluate", fix)
+    problems = gate_problems(gate, result, f"{r.name}@v{v.number}")
+    if problems:
+        return _finding(r, "human-eval", Status.warn,
+                        "; ".join(problems) + ": production refuses it until it passes", fix)
+    return _finding(r, "human-eval", Status.passed,
+                    f"{result.describe() if result else ''} (deploy.human_eval: win rate >= "
+                    f"{gate.min_win_rate:g}, alpha >= {gate.min_alpha:g})")
+
+
 # ---- the workspace --------------------------------------------------------------------------
 
 
@@ -432,6 +464,7 @@ TITLES: dict[str, str] = {
     "checkpoints": "Checkpoints",
     "early-stopping": "Early stopping",
     "rollout-plan": "Rollout plan with a minimum sample",
+    "human-eval": "Human evaluation",
     "metrics-scraped": "Metrics scraped",
 }
 
@@ -439,7 +472,7 @@ TITLES: dict[str, str] = {
 RECIPE_CHECKS: tuple[Callable[[RecipeState], Finding], ...] = (
     check_examples, check_test_split, check_cleaned, check_deduplicated, check_pii,
     check_baseline, check_general_gate, check_peft_first, check_learning_rate,
-    check_checkpoints, check_early_stopping, check_rollout_plan,
+    check_checkpoints, check_early_stopping, check_rollout_plan, check_human_eval,
 )
 
 

@@ -7,7 +7,8 @@
 2. Per valid recipe: the base model's parameter count from its safetensors headers (no
    weights read), the model's registered versions with their evaluation records (what
    the registry stored from ``metrics.json``), and the data report (``data_report.json``)
-   of the newest version whose artifact holds one, read from the artifact store.
+   of the newest version whose artifact holds one, read from the artifact store; the
+   newest human evaluation (`reg eval import`) of the newest ready version.
 3. Prometheus, when a URL is given: its active targets (``GET /api/v1/targets``). A
    failure to read it is recorded in the snapshot, not raised: it is an item's finding.
 """
@@ -65,8 +66,11 @@ def recipe_state(loaded: LoadedRecipe, reg: Registry) -> RecipeState:
     versions = [VersionRecord(number=v.number, status=str(v.status), method=v.method,
                               current=v.spec_hash == current, report=_report(v))
                 for v in rows]
+    ready = next((v for v in reversed(rows) if v.status == "ready"), None)
+    evaluations = [] if ready is None else reg.human_evaluations(loaded.name, ready.number)
     return RecipeState(loaded=loaded, num_params=base_model_params(loaded.base_model_path),
-                       versions=versions, data=_data_stats(reg, loaded, rows, current))
+                       versions=versions, data=_data_stats(reg, loaded, rows, current),
+                       human_eval=evaluations[-1] if evaluations else None)
 
 
 def _spec_hash(loaded: LoadedRecipe) -> str | None:

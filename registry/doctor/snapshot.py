@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from recipes.evaluation.human.results import HumanEvalResult
     from recipes.evaluation.report import EvaluationReport
     from recipes.loading.recipe import LoadedRecipe
 
@@ -52,6 +53,7 @@ class RecipeState:
     num_params: int | None  # of the base model, from its safetensors headers
     versions: list[VersionRecord] = field(default_factory=list)  # oldest first
     data: DataStats | None = None  # from the newest version that stored a data report
+    human_eval: HumanEvalResult | None = None  # the newest one of the newest ready version
 
     @property
     def name(self) -> str:
@@ -60,6 +62,11 @@ class RecipeState:
     @property
     def latest(self) -> VersionRecord | None:
         return self.versions[-1] if self.versions else None
+
+    @property
+    def newest_ready(self) -> VersionRecord | None:
+        """The version production would be given next: the newest ``ready`` one."""
+        return next((v for v in reversed(self.versions) if v.status == "ready"), None)
 
 
 @dataclass(frozen=True)

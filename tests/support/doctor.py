@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from recipes.evaluation.human.results import HumanEvalResult
 from recipes.evaluation.report import EvaluationReport
 from recipes.loading.recipe import LoadedRecipe
 from recipes.schema import Recipe
@@ -50,16 +51,29 @@ def data_stats(*, train: int = 300, validation: int = 30, test: int = 30,
                      pii_redacted=pii or {})
 
 
-def version(number: int = 1, *, method: str = "lora",
+def version(number: int = 1, *, method: str = "lora", status: str = "ready",
             metrics: dict[str, Any] | None = None) -> VersionRecord:
     report = None if metrics is None else EvaluationReport.parse(metrics)
-    return VersionRecord(number=number, status="ready", method=method, current=True,
+    return VersionRecord(number=number, status=status, method=method, current=True,
                          report=report)
+
+
+def human_eval(candidate: int = 1, *, model: str = "bot", wins: int = 7, losses: int = 3,
+               alpha: float | None = 0.8) -> HumanEvalResult:
+    """A stored human evaluation's result against the base (as `reg eval import` makes)."""
+    decided = wins + losses
+    return HumanEvalResult(
+        model=model, candidate=candidate, other=None, export_id="e1", seed=0,
+        raters=["r1", "r2", "r3"], items=decided, judgments=3 * decided, unrated=0,
+        wins=wins, losses=losses, ties=0, win_rate=wins / decided if decided else None,
+        ci_low=None, ci_high=None, p_value=None, alpha=alpha,
+        choices={"candidate": 3 * wins, "other": 3 * losses, "tie": 0}, criteria=[])
 
 
 def state(changes: Mapping[str, Any] | None = None, *, data: DataStats | None = None,
           versions: list[VersionRecord] | None = None,
-          num_params: int | None = 7_000_000_000) -> RecipeState:
+          num_params: int | None = 7_000_000_000,
+          human: HumanEvalResult | None = None) -> RecipeState:
     """One recipe's state: ``changes`` sets recipe fields by dotted path."""
     return RecipeState(loaded=loaded(changes), num_params=num_params,
-                       versions=versions or [], data=data)
+                       versions=versions or [], data=data, human_eval=human)

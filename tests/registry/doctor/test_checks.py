@@ -18,6 +18,7 @@ from registry.doctor.checks import (
     check_early_stopping,
     check_examples,
     check_general_gate,
+    check_human_eval,
     check_learning_rate,
     check_metrics_scraped,
     check_peft_first,
@@ -27,7 +28,7 @@ from registry.doctor.checks import (
     diagnose,
 )
 from registry.doctor.snapshot import InvalidRecipe, Prometheus, RecipeState, Snapshot, Target
-from tests.support.doctor import data_stats, state, version
+from tests.support.doctor import data_stats, human_eval, state, version
 
 Check = Callable[[RecipeState], Finding]
 TINY = 590_464  # the tiny Llama's parameters
@@ -39,6 +40,8 @@ GATED: dict[str, Any] = {**GENERAL, "spec.evaluation.gates": {"max_general_regre
 EARLY: dict[str, Any] = {"spec.training.eval_every_steps": 10,
                          "spec.training.early_stopping": {"patience": 3}}
 PLAN: dict[str, Any] = {"steps": [{"weight": 10}, {"weight": 50}]}
+HUMAN: dict[str, Any] = {"spec.deploy.human_eval": {"min_win_rate": 0.6, "min_alpha": 0.6}}
+CPT: dict[str, Any] = {"spec.training.objective": "cpt", "spec.data.format": "text"}
 
 
 @pytest.mark.parametrize(("check", "s", "status", "words"), [
@@ -151,6 +154,27 @@ PLAN: dict[str, Any] = {"steps": [{"weight": 10}, {"weight": 50}]}
     pytest.param(check_rollout_plan, state({"spec.deploy.rollout": {
         **PLAN, "max_error_rate": 0.05, "min_requests": 60}}), Status.passed,
         "at least 60", id="rollout-looser-ceiling"),
+    # human evaluation
+    pytest.param(check_human_eval, state(CPT), Status.passed, "continued pre-training",
+                 id="human-eval-cpt"),
+    pytest.param(check_human_eval, state({"spec.deploy.target": "none"}), Status.passed,
+                 "not served", id="human-eval-not-served"),
+    pytest.param(check_human_eval, state(versions=[version(1)]), Status.warn,
+                 "deploy.human_eval: {min_win_rate", id="human-eval-none"),
+    pytest.param(check_human_eval, state(versions=[version(1)], human=human_eval(1)),
+                 Status.passed, "win rate 0.70", id="human-eval-unrequired"),
+    pytest.param(check_human_eval, state(HUMAN, versions=[version(1, status="rejected")]),
+                 Status.warn, "no version of bot is ready", id="human-eval-nothing-ready"),
+    pytest.param(check_human_eval, state(HUMAN, versions=[version(1), version(2)]),
+                 Status.warn, "reg eval export bot v2", id="human-eval-missing"),
+    pytest.param(check_human_eval, state(HUMAN, versions=[version(1)],
+                                         human=human_eval(1, wins=3, losses=7)),
+                 Status.warn, "win rate 0.30 < min_win_rate 0.6", id="human-eval-lost"),
+    pytest.param(check_human_eval, state(HUMAN, versions=[version(1)],
+                                         human=human_eval(1, alpha=0.2)),
+                 Status.warn, "alpha 0.20 < min_alpha", id="human-eval-raters-disagree"),
+    pytest.param(check_human_eval, state(HUMAN, versions=[version(1)], human=human_eval(1)),
+                 Status.passed, "win rate >= 0.6", id="human-eval-passed"),
 ])
 def test_recipe_check(check: Check, s: RecipeState, status: Status, words: str) -> None:
     f = check(s)
@@ -192,13 +216,13 @@ def _snapshot(*states: RecipeState, invalid: list[InvalidRecipe] | None = None,
 
 
 def _good() -> dict[str, Any]:
-    return {**GATED, **EARLY, "spec.deploy.rollout": {**PLAN, "min_requests": 300},
+    return {**GATED, **EARLY, **HUMAN, "spec.deploy.rollout": {**PLAN, "min_requests": 300},
             "spec.training.max_steps": 200}
 
 
 def test_a_recipe_that_follows_every_practice_passes_every_item() -> None:
     s = state(_good(), data=data_stats(), versions=[version(1, metrics={
-        **WITH_BASE, "general": {"regression": 0.01}})])
+        **WITH_BASE, "general": {"regression": 0.01}})], human=human_eval(1))
     report = diagnose(_snapshot(s, prometheus=Prometheus(url="http://p", targets=_targets("up"))))
     assert [f.item for f in report.findings if f.status is not Status.passed] == []
     assert len(report.findings) == len(RECIPE_CHECKS) + 1

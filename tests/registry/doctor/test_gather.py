@@ -25,6 +25,7 @@ from registry.doctor.checks import check_metrics_scraped
 from registry.doctor.gather import read_prometheus
 from registry.settings import Settings
 from tests.support.cli import run_reg
+from tests.support.doctor import human_eval
 from tests.support.factories import ArtifactFactory, RegistryFactory
 from tests.support.services import free_port, running_prometheus
 
@@ -100,6 +101,8 @@ def test_a_registered_versions_record_and_data_report(
     reg.register(make_artifact("faq-bot", metrics=metrics,
                                extra_files={"data_report.json": json.dumps(report).encode()}))
     reg.register(make_artifact("faq-bot", method="full"))  # v2: no data report, no base
+    reg.record_human_eval(human_eval(1, model="faq-bot", wins=2, losses=8))
+    reg.record_human_eval(human_eval(2, model="faq-bot"))  # the newest ready version's
     for junk in (b"not json", b'{"splits": "train"}'):  # hand-made files: not data reports
         reg.register(make_artifact("other-bot", extra_files={"data_report.json": junk}))
 
@@ -109,6 +112,8 @@ def test_a_registered_versions_record_and_data_report(
     assert [v.number for v in states["other-bot"].versions] == [1, 2]
     assert states["other-bot"].data is None
     state = states["faq-bot"]
+    assert state.human_eval is not None and state.human_eval.candidate == 2
+    assert state.human_eval.win_rate == 0.7 and states["other-bot"].human_eval is None
     assert [(v.number, v.method) for v in state.versions] == [(1, "lora"), (2, "full")]
     d = state.data
     assert d is not None and d.source == "faq-bot@v1's data report" and d.current is False
