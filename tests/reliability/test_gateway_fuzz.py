@@ -18,13 +18,11 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
-from hypothesis import strategies as st
 
 from registry.deployments import Deployment
 from registry.traffic import TrafficPolicy
@@ -41,7 +39,7 @@ from tests.support.fault_server import (
 )
 from tests.support.figures import record
 from tests.support.gateway import Server, serve_in_thread
-from tests.support.paths import REPO
+from tests.support.request_bodies import bodies, check_answer, error_validator
 from tests.support.sources import InMemorySource
 
 SEED = 20261202
@@ -50,7 +48,6 @@ MODEL = "support-bot"
 ENGINE = "/base"
 CONTEXT = 512  # the engine's --max-model-len
 LIMIT = 64 * 1024  # the gateway's REG_MAX_BODY_BYTES here
-PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
 def upstream(req: Request) -> list[bytes]:
@@ -95,81 +92,7 @@ def gateway() -> Iterator[Gateway]:
 
 @pytest.fixture(scope="module")
 def error_schema() -> jsonschema.Draft202012Validator:
-    """OpenAI's published ErrorResponse schema (the file tests/serving/conftest.py reads)."""
-    defs = json.loads((REPO / "tests" / "support" / "openai-schemas.json").read_text())["$defs"]
-    return jsonschema.Draft202012Validator({"$defs": defs, "$ref": "#/$defs/ErrorResponse"})
-
-
-# ---------------------------------------------------------------- bodies
-
-ODD = ["\ud800", "\udfff", "\x00", "\u202e", "\ufeff", "\U0001f600", "e\u0301", "\u2028"]
-odd_text = st.lists(st.one_of(st.sampled_from(ODD), st.characters()), max_size=16).map(
-    "".join)
-huge_counts = st.sampled_from([0, -1, 1, CONTEXT, CONTEXT + 1, 2**31, 2**63, 10**30, 10**4000,
-                               1.5, 8.0, 1e308, -0.0])
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), huge_counts,
-                    st.floats(allow_nan=False), odd_text)
-json_values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(odd_text, inner, max_size=3)), max_leaves=8)
-MESSAGES = [{"role": "user", "content": "hi"}]
-FIELDS = ["model", "messages", "prompt", "max_tokens", "max_completion_tokens", "n", "best_of",
-          "stream", "stream_options", "user", "temperature", "top_p", "stop", "logprobs",
-          "seed", "tools", "response_format", "extra"]
-
-
-@st.composite
-def bodies(draw: st.DrawFn) -> tuple[str, bytes, str]:
-    """(path, raw body, content type)."""
-    path = draw(st.sampled_from(PATHS))
-    base: dict[str, Any] = {"model": MODEL, "max_tokens": 4}
-    base.update({"messages": MESSAGES} if path == PATHS[0] else {"prompt": "hi"})
-    kind = draw(st.sampled_from(["valid", "wrong-type", "counts", "deep", "near-limit",
-                                 "bytes", "truncated", "unicode", "not-an-object"]))
-    if kind == "wrong-type":
-        for name in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=3)):
-            base[name] = draw(json_values)
-    elif kind == "counts":
-        for name in draw(st.lists(st.sampled_from(["max_tokens", "max_completion_tokens", "n",
-                                                   "best_of"]), min_size=1, max_size=3)):
-            base[name] = draw(huge_counts)
-    elif kind == "deep":
-        depth = draw(st.sampled_from([10, 100, 900, 1000, 1100, 5000, 20_000]))
-        field = draw(st.sampled_from(["messages", "prompt", "extra", "stop"]))
-        text = json.dumps(base)[:-1] + f', "{field}": ' + "[" * depth + "]" * depth + "}"
-        return path, text.encode(), "application/json"
-    elif kind == "near-limit":
-        size = LIMIT + draw(st.integers(-200, 200)) - len(json.dumps(base)) - 12
-        base[draw(st.sampled_from(["user", "extra", "prompt"]))] = "a" * max(0, size)
-    elif kind == "bytes":
-        return path, draw(st.binary(max_size=64)), "application/json"
-    elif kind == "truncated":
-        whole = json.dumps(base).encode()
-        return path, whole[:draw(st.integers(0, len(whole) - 1))], "application/json"
-    elif kind == "unicode":
-        base[draw(st.sampled_from(["model", "user", "extra", "stop"]))] = draw(odd_text)
-        if path == PATHS[0]:
-            base["messages"] = [{"role": "user", "content": draw(odd_text)}]
-    elif kind == "not-an-object":
-        base = draw(json_values)
-    if draw(st.booleans()) and isinstance(base, dict) and kind == "valid":
-        base["stream"] = True
-    raw = json.dumps(base).encode()  # ensure_ascii: lone surrogates are \ud800 escapes
-    ctype = draw(st.sampled_from(["application/json", "application/json", "text/plain",
-                                  "application/x-www-form-urlencoded", "",
-                                  "application/json; charset=latin-1", "multipart/form-data"]))
-    return path, raw, ctype
-
-
-def check_answer(r: httpx.Response, error_schema: jsonschema.Draft202012Validator) -> None:
-    assert r.status_code < 500, (r.status_code, r.text[:500])
-    if r.status_code >= 400:
-        assert r.headers["content-type"] == "application/json", r.headers
-        body = r.json()
-        error = jsonschema.exceptions.best_match(error_schema.iter_errors(body))
-        assert error is None, (error, body)
-        assert len(body["error"]["message"]) < 400, "a message, not the body echoed"
-    else:
-        assert r.status_code == 200, r.text[:500]
+    return error_validator()
 
 
 def test_generated_bodies_get_openai_4xx_or_the_engines_answer_never_a_5xx(
@@ -183,7 +106,7 @@ def test_generated_bodies_get_openai_4xx_or_the_engines_answer_never_a_5xx(
     @settings(max_examples=EXAMPLES, database=None, deadline=None, print_blob=True,
               phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(case=bodies())
+    @given(case=bodies(MODEL, LIMIT))
     def one(case: tuple[str, bytes, str]) -> None:
         path, raw, ctype = case
         before = gateway.forwarded()
