@@ -38,7 +38,8 @@ def test_new_user_flow(settings: Settings, make_artifact: ArtifactFactory) -> No
     assert [(v["number"], v["stages"]) for v in versions] == [(1, ["production"]), (2, [])]
     show = json.loads(reg_ok(settings, "show", "v1", "--json").stdout)
     assert show.pop("artifact")["digest"] == versions[0]["artifact_digest"]
-    assert show.pop("tracking") is None  # show's own detail (report_to: the run links)
+    assert show.pop("tracking") is None  # show's own details: report_to's run links,
+    assert show.pop("human_evaluations") == []  # and the human evaluations imported
     assert list(versions[0].items()) == list(show.items())  # listed as `reg show` writes it
     assert versions[0]["adapter_name"] == "support-bot@v1"
 
