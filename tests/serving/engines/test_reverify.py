@@ -10,7 +10,6 @@ real-vLLM counterpart is tests/reliability/test_engine_faults_live.py.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,55 +22,23 @@ from serving.config import ServeConfig
 from serving.engines.supervisor import Supervisor
 from serving.gateway.metrics import Metrics
 from serving.gateway.state import GatewayState, StatePublisher
-from tests.support.fault_server import FaultServer, Request, response
+from tests.support.scripted_engine import ScriptedEngine, scripted_engine
 from tests.support.sources import InMemorySource
 
 BASE = "/models/tiny"
 NAME = "bot@v1"
 
 
-class ProbedEngine:
-    """vLLM's /health, /v1/models, runtime LoRA routes and a chat route answering ``answer``."""
-
-    def __init__(self) -> None:
-        self.loaded: set[str] = set()
-        self.healthy = True
-        self.answer = "alpha: reset"
-        self.chats: list[str] = []  # the adapter each chat completion asked for
-        self.server = FaultServer(self.handle)
-
-    def handle(self, req: Request) -> list[bytes]:
-        if req.path == "/health" and not self.healthy:
-            return [response(b"", status="500 Internal Server Error", ctype="text/plain")]
-        if req.path == "/v1/models":
-            data = [{"id": "tiny", "object": "model"}] + [
-                {"id": n, "object": "model", "parent": "tiny"} for n in sorted(self.loaded)]
-            return [response(json.dumps({"object": "list", "data": data}).encode())]
-        if req.path == "/v1/chat/completions":
-            self.chats.append(json.loads(req.body)["model"])
-            body = {"choices": [{"index": 0, "message": {"role": "assistant",
-                                                         "content": self.answer}}]}
-            return [response(json.dumps(body).encode())]
-        if req.path == "/v1/load_lora_adapter":
-            self.loaded.add(json.loads(req.body)["lora_name"])
-        elif req.path == "/v1/unload_lora_adapter":
-            self.loaded.discard(json.loads(req.body)["lora_name"])
-        return [response(b"", ctype="text/plain")]
-
-
 @pytest.fixture
-def engine() -> Iterator[ProbedEngine]:
-    e = ProbedEngine()
-    try:
+def engine() -> Iterator[ScriptedEngine]:
+    with scripted_engine() as e:
         yield e
-    finally:
-        e.server.stop()
 
 
 @pytest.mark.parametrize("after_restart", ["alpha: reset", "bravo: wrong weights"],
                          ids=["probes-match", "probes-differ"])
 def test_a_restarted_engine_serves_an_adapter_again_only_once_its_probes_match(
-    tmp_path: Path, engine: ProbedEngine, after_restart: str,
+    tmp_path: Path, engine: ScriptedEngine, after_restart: str,
 ) -> None:
     root = tmp_path / "adapters"
     (root / NAME).mkdir(parents=True)

@@ -9,7 +9,6 @@ counterpart is in tests/serving/test_live.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,43 +23,16 @@ from serving.engines.state import Deployed
 from serving.engines.supervisor import Supervisor
 from serving.gateway.metrics import Metrics
 from serving.gateway.state import GatewayState, StatePublisher
-from tests.support.fault_server import FaultServer, Request, response
+from tests.support.scripted_engine import ScriptedEngine, scripted_engine
 from tests.support.sources import InMemorySource
 
 BASE = "/models/tiny"
 
 
-class ScriptedEngine:
-    """vLLM's /health, /v1/models and runtime LoRA routes, over a set of loaded names."""
-
-    def __init__(self) -> None:
-        self.loaded: set[str] = set()
-        self.healthy = True
-        self.paths: list[str] = []  # every request's path, in order
-        self.server = FaultServer(self.handle)
-
-    def handle(self, req: Request) -> list[bytes]:
-        self.paths.append(req.path)
-        if req.path == "/health" and not self.healthy:
-            return [response(b"", status="500 Internal Server Error", ctype="text/plain")]
-        if req.path == "/v1/models":
-            data = [{"id": "tiny", "object": "model"}] + [
-                {"id": n, "object": "model", "parent": "tiny"} for n in sorted(self.loaded)]
-            return [response(json.dumps({"object": "list", "data": data}).encode())]
-        if req.path == "/v1/load_lora_adapter":
-            self.loaded.add(json.loads(req.body)["lora_name"])
-        elif req.path == "/v1/unload_lora_adapter":
-            self.loaded.discard(json.loads(req.body)["lora_name"])
-        return [response(b"", ctype="text/plain")]
-
-
 @pytest.fixture
 def engine() -> Iterator[ScriptedEngine]:
-    e = ScriptedEngine()
-    try:
+    with scripted_engine() as e:
         yield e
-    finally:
-        e.server.stop()
 
 
 def deployment(version: int, stage: str, max_model_len: int) -> Deployment:
