@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +47,8 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, list[Problem]]:
         line = mark.line + 1 if mark is not None else None
         col = mark.column + 1 if mark is not None else None
         msg = (e.problem or e.context or "invalid YAML").strip()
+        if len(msg) > 200:  # a duplicate key's message quotes both values, whole
+            msg = msg[:197] + "..."
         return None, [Problem(str(path), line, col, "", f"YAML syntax error: {msg}",
                               hint="check indentation, quoting and ':' after keys")]
     except ReaderError as e:  # a character YAML forbids; it knows only the offset
@@ -57,6 +61,21 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, list[Problem]]:
     except YAMLError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return None, [Problem(str(path), 1, 1, "", f"YAML error: {first}")]
+    except RecursionError:  # the parser recurses once per level of nesting
+        line, col = _deep_flow_position(text)
+        return None, [Problem(str(path), line, col, "", "nested too deeply to be parsed "
+                              f"(a recipe nests at most {MAX_DEPTH} levels)",
+                              hint="a recipe nests a few levels; remove the nesting")]
+    except ValueError as e:  # ruamel reads integers with int(), which refuses over 4300 digits
+        digits = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
+        if digits is None:
+            return None, [Problem(str(path), None, None, "", f"YAML value cannot be read: {e}")]
+        pos = digits.start()
+        line = text.count("\n", 0, pos) + 1
+        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        return None, [Problem(str(path), line, col, "",
+                              f"a number of {len(digits.group())} digits is too long to read",
+                              hint="write a number of a sensible size")]
     docs = [d for d in docs if d is not None]
     if len(docs) != 1:
         return None, [Problem(str(path), 1, 1, "", f"expected one YAML document, found {len(docs)}",
@@ -65,7 +84,53 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(str(path), 1, 1, "", "a recipe must be a mapping of keys",
                               got=_yaml_type(docs[0]),
                               hint="start from `reg init DIR --example` or `reg schema`")]
+    too_big = _too_big(docs[0])
+    if too_big is not None:
+        loc, message = too_big
+        line, col = position(docs[0], loc)
+        return None, [Problem(str(path), line, col, ".".join(map(str, loc)), message,
+                              hint="a recipe nests a few levels and holds a few hundred values")]
     return docs[0], []
+
+
+# A recipe nests about six levels and holds a few hundred values. Bounds far above that keep
+# what follows the parse (JSON for pydantic, which stops at 128 levels; walks of the
+# document) from recursing too deep or expanding aliases of aliases ("billion laughs"): a
+# file of a few lines would otherwise stand for millions of values.
+MAX_DEPTH = 32
+MAX_VALUES = 10_000
+NESTED_TOO_DEEPLY = f"nested more than {MAX_DEPTH} levels deep"
+
+
+def _too_big(doc: Any) -> tuple[tuple[Any, ...], str] | None:
+    """The first value nested deeper than MAX_DEPTH, or past MAX_VALUES values counting each
+    alias as a copy, with what is wrong; None for a document of a sensible size."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(doc, ())]
+    seen = 0
+    while stack:
+        node, loc = stack.pop()
+        seen += 1
+        if len(loc) > MAX_DEPTH:
+            return loc, NESTED_TOO_DEEPLY
+        if seen > MAX_VALUES:
+            return loc[:1], (f"holds more than {MAX_VALUES} values (aliases of aliases "
+                             "count every copy)")
+        if isinstance(node, dict):
+            stack.extend((v, (*loc, k)) for k, v in reversed(list(node.items())))
+        elif isinstance(node, list):
+            stack.extend((v, (*loc, i)) for i, v in reversed(list(enumerate(node))))
+    return None
+
+
+def _deep_flow_position(text: str) -> tuple[int | None, int | None]:
+    """1-based (line, column) where flow brackets first nest past MAX_DEPTH (quotes are not
+    parsed: a best guess for a file the parser gave up on); (None, None) if they never do."""
+    depth = 0
+    for pos, char in enumerate(text):
+        depth += 1 if char in "[{" else -1 if char in "]}" else 0
+        if depth > MAX_DEPTH:
+            return text.count("\n", 0, pos) + 1, pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return None, None
 
 
 def _yaml_type(value: Any) -> str:

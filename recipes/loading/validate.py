@@ -82,7 +82,12 @@ def _path_problems(loaded: LoadedRecipe, doc: Any, shown: str) -> list[Problem]:
         except ValueError as e:
             problem(loc, str(e), repr(rel), "use a path inside the workspace")
             continue
-        if not target.is_file():
+        try:
+            found = target.is_file()
+        except OSError as e:  # a name longer than the file system allows, say
+            problem(loc, f"cannot check data file: {e.strerror}", repr(rel), "check the path")
+            continue
+        if not found:
             problem(loc, f"data file not found: {target}", repr(rel),
                     "check the path; it is relative to the recipe file")
     loc = ("spec", "base_model", "path")
@@ -92,7 +97,10 @@ def _path_problems(loaded: LoadedRecipe, doc: Any, shown: str) -> list[Problem]:
     except ValueError as e:
         problem(loc, str(e), repr(rel), "use a path inside the workspace")
         return out
-    bad = model_folder_problem(model_dir)
+    try:
+        bad = model_folder_problem(model_dir)
+    except OSError as e:
+        bad = (f"cannot check base model folder: {e.strerror}", "check the path")
     if bad is not None:
         problem(loc, bad[0], repr(rel), bad[1])
     return out
