@@ -481,3 +481,33 @@ def test_reg_plan_and_reconcile_refuse_broken_recipes_without_a_traceback_or_a_w
         assert tree(ws, digest=True) == files, "the workspace changed"
     record("bad input", "broken recipes through reg plan/reconcile", len(cases),
            "recipes, exit code 1, 0 tracebacks, 0 writes")
+
+
+@pytest.mark.parametrize(("old", "new", "field", "message"), [
+    pytest.param("owner: support-team", "owner: " + "[" * 5000 + "]" * 5000, "",
+                 "nested too deeply to be parsed", id="flow-nested-5000-deep"),
+    pytest.param("owner: support-team", "owner:" + "".join(
+        "\n" + " " * (4 + 2 * n) + "a:" for n in range(40)) + " x", "metadata.owner.a.a",
+                 "nested more than 32 levels deep", id="block-nested-40-deep"),
+    pytest.param("r: 8 ", "r: 1" + "0" * 5000 + " ", "",
+                 "a number of 5001 digits is too long to read", id="5001-digits"),
+    pytest.param("owner: support-team", "owner: x\n  " + _bomb(7).rstrip().replace("\n", "\n  "),
+                 "metadata", "holds more than 10000 values", id="billion-laughs"),
+    pytest.param("../data/support.jsonl", "a" * 300, "spec.data.sources.0.path",
+                 "cannot check data file: File name too long", id="path-too-long"),
+    pytest.param("owner: support-team", "owner: [" + "x, " * 1000 + "]\n  owner: y", "",
+                 "found duplicate key", id="duplicate-key-long-value"),
+])
+def test_the_recipes_the_fuzzing_found_are_problems(
+    fuzz_root: Root, old: str, new: str, field: str, message: str,
+) -> None:
+    """Each raised (RecursionError, ValueError, OSError), took minutes, or quoted a whole
+    value before the loader bounded it."""
+    template = (fuzz_root.ws / "recipes" / "support-bot.yaml").read_text()
+    assert old in template
+    path = fuzz_root.ws / "recipes" / "found.yaml"
+    loaded, problems = validate_document(path, template.replace(old, new, 1), fuzz_root.ws)
+    assert loaded is None and problems
+    p = problems[0]
+    assert p.field.startswith(field) and message in p.message, p.render()[:500]
+    assert p.line is not None and len(p.render()) < 600, p.render()[:1000]
