@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -477,6 +478,8 @@ def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
         raise BadRequest(NESTED_TOO_DEEPLY) from e
     if not isinstance(body, dict):
         raise BadRequest(f"The request body must be a JSON object, not {_json_type(body)}.")
+    if b"\\ud" in raw or b"\\uD" in raw:  # only a \u escape writes a lone surrogate
+        _refuse_lone_surrogates(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required: a model name, MODEL:STAGE or MODEL@vN.", "model")
@@ -509,6 +512,28 @@ def parse_request(raw: bytes, kind: Kind) -> dict[str, Any]:
         raise BadRequest(f"'n' is {_shown(body['n'])}; ask for at most {openapi.MAX_CHOICES} "
                          "choices in one request, as OpenAI allows.", "n")
     return body
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogates(body: dict[str, Any]) -> None:
+    """JSON lets a string hold half a UTF-16 pair ("\\ud800"); it is no text any tokenizer
+    reads, and vLLM answers it with a 500. A whole pair parses to one character and passes."""
+    for name, value in body.items():
+        stack: list[Any] = [name, value]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, str) and _SURROGATE.search(node):
+                shown = name if not _SURROGATE.search(name) else None
+                raise BadRequest(f"'{shown or 'a field name'}' holds a lone UTF-16 surrogate "
+                                 "(an unpaired \\ud800-\\udfff escape), which is not text; "
+                                 "send valid Unicode.", shown)
+            if isinstance(node, dict):
+                stack.extend(node.keys())
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
 
 
 def check_max_tokens(body: dict[str, Any], max_model_len: int) -> None:

@@ -128,9 +128,14 @@ def test_generated_bodies_get_openai_4xx_or_the_engines_answer_never_a_5xx(
 
 
 @pytest.mark.parametrize(("body", "status", "param"), [
-    # JSON allows a lone surrogate; the routing key hashed it as UTF-8 and answered 500.
-    pytest.param(b'{"model": "support-bot", "prompt": "hi", "user": "\\ud800"}', 200, None,
+    # JSON allows half a UTF-16 pair: the routing key hashed it as UTF-8 and answered 500,
+    # and vLLM answers 500 to one in "stop". No tokenizer reads it: a 400 naming the field.
+    pytest.param(b'{"model": "support-bot", "prompt": "hi", "user": "\\ud800"}', 400, "user",
                  id="user-lone-surrogate"),
+    pytest.param(b'{"model": "support-bot", "prompt": "hi", "stop": ["a\\uDFFF"]}', 400,
+                 "stop", id="stop-lone-surrogate"),
+    pytest.param(b'{"model": "support-bot", "prompt": "hi \\ud83d\\ude00"}', 200, None,
+                 id="a-whole-pair-is-text"),
     # 1e308 is a whole number: the message once echoed all of its 309 digits.
     pytest.param(b'{"model": "support-bot", "prompt": "hi", "max_tokens": 1e308}', 400,
                  "max_tokens", id="max-tokens-1e308"),
