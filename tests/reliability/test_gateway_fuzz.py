@@ -17,20 +17,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import httpx
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from registry.deployments import Deployment
-from registry.traffic import TrafficPolicy
-from serving.config import ServeConfig
-from serving.engines.process import EngineState
-from serving.engines.state import EngineStatus
 from tests.support.fault_server import (
-    FaultServer,
     Request,
     chat_body,
     chunked,
@@ -38,15 +30,11 @@ from tests.support.fault_server import (
     sse_events,
 )
 from tests.support.figures import record
-from tests.support.gateway import Server, serve_in_thread
 from tests.support.request_bodies import bodies, check_answer, error_validator
-from tests.support.sources import InMemorySource
+from tests.support.scripted_gateway import MODEL, Gateway, scripted_gateway
 
 SEED = 20261202
 EXAMPLES = 300
-MODEL = "support-bot"
-ENGINE = "/base"
-CONTEXT = 512  # the engine's --max-model-len
 LIMIT = 64 * 1024  # the gateway's REG_MAX_BODY_BYTES here
 
 
@@ -57,37 +45,11 @@ def upstream(req: Request) -> list[bytes]:
     return [response(chat_body(body["model"]))]
 
 
-@dataclass
-class Gateway:
-    srv: Server
-    engine: FaultServer
-    http: httpx.Client
-
-    def forwarded(self) -> int:
-        return len([r for r in self.engine.requests if r.path.startswith("/v1/")])
-
-
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
     """support-bot v1 (production) behind a real gateway, over the scripted engine."""
-    from serving.gateway.app import create_app
-    from serving.gateway.routing import build_catalogue
-
-    deps = [Deployment(MODEL, 1, ("production",), "d1", ENGINE, CONTEXT)]
-    policies = {MODEL: TrafficPolicy(MODEL, {"production": 100})}
-    engine = FaultServer(upstream)
-    srv = serve_in_thread(create_app(InMemorySource(deps, policies),
-                                     ServeConfig(admin_token="t", max_body_bytes=LIMIT),
-                                     manage_engines=False))
-    srv.gateway.state.catalogue = build_catalogue(deps, policies, marker=1)
-    srv.gateway.state.loaded_once = True
-    srv.gateway.state.engines = {ENGINE: EngineStatus(
-        key=ENGINE, url=engine.url, state=EngineState.ready, max_model_len=CONTEXT)}
-    gw = Gateway(srv, engine, httpx.Client(timeout=30))
-    yield gw
-    gw.http.close()
-    srv.stop()
-    engine.stop()
+    with scripted_gateway(upstream, admin_token="t", max_body_bytes=LIMIT) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +71,12 @@ def test_generated_bodies_get_openai_4xx_or_the_engines_answer_never_a_5xx(
     @given(case=bodies(MODEL, LIMIT))
     def one(case: tuple[str, bytes, str]) -> None:
         path, raw, ctype = case
-        before = gateway.forwarded()
+        before = len(gateway.forwarded())
         r = gateway.http.post(gateway.srv.url + path, content=raw,
                               headers={"content-type": ctype} if ctype else {})
         check_answer(r, error_schema)
         # What the gateway refused never reached the engine; what it served did.
-        assert gateway.forwarded() == before + (r.status_code == 200)
+        assert len(gateway.forwarded()) == before + (r.status_code == 200)
         seen[r.status_code] += 1
 
     one()

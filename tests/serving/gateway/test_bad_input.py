@@ -8,34 +8,25 @@ run (the tests set the engine's state).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import select
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from registry.deployments import Deployment
-from registry.traffic import TrafficPolicy
-from serving.config import ServeConfig
-from serving.engines.process import EngineState
-from serving.engines.state import EngineStatus
 from serving.gateway.errors import NESTED_TOO_DEEPLY
-from tests.support.fault_server import FaultServer, Request, chat_body, response
-from tests.support.gateway import Server, serve_in_thread
-from tests.support.sources import InMemorySource
+from tests.support.fault_server import Request, chat_body, response
+from tests.support.scripted_gateway import CONTEXT, MODEL, Gateway, scripted_gateway
 
-MODEL = "support-bot"
-ENGINE = "/base"
 TOKEN = "admin-token"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
-CONTEXT = 512  # the engine's --max-model-len
 LIMIT = 64 * 1024  # the tests' REG_MAX_BODY_BYTES
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -44,53 +35,15 @@ def upstream(req: Request) -> list[bytes]:
     return [response(chat_body(json.loads(req.body)["model"]))]
 
 
-@dataclass
-class Gateway:
-    srv: Server
-    engine: FaultServer
-    http: httpx.Client
-
-    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None
-             ) -> httpx.Response:
-        return self.http.post(self.srv.url + path, content=body,
-                              headers={"content-type": "application/json", **(headers or {})})
-
-    def forwarded(self) -> list[Request]:
-        """What reached the engine (completion requests only)."""
-        return [r for r in self.engine.requests if r.path.startswith("/v1/")]
-
-
 GatewayFactory = Callable[..., Gateway]
 
 
 @pytest.fixture
 def make_gateway() -> Iterator[GatewayFactory]:
     """make_gateway(**ServeConfig fields) -> support-bot v1 (production) behind a gateway."""
-    from serving.gateway.app import create_app
-    from serving.gateway.routing import build_catalogue
-
-    made: list[Gateway] = []
-
-    def make(**config: Any) -> Gateway:
-        deps = [Deployment(MODEL, 1, ("production",), "d1", ENGINE, CONTEXT)]
-        policies = {MODEL: TrafficPolicy(MODEL, {"production": 100})}
-        engine = FaultServer(upstream)
-        cfg = ServeConfig(**{"admin_token": TOKEN, "max_body_bytes": LIMIT, **config})
-        srv = serve_in_thread(create_app(InMemorySource(deps, policies), cfg,
-                                         manage_engines=False))
-        srv.gateway.state.catalogue = build_catalogue(deps, policies, marker=1)
-        srv.gateway.state.loaded_once = True
-        srv.gateway.state.engines = {ENGINE: EngineStatus(
-            key=ENGINE, url=engine.url, state=EngineState.ready, max_model_len=CONTEXT)}
-        gw = Gateway(srv, engine, httpx.Client(timeout=30))
-        made.append(gw)
-        return gw
-
-    yield make
-    for gw in made:
-        gw.http.close()
-        gw.srv.stop()
-        gw.engine.stop()
+    with contextlib.ExitStack() as stack:
+        yield lambda **config: stack.enter_context(scripted_gateway(
+            upstream, **{"admin_token": TOKEN, "max_body_bytes": LIMIT, **config}))
 
 
 @pytest.fixture
