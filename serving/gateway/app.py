@@ -46,11 +46,12 @@ from serving.engines.supervisor import Supervisor
 from serving.gateway import openapi
 from serving.gateway.admin import admin_router
 from serving.gateway.auth import AdminDenied, admin_denied_handler
+from serving.gateway.bodies import Kind
 from serving.gateway.errors import NESTED_TOO_DEEPLY, error_response
 from serving.gateway.faults import Faults
 from serving.gateway.limits import BodyTooLarge, check_declared, declared_length, limited_receive
 from serving.gateway.metrics import CONTENT_TYPE, Metrics
-from serving.gateway.openai_api import PATHS, Kind, OpenAIRoutes
+from serving.gateway.openai_api import PATHS, OpenAIRoutes
 from serving.gateway.operator_metrics import OperatorMetrics, RegistryReader
 from serving.gateway.page import page_router
 from serving.gateway.rollouts import RolloutHost
