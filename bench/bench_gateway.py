@@ -123,10 +123,10 @@ class EchoStack:
 def echo_stack(tmp: Path, kind: str, database_url: str | None = None) -> Iterator[EchoStack]:
     home = echo_home(tmp, database_url)
     db = {} if database_url is None else {"REG_DATABASE_URL": database_url}
-    with echo_backend(kind) as echo_url, \
-            reg_serve(home, {"REG_EXTERNAL_ENGINES": f"/echo={echo_url}", **db}) as (url,
-                                                                                  serve):
-        yield EchoStack(kind, echo_url, url, serve, home, database_url)
+    with echo_backend(kind) as echo_url:
+        env = {"REG_EXTERNAL_ENGINES": f"/echo={echo_url}", **db}
+        with reg_serve(home, env) as (url, serve):
+            yield EchoStack(kind, echo_url, url, serve, home, database_url)
 
 
 def echo_home(tmp: Path, database_url: str | None = None) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -22,8 +23,8 @@ POLL_S = 60.0  # no pass would come from polling during the test
 WAIT_S = 20.0
 
 
-async def _until(what: str, check: object, deadline: float) -> None:
-    while not check():  # type: ignore[operator]
+async def _until(what: str, check: Callable[[], bool], deadline: float) -> None:
+    while not check():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.02)
 
@@ -55,8 +56,10 @@ def test_a_change_committed_elsewhere_starts_a_pass_at_once(
                             writer.record_event, "test.change", actor="tester",
                             message=str(n))
                         deadline = time.monotonic() + WAIT_S
-                        await _until(f"change {n} heard", lambda e=event: sup.marker == e,
-                                     deadline)
+                        def heard(e: int = event) -> bool:
+                            return sup.marker == e
+
+                        await _until(f"change {n} heard", heard, deadline)
                         seen.append(event)
                 finally:
                     await sup.stop()
