@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 # Bump together with a new file in registry/migrations/versions (a test checks they agree).
-HEAD_REVISION = "0004_human_evaluations"
+HEAD_REVISION = "0005_eval_runs"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 WRITE_OPTION = "reg_write"
 _MIGRATION_LOCK_KEY = 0x7265675F6D6967  # "reg_mig", for pg_advisory_lock

@@ -3,8 +3,8 @@
 ``Registry.open()`` reads :class:`~registry.settings.Settings` from the environment,
 opens the database (migrating it on first use) and returns the facade. It is composed
 of one part per noun (``versions``, ``registration``, ``stages``, ``traffic``,
-``serving``, ``human_eval``, ``audit``, ``runs``, and ``overview``, the operators' read
-model) over one unit of work (``unit``). Decisions come from the pure modules
+``serving``, ``human_eval``, ``eval_runs``, ``audit``, ``runs``, and ``overview``, the
+operators' read model) over one unit of work (``unit``). Decisions come from the pure modules
 (``registry.versions``, ``registry.stages``, ``registry.traffic``); each part loads state,
 calls them and writes the outcome and its audit event in one transaction.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from registry.api.audit import AuditApi
+from registry.api.eval_runs import EvalRunsApi
 from registry.api.human_eval import HumanEvalApi
 from registry.api.overview import Overview, OverviewApi
 from registry.api.registration import RegisterOutcome, RegistrationApi
@@ -32,7 +33,7 @@ __all__ = ["Clock", "Overview", "RegisterOutcome", "Registry", "RolloutChange", 
 
 
 class Registry(VersionsApi, RegistrationApi, RolloutsApi, StagesApi, TrafficApi, HumanEvalApi,
-               ServingApi, AuditApi, RunsApi, OverviewApi, UnitOfWork):
+               EvalRunsApi, ServingApi, AuditApi, RunsApi, OverviewApi, UnitOfWork):
     """Facade over the registry database and artifact store."""
 
     @classmethod
