@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from recipes.core.errors import DataError, ModelError
 from recipes.data.clean import CleanReport, clean_examples, content_id
+from recipes.data.drift import build_reference
 from recipes.data.format import (
     Tokenized,
     check_chat_template,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 OBJECTIVE_KIND: dict[Objective, Kind] = {
     Objective.sft: "chat", Objective.dpo: "preference", Objective.cpt: "text",
+    Objective.reward: "preference", Objective.grpo: "chat",  # grpo: the prompt side
 }
 
 
@@ -189,6 +191,23 @@ def _stats(kind: Kind, toks: list[Tokenized], rows: list[dict[str, Any]],
     return TokenStats.of(lengths, label_tokens=labels, truncated=truncated)
 
 
+def _prompt_reference(toks: list[Tokenized], tokenizer: PreTrainedTokenizerBase
+                      ) -> dict[str, Any]:
+    """The task rows' prompts as the gateway will see them (recipes.data.drift): a chat or
+    preference row's tokens before the first one the model learns, a text row's tokens
+    without the end-of-sequence token added to keep packed documents apart."""
+    eos = tokenizer.eos_token_id
+
+    def prompt(t: Tokenized) -> list[int]:
+        if t.example.kind != "text":
+            return t.input_ids[: t.prompt_tokens]
+        ids = t.input_ids
+        return ids[:-1] if ids and isinstance(eos, int) and ids[-1] == eos else ids
+
+    return build_reference((prompt(t) for t in toks),
+                           lambda i: str(tokenizer.decode([i]))).to_json()
+
+
 def prepare_data(loaded: LoadedRecipe, tokenizer: PreTrainedTokenizerBase,
                  out_dir: Path | None = None) -> PreparedData:
     """Load, clean, tokenize, split and mix a recipe's data; optionally write it to ``out_dir``.
@@ -224,6 +243,7 @@ def prepare_data(loaded: LoadedRecipe, tokenizer: PreTrainedTokenizerBase,
     if not toks:
         raise _empty_error([s.path for s in report.sources], cleaning, data.clean.max_tokens)
     _check_prompts_fit(toks, max_len)
+    report.prompts = _prompt_reference(toks, tokenizer)
     kept = Counter(t.example.file for t in toks)
     for s in report.sources:
         s.kept = kept.get(s.path, 0)

@@ -75,6 +75,9 @@ class DataReport:
     replay: dict[str, Any] | None = None
     split: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, TokenStats] = field(default_factory=dict)
+    # What the model will be asked, binned (recipes.data.drift.PromptReference.to_json):
+    # the gateway's drift score compares served prompts with it. None in older reports.
+    prompts: dict[str, Any] | None = None
     version: int = REPORT_VERSION
 
     @property

@@ -1,4 +1,5 @@
-"""Admin routes: status, reload, traffic policy, adapters, faults. All need the admin token.
+"""Admin routes: status, reload, traffic policy, adapters, faults, drift. All need the admin
+token.
 
 ``Authorization: Bearer $REG_ADMIN_TOKEN`` (checked by :mod:`serving.gateway.auth`, on
 every route of the router); with no token configured the routes are disabled (403),
@@ -27,6 +28,7 @@ from registry.versions import parse_version_ref
 from serving.config import ServeConfig
 from serving.engines.adapters import AdapterPathError, AdapterRefused, loadable
 from serving.gateway.auth import ADMIN_ACTOR, AdminDenied, admin_guard
+from serving.gateway.drift import DriftMonitor, DriftReport
 from serving.gateway.errors import error_response
 from serving.gateway.faults import MAX_LATENCY_MS, Fault, Faults
 from serving.gateway.state import GatewayState
@@ -63,6 +65,9 @@ class AdminContext(Protocol):
 
     @property
     def faults(self) -> Faults: ...
+
+    @property
+    def drift(self) -> DriftMonitor | None: ...
 
 
 # Types only: the values are judged by the registry's one policy validator, as `reg traffic`'s.
@@ -217,6 +222,16 @@ def admin_router(gw: AdminContext) -> APIRouter:
             return JSONResponse({"cleared": _fault_json(model, number, shown)})
         gw.faults.set(model, number, fault)
         return JSONResponse({"fault": _fault_json(model, number, fault)})
+
+    @router.get("/drift", response_model=DriftReport)
+    async def drift(model: str | None = None) -> Response:
+        """Per deployed version: prompts in the window, PSI per feature against its training
+        prompts, the verdict and the bins that moved most (docs/drift.md)."""
+        if gw.drift is None:
+            return error_response(501, "This gateway keeps no drift sketches.",
+                                  code="not_supported")
+        report = await asyncio.to_thread(gw.drift.report, None, model)
+        return JSONResponse(report.model_dump(mode="json"))
 
     def _engine(key: str | None) -> str:
         keys = list(gw.state.engines)

@@ -11,8 +11,9 @@ or there). Its lifespan:
 3. given a registry to host it over, starts the canary controller beside them
    (:class:`~serving.gateway.rollouts.RolloutHost`, `reg serve`'s default), and given a
    registry to read, the thread that keeps the operator metrics fresh
-   (:class:`~serving.gateway.operator_metrics.OperatorMetrics`); and the sampler of
-   ``/api/status``'s time series (:class:`~serving.gateway.status.StatusHost`);
+   (:class:`~serving.gateway.operator_metrics.OperatorMetrics`); the sampler of
+   ``/api/status``'s time series (:class:`~serving.gateway.status.StatusHost`); and the
+   drift worker (:class:`~serving.gateway.drift.DriftMonitor`);
 4. on shutdown, stops the controller, cancels shadow requests, stops the supervisor (and
    its engines) and closes both clients.
 
@@ -47,6 +48,7 @@ from serving.gateway import openapi
 from serving.gateway.admin import admin_router
 from serving.gateway.auth import AdminDenied, admin_denied_handler
 from serving.gateway.bodies import Kind
+from serving.gateway.drift import DriftMonitor
 from serving.gateway.errors import NESTED_TOO_DEEPLY, error_response
 from serving.gateway.faults import Faults
 from serving.gateway.limits import BodyTooLarge, check_declared, declared_length, limited_receive
@@ -84,6 +86,11 @@ class Gateway:
     def faults(self) -> Faults:
         """Faults injected for game days (the admin routes set them, the hot path applies)."""
         return self.api.faults
+
+    @property
+    def drift(self) -> DriftMonitor | None:
+        """The served prompts' drift from training, per version (``/admin/drift``)."""
+        return self.api.drift
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         engines = {
@@ -164,8 +171,11 @@ def create_app(
     """
     state = GatewayState()
     m = metrics or Metrics()
+    drift = DriftMonitor(
+        m, lambda: [d for v in state.catalogue.models.values() for d in v.stages.values()],
+        lambda d: source.fetch_artifact(d, config.adapter_root))
     gw = Gateway(source=source, config=config, writer=writer, state=state, metrics=m,
-                 api=OpenAIRoutes(state, config, m))
+                 api=OpenAIRoutes(state, config, m, drift=drift))
     reads = registry if registry is not None else controller
     operator = OperatorMetrics(None if reads is None else RegistryReader(reads))
     if reads is not None:
@@ -186,9 +196,11 @@ def create_app(
             gw.rollouts.start()
         operator.start()
         status.start()
+        drift.start()
         try:
             yield
         finally:
+            await asyncio.to_thread(drift.stop)
             await status.stop()
             await asyncio.to_thread(operator.stop)
             if gw.rollouts is not None:

@@ -15,6 +15,7 @@ which the Prometheus metric source reads back.
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from recipes.data.drift import FEATURES
 from rollout.canary import series
 from rollout.canary.series import Outcome
 
@@ -220,6 +222,34 @@ class Metrics:
             "says why; the supervisor retries with a backoff).",
             VERSION_LABELS, registry=r,
         )
+        # Drift (serving/gateway/drift.py, docs/drift.md): per version, not per stage.
+        self.drift_psi = Gauge(
+            "reg_drift_psi",
+            "Population stability index of the prompts a version was asked in the last hour "
+            "against its training prompts, per feature (length: prompt tokens in "
+            "power-of-two bins; tokens: the training prompts' 32 most frequent token ids "
+            "and `other`). Below 0.1 stable, 0.1-0.25 moderate, above 0.25 significant.",
+            ["model", "version", "feature"], registry=r,
+        )
+        self.drift_samples = Gauge(
+            "reg_drift_samples",
+            "Prompts in a version's drift window (the last hour); its PSI is noisy below "
+            "100.", ["model", "version"], registry=r,
+        )
+        self.drift_reference = Gauge(
+            "reg_drift_reference",
+            "1 when a deployed version's training data recorded a prompt reference to "
+            "compare with, 0 when it did not (trained before references were recorded).",
+            ["model", "version"], registry=r,
+        )
+        self.drift_dropped = Counter(
+            "reg_drift_dropped_prompts",
+            "Prompts left out of the drift window: queue_full (the tokenising queue was "
+            "full: the gateway was busier than the drift worker) or unreadable (no prompt "
+            "could be tokenised from the body).", ["reason"], registry=r,
+        )
+        for reason in ("queue_full", "unreadable"):
+            self.drift_dropped.labels(reason)
         self.policy_marker = Gauge(
             "reg_gateway_policy_marker",
             "The registry change marker the gateway's routing snapshot was built from.",
@@ -275,6 +305,29 @@ class Metrics:
         self.servable.clear()
         for model, version, stage, ok in rows:
             self.servable.labels(model, version, stage).set(1 if ok else 0)
+
+    def set_drift(self, model: str, version: str, reference: bool, samples: int,
+                  psi: Mapping[str, float]) -> None:
+        """One version's drift gauges; a feature with no PSI (no samples yet) exports none."""
+        self.drift_reference.labels(model, version).set(1 if reference else 0)
+        if not reference:
+            return
+        self.drift_samples.labels(model, version).set(samples)
+        for feature in FEATURES:
+            if feature in psi:
+                self.drift_psi.labels(model, version, feature).set(psi[feature])
+            else:
+                with contextlib.suppress(KeyError):
+                    self.drift_psi.remove(model, version, feature)
+
+    def drop_drift(self, model: str, version: str) -> None:
+        """A version no longer deployed: its drift series end."""
+        for gauge in (self.drift_reference, self.drift_samples):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, version)
+        for feature in FEATURES:
+            with contextlib.suppress(KeyError):
+                self.drift_psi.remove(model, version, feature)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

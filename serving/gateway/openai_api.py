@@ -16,7 +16,8 @@ A completion request:
    reached the client, it is retried once on the production version;
 5. is answered with the engine's bytes, ``model`` rewritten to what the client asked,
    with ``x-reg-version`` / ``x-reg-stage`` headers, and measured per version
-   (:mod:`serving.gateway.accounting`).
+   (:mod:`serving.gateway.accounting`); its prompt is queued for the drift worker of the
+   version routing chose (:mod:`serving.gateway.drift`, one append).
 
 Every microsecond on the two completion routes is the gateway's overhead on every
 request, so they are plain ASGI: :class:`~serving.gateway.app.GatewayApp` hands them to
@@ -52,6 +53,7 @@ from serving.gateway.accounting import (
 )
 from serving.gateway.auth import ApiKeys
 from serving.gateway.bodies import BadRequest, Kind, check_max_tokens, parse_request
+from serving.gateway.drift import DriftMonitor
 from serving.gateway.errors import (
     NESTED_TOO_DEEPLY,
     error_response,
@@ -105,13 +107,14 @@ class OpenAIRoutes:
     """The OpenAI routes over the gateway's state; ``pool`` is set by the app's lifespan."""
 
     def __init__(self, state: GatewayState, config: ServeConfig, metrics: Metrics,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, drift: DriftMonitor | None = None) -> None:
         self.state = state
         self.config = config
         self.metrics = metrics
         # The canary analysis's per-request records (the app exposes them as Gateway.records).
         self.records = RequestLog()
         self.faults = faults or Faults(metrics.registry)
+        self.drift = drift  # the prompts' drift from training, per version (drift.py)
         self.keys = ApiKeys(config.api_keys)
         self.pool: UpstreamPool | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -179,6 +182,9 @@ class OpenAIRoutes:
             payload["stream_options"] = {**opts, "include_usage": True}
         if route.shadow is not None:
             self._spawn_shadow(route.shadow, payload, kind)
+        if self.drift is not None:
+            self.drift.observe(route.target.model, route.target.version, kind, payload,
+                               len(raw))
         self.state.in_flight += 1
         account = RequestAccount(self.metrics, self.records, route.target, t0, stream=stream)
         try:
