@@ -202,6 +202,12 @@ def engines() -> list[Any]:
               "when it is degraded (its adapter failed to fetch or load).", "short",
               q(f"min by (model, version, stage) (reg_deployment_servable{{{M}}})",
                 "{{model}} {{version}} ({{stage}})", instant=True)),
+        series("Prompt drift (PSI)", "Population stability index of the prompts each "
+               "version was asked in the last hour against its training prompts, by feature "
+               "(docs/drift.md): below 0.1 stable, 0.1-0.25 moderate, above 0.25 "
+               "significant. Noisy below 100 prompts (reg_drift_samples).", "short",
+               q(f"max by (model, version, feature) (reg_drift_psi{{{M}}})",
+                 "{{model}} {{version}} {{feature}}")),
     ]
 
 
