@@ -38,6 +38,26 @@ def make_recipe(workspace: Path) -> LoadedRecipeFactory:
     ``make_recipe("support-bot", name="x", **{"spec.training.max_steps": 5})``;
     a value of None removes the key.
     """
+    return _recipe_maker(workspace)
+
+
+@pytest.fixture(scope="module")
+def module_workspace(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """An example workspace shared by one test module's tests (runs trained once, checked
+    by several tests)."""
+    from recipes.scaffold.example import init_workspace
+
+    return init_workspace(tmp_path_factory.mktemp("ws") / "ws", example=True,
+                          model_from=tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def make_module_recipe(module_workspace: Path) -> LoadedRecipeFactory:
+    """``make_recipe`` in the module's shared workspace."""
+    return _recipe_maker(module_workspace)
+
+
+def _recipe_maker(workspace: Path) -> LoadedRecipeFactory:
     from ruamel.yaml import YAML
 
     def make(template: str, name: str | None = None, **overrides: Any) -> LoadedRecipe:
