@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from reg_cli import (
+    data_cmd,
     db_cmd,
     doctor_cmd,
     eval_cmd,
@@ -36,7 +37,7 @@ app = typer.Typer(
 )
 
 # In the order `reg --help` lists them.
-for module in (recipes_cmd, train_cmd, versions_cmd, models_cmd, stages_cmd, runs_cmd,
-               events_cmd, eval_cmd, export_cmd, db_cmd, reconcile_cmd, rollout_cmd,
+for module in (recipes_cmd, data_cmd, train_cmd, versions_cmd, models_cmd, stages_cmd,
+               runs_cmd, events_cmd, eval_cmd, export_cmd, db_cmd, reconcile_cmd, rollout_cmd,
                serve_cmd, status_cmd, doctor_cmd, fault_cmd):
     module.register(app)

@@ -1,68 +1,26 @@
 """`reg fault`: make a version fail or slow on purpose (game days), through the gateway.
 
-Thin: parse, ask the running gateway's admin API (``/admin/faults``, with
-``$REG_ADMIN_TOKEN``, at ``--url`` or ``$REG_GATEWAY_URL`` or the address `reg serve`
-uses by default), render. The gateway records each change as an audit event.
+Thin: parse, ask the running gateway's admin API (``/admin/faults``, through
+:mod:`reg_cli.gateway_admin`), render. The gateway records each change as an audit event.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from recipes.core.errors import RegError
 from reg_cli._common import ModelOpt, ReasonOpt, split_args
+from reg_cli.gateway_admin import GatewayError, UrlOpt, admin_call
 from reg_cli.output import JsonOpt, Output
 
-if TYPE_CHECKING:
-    import httpx
-
-UrlOpt = Annotated[str | None, typer.Option(
-    "--url", envvar="REG_GATEWAY_URL", show_envvar=True,
-    help="The gateway's base URL (default: where `reg serve` listens by default).")]
-
-
-class GatewayError(RegError):
-    """The gateway could not be reached, or refused the request."""
+_NOT_FOUND = "`reg fault` lists the faults injected now; `reg versions` the versions"
 
 
 def _call(method: str, path: str, *, url: str | None, json: Any = None,
           params: dict[str, str] | None = None) -> dict[str, Any]:
-    import httpx
-
-    from serving.config import ServeConfig
-
-    cfg = ServeConfig.from_env()
-    base = (url or cfg.url).rstrip("/")
-    headers = {"authorization": f"Bearer {cfg.admin_token}"} if cfg.admin_token else {}
-    try:
-        r = httpx.request(method, base + path, json=json, params=params, headers=headers,
-                          timeout=30)
-    except httpx.HTTPError as e:
-        raise GatewayError(f"cannot reach the gateway at {base}: {e}",
-                           hint="start it with `reg serve`, or point --url / REG_GATEWAY_URL "
-                           "at the running one") from e
-    if r.status_code >= 400:
-        raise GatewayError(f"the gateway at {base} refused: {_message(r)}",
-                           hint=_hint(r.status_code))
-    body: dict[str, Any] = r.json()
-    return body
-
-
-def _message(r: httpx.Response) -> str:
-    try:
-        return str(r.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {r.status_code}: {r.text[:300]}"
-
-
-def _hint(status: int) -> str | None:
-    if status in (401, 403):
-        return "set REG_ADMIN_TOKEN to the token `reg serve` was started with"
-    if status == 404:
-        return "`reg fault` lists the faults injected now; `reg versions` the versions"
-    return None
+    return admin_call(method, path, url=url, json=json, params=params,
+                      not_found_hint=_NOT_FOUND)
 
 
 def fault(

@@ -1,11 +1,11 @@
-"""Recipe commands: validate, schema, init, data."""
+"""Recipe commands: validate, schema, init (`reg data` is reg_cli.data_cmd)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -72,59 +72,7 @@ def init(
                  f"or start from `reg init DIR --example`")
 
 
-def data(
-    recipe: Annotated[Path, typer.Argument(help="Recipe file.")],
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="Folder for train/validation/test JSONL and data_report.json "
-        "(default: WORKSPACE/.reg/data/NAME).",
-    )] = None,
-    json_mode: JsonOpt = False,
-) -> None:
-    """Prepare a recipe's data (load, clean, redact, split, tokenize) and print the report."""
-    from recipes.data.pipeline import load_base_tokenizer, prepare_data
-    from recipes.data.write import default_data_dir
-    from recipes.loading.loader import load_recipe
-
-    output = Output(json_mode)
-    loaded = load_recipe(recipe)
-    out_dir = out if out is not None else default_data_dir(loaded.workspace, loaded.name)
-    prepared = prepare_data(loaded, load_base_tokenizer(loaded), out_dir)
-    report = prepared.report.to_json()
-    output.data({**report, "out_dir": str(prepared.out_dir)})
-    _render_report(output, report)
-    output.message(f"[green]Prepared {loaded.name}[/green] ({prepared.kind}) -> {out_dir}")
-    output.hint(f"inspect {out_dir / 'train.jsonl'}, then "
-                f"`reg train {recipe} --out DIR` trains on it")
-
-
-def _render_report(out: Output, report: dict[str, Any]) -> None:
-    out.table(f"Sources of {report['recipe']}", ["source", "file", "format", "rows", "kept"], [
-        (s["name"], s["path"], s["format"], s["rows"], s["kept"]) for s in report["sources"]
-    ])
-    cleaning = report["cleaning"]
-    rows: list[tuple[str, str, object]] = [("rows read", "", cleaning["rows_in"])]
-    rows += [("removed", reason, n) for reason, n in cleaning["removed"].items()]
-    rows += [("modified", what, n) for what, n in cleaning["modified"].items()]
-    rows += [("PII redacted", kind, n) for kind, n in cleaning["pii_redacted"].items()]
-    out.table("Cleaning", ["step", "reason", "count"], rows)
-    mix = report["mix"]
-    if len(mix["before"]) > 1 or report["replay"]:
-        mix_rows: list[tuple[str, object, object]] = [
-            (task, n, mix["after"][task]) for task, n in mix["before"].items()]
-        if report["replay"]:
-            mix_rows.append(("replay", report["replay"]["usable"], report["replay"]["added"]))
-        out.table(f"Training mix ({mix['strategy']})", ["task", "train rows", "after mixing"],
-                  mix_rows)
-    out.table(f"Splits (tokens, max_seq_length {report['max_seq_length']})",
-              ["split", "rows", "tokens", "min", "mean", "p50", "p95", "max", "labels",
-               "cut"],
-              [(name, s["examples"], s["tokens"], s["min"], s["mean"], s["p50"], s["p95"],
-                s["max"], "" if s["label_tokens"] is None else s["label_tokens"], s["truncated"])
-               for name, s in report["splits"].items()])
-
-
 def register(app: typer.Typer) -> None:
     app.command()(validate)
     app.command()(schema)
     app.command()(init)
-    app.command()(data)
