@@ -12,6 +12,7 @@ from reg_cli import (
     data_cmd,
     db_cmd,
     doctor_cmd,
+    drift_cmd,
     eval_cmd,
     events_cmd,
     export_cmd,
@@ -39,5 +40,5 @@ app = typer.Typer(
 # In the order `reg --help` lists them.
 for module in (recipes_cmd, data_cmd, train_cmd, versions_cmd, models_cmd, stages_cmd,
                runs_cmd, events_cmd, eval_cmd, export_cmd, db_cmd, reconcile_cmd, rollout_cmd,
-               serve_cmd, status_cmd, doctor_cmd, fault_cmd):
+               serve_cmd, status_cmd, doctor_cmd, fault_cmd, drift_cmd):
     module.register(app)
