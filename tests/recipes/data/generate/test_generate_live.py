@@ -53,7 +53,7 @@ def small_recipe(workspace: Path, write_recipe: RecipeFactory, write_rows: RowsW
 
 def _flags(stack: Server, *more: str) -> list[str]:
     return ["--endpoint", f"{stack.url}/v1", "--model", f"{MODEL}:production",
-            "--max-tokens", "16", "--seed", str(SEED), "--concurrency", "4", "--json", *more]
+            "--max-tokens", "16", "--seed", str(SEED), "--concurrency", "4", *more, "--json"]
 
 
 def _json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -124,9 +124,13 @@ def test_synthesize_from_a_topics_file(stack: Server, workspace: Path,
                                        small_recipe: Path) -> None:
     (workspace / "topics.txt").write_text("refunds\n# a comment\npasswords\n")
     out = workspace / "data" / "synth.jsonl"
-    prov = Provenance.model_validate(_json(reg(
-        "data", "synthesize", str(small_recipe), "--topics-file", "topics.txt", "--count", "4",
-        "--out", "data/synth.jsonl", *_flags(stack), cwd=workspace))["provenance"])
+    done = reg("data", "synthesize", str(small_recipe), "--topics-file", "topics.txt",
+               "--count", "4", "--out", "data/synth.jsonl", *_flags(stack)[:-1], cwd=workspace)
+    assert done.returncode == 0, done.stderr
+    print(done.stdout)  # what a person sees (no --json)
+    prov = Provenance.read(provenance_path(out))
+    assert f"Wrote {prov.rows} row(s) to data/synth.jsonl" in done.stdout
+    assert "add `- path: ../data/synth.jsonl` to data.sources" in done.stdout
     assert prov.topics == ["refunds", "passwords"] and prov.count == 4
     assert prov.requests == sum(prov.answered_by.values())
     assert 4 <= prov.requests <= 8  # a request, then its answer when the request parsed
