@@ -63,6 +63,14 @@ def _general(report: EvaluationReport) -> tuple[float | None, str]:
     )
 
 
+def _pairwise(report: EvaluationReport) -> tuple[float | None, str]:
+    pref = report.preference
+    if pref is None or not pref.examples or pref.chosen_preferred is None:
+        return None, "no test preference pairs were scored"
+    return pref.chosen_preferred, (
+        f"share of {pref.examples} test pairs with chosen ranked above rejected")
+
+
 # gate name -> (how to read its value, True when the value must stay at or below the threshold)
 _GATES: dict[str, tuple[Reading, bool]] = {
     "max_perplexity": (_split_value("perplexity"), True),
@@ -72,6 +80,7 @@ _GATES: dict[str, tuple[Reading, bool]] = {
     "min_contains": (_generation("contains"), False),
     "min_rouge_l": (_generation("rouge_l"), False),
     "max_general_regression": (_general, True),
+    "min_pairwise_accuracy": (_pairwise, False),
 }
 
 

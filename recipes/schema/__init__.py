@@ -34,6 +34,7 @@ from recipes.schema.training import EWCSpec as EWCSpec
 from recipes.schema.training import Objective as Objective
 from recipes.schema.training import Tracker as Tracker
 from recipes.schema.training import TrainingSpec as TrainingSpec
+from recipes.schema.training import rl_problems
 
 API_VERSION = "reg/v1"
 
@@ -253,6 +254,10 @@ class GatesSpec(Strict):
     max_general_regression: float | None = Field(
         default=None, ge=0, description="Allowed relative perplexity rise on evaluation.general."
     )
+    min_pairwise_accuracy: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Share of test preference pairs ranked right (chosen above rejected): by "
+        "the reward model's score (objective reward), by sequence log-probability (dpo).")
 
 
 class GeneralEval(Strict):
@@ -425,8 +430,16 @@ def cross_field_problems(spec: Spec) -> list[CrossFieldProblem]:
                 "or set deploy.target: none", a.method.value)
         if a.method in (AdapterMethod.lora, AdapterMethod.qlora) and a.bias != "none":
             bad("adapter.bias", "vLLM serves LoRA adapters with bias: none only", a.bias)
+    for path, message, got in rl_problems(
+            t, method=a.method.value, deploy_target=spec.deploy.target,
+            general=spec.evaluation.general is not None,
+            gates_set=set(spec.evaluation.gates.model_dump(exclude_none=True))):
+        bad(path, message, got)
+    chats = {DataFormat.alpaca, DataFormat.sharegpt, DataFormat.openai_chat}
     wanted = {
         Objective.dpo: {DataFormat.dpo_pairs},
+        Objective.reward: {DataFormat.dpo_pairs},
+        Objective.grpo: chats,  # the prompt side of each chat: turns before the last answer
         Objective.cpt: {DataFormat.text},
         Objective.sft: {DataFormat.alpaca, DataFormat.sharegpt, DataFormat.openai_chat},
     }[t.objective]

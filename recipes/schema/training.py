@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator
 
+from recipes.core.names import MODEL_NAME_PATTERN, STAGE_NAME_PATTERN
 from recipes.schema.base import Strict
 
 
 class Objective(StrEnum):
-    """sft: loss on the assistant's turns; dpo: preference pairs; cpt: packed raw text."""
+    """sft: loss on the assistant's turns; dpo: preference pairs; cpt: packed raw text;
+    reward: a reward model from preference pairs; grpo: a policy against training.grpo.rewards."""
     sft = "sft"  # supervised fine-tuning, loss on the assistant's turns only
     dpo = "dpo"  # direct preference optimisation on prompt/chosen/rejected
     cpt = "cpt"  # continued pre-training on raw text, packed
+    reward = "reward"  # a reward model (a scalar score head) trained on chosen vs rejected
+    grpo = "grpo"  # group relative policy optimisation on prompts, scored by rewards
 
 
 class EarlyStopping(Strict):
@@ -45,6 +50,105 @@ class DPOSpec(Strict):
     beta: float = Field(default=0.1, gt=0, description="Strength of the KL constraint.")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(default="sigmoid",
                                                           description="trl's DPO loss.")
+
+
+# A registered reward model: NAME@vN (a fixed version) or NAME:STAGE (the version a stage
+# points at when the recipe is planned; the plan pins it, so training never follows a stage).
+_MODEL = MODEL_NAME_PATTERN.strip("^$")
+_STAGE = STAGE_NAME_PATTERN.strip("^$")
+REWARD_MODEL_REF = re.compile(
+    rf"^(?P<model>{_MODEL})(?:@v(?P<number>[1-9][0-9]*)|:(?P<stage>{_STAGE}))$")
+REWARD_MODEL_REF_HINT = ("write NAME@vN (e.g. tone-judge@v2) or NAME:STAGE "
+                         "(e.g. tone-judge:production)")
+
+
+class ModelReward(Strict):
+    """The score of a registered reward model (a version trained with objective: reward)."""
+    model: str = Field(
+        description="NAME@vN or NAME:STAGE; a stage is resolved to its version when the recipe "
+        "is planned, and that version's artifact digest is part of the spec hash.")
+    weight: float = Field(default=1.0, description="Weight of this reward in the sum.")
+
+    @field_validator("model")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        if REWARD_MODEL_REF.match(value) is None:
+            raise ValueError(f"{value!r} is not a reward model reference; {REWARD_MODEL_REF_HINT}")
+        return value
+
+
+class ContainsReward(Strict):
+    """1 when the completion contains the text, else 0."""
+    contains: str = Field(min_length=1, description="Text the completion should contain.")
+    weight: float = Field(default=1.0, description="Weight of this reward in the sum.")
+
+
+class RegexReward(Strict):
+    """1 when the regular expression (Python syntax) matches somewhere in the completion."""
+    regex: str = Field(min_length=1, description="Python regular expression searched for.")
+    weight: float = Field(default=1.0, description="Weight of this reward in the sum.")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"regex {value!r} does not compile: {e}; fix the pattern "
+                             "(Python re syntax; escape literal characters like . or ( with \\)"
+                             ) from None
+        return value
+
+
+class LengthBounds(Strict):
+    """Completion length in characters; a bound left out does not apply."""
+    min: int | None = Field(default=None, ge=0, description="Fewest characters wanted.")
+    max: int | None = Field(default=None, gt=0, description="Most characters wanted.")
+
+
+class LengthReward(Strict):
+    """1 inside the bounds; outside, bound / length above max and length / bound below min."""
+    length: LengthBounds = Field(description="{min, max} characters.")
+    weight: float = Field(default=1.0, description="Weight of this reward in the sum.")
+
+
+REWARD_KINDS = ("model", "contains", "regex", "length")
+
+
+def _reward_kind(value: Any) -> str | None:
+    """Which reward an entry is, by its key. The tags hold "[" so the loader's error
+    locations skip them (they are not keys the user wrote)."""
+    if isinstance(value, dict):
+        kind = next((k for k in REWARD_KINDS if k in value), None)
+    else:
+        kind = next((k for k in REWARD_KINDS if hasattr(value, k)), None)
+    return None if kind is None else f"reward[{kind}]"
+
+
+Reward = Annotated[
+    Annotated[ModelReward, Tag("reward[model]")]
+    | Annotated[ContainsReward, Tag("reward[contains]")]
+    | Annotated[RegexReward, Tag("reward[regex]")]
+    | Annotated[LengthReward, Tag("reward[length]")],
+    Discriminator(_reward_kind, custom_error_type="reward_kind",
+                  custom_error_message="a reward needs one of the keys model, contains, regex "
+                  "or length (e.g. {contains: 'thank you', weight: 1.0})"),
+]
+
+
+class GRPOSpec(Strict):
+    """Settings of objective grpo (trl's GRPOTrainer): what is rewarded and how it samples."""
+    rewards: list[Reward] = Field(
+        default_factory=list,
+        description="Reward functions summed with their weights: {model: NAME@vN | NAME:STAGE}, "
+        "{contains: TEXT}, {regex: PATTERN}, {length: {min, max}}.")
+    num_generations: int = Field(
+        default=4, ge=2, description="Completions sampled per prompt (the group); "
+        "batch_size x gradient_accumulation_steps must be a multiple of it.")
+    max_completion_length: int = Field(default=32, gt=0, description="Tokens per completion.")
+    beta: float = Field(default=0.0, ge=0, description="KL coefficient against the base; "
+                        "0 holds no reference model.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
 
 
 class TrainingSpec(Strict):
@@ -81,6 +185,7 @@ class TrainingSpec(Strict):
     )
     keep_checkpoints: int = Field(default=2, gt=0, description="How many checkpoints to keep.")
     dpo: DPOSpec = Field(default_factory=DPOSpec)
+    grpo: GRPOSpec = Field(default_factory=GRPOSpec)
     ewc: EWCSpec | None = Field(default=None, description="Elastic weight consolidation penalty.")
     report_to: Tracker | list[Tracker] = Field(
         default_factory=list,
@@ -109,3 +214,59 @@ class TrainingSpec(Strict):
     def trackers(self) -> tuple[Tracker, ...]:
         """``report_to`` as a tuple, whether the recipe wrote one name or a list."""
         return (self.report_to,) if isinstance(self.report_to, str) else tuple(self.report_to)
+
+
+
+# (dotted field under spec., message with the fix, the value got)
+TrainingProblem = tuple[str, str, object]
+# Gates that read a causal LM's loss or its generations: they cannot judge a reward model.
+LM_GATES = ("max_perplexity", "max_eval_loss", "min_improvement_vs_base", "min_exact_match",
+            "min_contains", "min_rouge_l", "max_general_regression")
+# The PEFT methods that wrap a sequence-classification model (its score head saved with it).
+REWARD_METHODS = ("lora", "qlora", "dora")
+
+
+def rl_problems(t: TrainingSpec, *, method: str, deploy_target: str, general: bool,
+                gates_set: set[str]) -> list[TrainingProblem]:
+    """The cross-field rules of objectives reward and grpo. Pure."""
+    out: list[TrainingProblem] = []
+    if t.objective in (Objective.reward, Objective.grpo):
+        if t.packing:
+            out.append(("training.packing",
+                        f"packing is not supported with objective {t.objective.value}", True))
+        if t.ewc is not None:
+            out.append(("training.ewc", f"EWC is not supported with objective "
+                        f"{t.objective.value}; remove training.ewc", "set"))
+    if t.objective is Objective.reward:
+        if deploy_target != "none":
+            out.append(("deploy.target", "a reward model scores answers for GRPO; it is not "
+                        "a chat adapter to serve: set deploy.target: none", deploy_target))
+        if method not in REWARD_METHODS:
+            out.append(("adapter.method", "objective reward trains a LoRA adapter on a "
+                        "sequence-classification head: use lora, qlora or dora", method))
+        if general:
+            out.append(("evaluation.general", "a reward model has no perplexity to compare; "
+                        "remove evaluation.general", "set"))
+        for gate in sorted(gates_set & set(LM_GATES)):
+            out.append((f"evaluation.gates.{gate}", "this gate reads a language model's loss "
+                        "or answers; a reward model is judged by min_pairwise_accuracy", gate))
+    if "min_pairwise_accuracy" in gates_set and t.objective not in (Objective.reward,
+                                                                     Objective.dpo):
+        out.append(("evaluation.gates.min_pairwise_accuracy", "ranks preference pairs: it "
+                    "needs objective reward or dpo", t.objective.value))
+    if t.objective is Objective.grpo:
+        g = t.grpo
+        if not g.rewards:
+            out.append(("training.grpo.rewards", "objective grpo needs at least one reward, "
+                        "e.g. rewards: [{contains: 'thank you'}] or [{model: NAME:production}]",
+                        "[]"))
+        per_step = t.batch_size * t.gradient_accumulation_steps
+        if per_step % g.num_generations:
+            out.append(("training.grpo.num_generations",
+                        f"batch_size x gradient_accumulation_steps ({per_step}) must be a "
+                        f"multiple of num_generations; set training.batch_size to "
+                        f"{g.num_generations} (or a multiple)", g.num_generations))
+    elif "grpo" in t.model_fields_set:
+        out.append(("training.grpo", f"training.grpo is read by objective grpo only (this "
+                    f"recipe's is {t.objective.value}); remove it or set objective: grpo", "set"))
+    return out

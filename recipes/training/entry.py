@@ -39,7 +39,7 @@ from recipes.core.errors import RegError
 from recipes.core.fsutil import atomic_write_text, publish_dir, remove_dir
 from recipes.evaluation.report import EvaluationReport, GateResult, TrainSummary
 from recipes.loading.loader import LoadedRecipe
-from recipes.schema import AdapterMethod
+from recipes.schema import AdapterMethod, Objective
 from recipes.training.checkpoint import (
     CHECKPOINT_PREFIX,
     clean_temporaries,
@@ -283,7 +283,8 @@ def _run(s: _Setup, identity: dict[str, Any], *, progress: bool) -> TrainResult:
 
                 model, info = run_training(s.loaded, s.workdir, s.tokenizer, s.data,
                                            s.settings, learning_rate=s.learning_rate,
-                                           progress=progress, tracking=tracking)
+                                           progress=progress, tracking=tracking,
+                                           identity=identity)
                 info["cpu_threads"] = threads if s.settings.device == "cpu" else None
                 _save_final(model, info, s, final)
             summary = json.loads((final / SUMMARY_FILE).read_text(encoding="utf-8"))
@@ -332,6 +333,14 @@ def _evaluation_models(s: _Setup, final: Path, trained: Any | None) -> tuple[Any
     spec = s.loaded.recipe.spec
     base_spec = spec.base_model
     quantized = base_spec.quantization is not None
+    if spec.training.objective is Objective.reward and trained is None:
+        from peft import PeftModel
+
+        from recipes.training.reward import load_reward_base
+
+        head = load_reward_base(base_spec, s.loaded.base_model_path, s.settings,
+                                pad_token_id=int(s.tokenizer.pad_token_id), quantize=quantized)
+        return PeftModel.from_pretrained(head, str(final), is_trainable=False), None
     if spec.adapter.method is AdapterMethod.full:
         fresh = dataclasses.replace(s.settings, gradient_checkpointing=False)
         base = load_base_model(base_spec, s.loaded.base_model_path, fresh, quantize=quantized)
@@ -352,6 +361,8 @@ def _evaluate(s: _Setup, model: Any, base_model: Any | None) -> EvaluationReport
     from recipes.evaluation.evaluate import evaluate
 
     spec = s.loaded.recipe.spec
+    if spec.training.objective is Objective.reward:
+        return _evaluate_reward(s, model)
     general = load_eval_texts(s.loaded, s.tokenizer) if spec.evaluation.general else None
     return evaluate(
         model, s.tokenizer, s.data.kind, s.data.splits, spec.evaluation,
@@ -360,12 +371,31 @@ def _evaluate(s: _Setup, model: Any, base_model: Any | None) -> EvaluationReport
     )
 
 
+def _evaluate_reward(s: _Setup, model: Any) -> EvaluationReport:
+    """A reward model's report: pairwise accuracy on the test pairs, and its gates."""
+    import time
+
+    from recipes.evaluation.gates import check_gates
+    from recipes.training.reward import pairwise_metrics
+
+    start = time.perf_counter()
+    report = EvaluationReport(preference=pairwise_metrics(
+        model, s.tokenizer, s.data.splits["test"], s.loaded.recipe.spec.training.max_seq_length))
+    report.gates = check_gates(s.loaded.recipe.spec.evaluation.gates, report)
+    report.gates_passed = all(g.passed for g in report.gates)
+    report.evaluation_s = time.perf_counter() - start
+    return report
+
+
 def _probes(s: _Setup, model: Any) -> ProbeSet | None:
     """The tuned model's greedy answers to the first test prompts evaluation decodes, which
-    the rollout's identity check asks the engine again; None without a test split."""
+    the rollout's identity check asks the engine again; None without a test split, and for
+    a reward model (never served)."""
     from recipes.evaluation.evaluate import generation_cases
     from recipes.evaluation.probes import PROBE_COUNT, record_probes
 
+    if s.loaded.recipe.spec.training.objective is Objective.reward:
+        return None
     test = s.data.splits.get("test")
     if test is None or len(test) == 0:
         return None

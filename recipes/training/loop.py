@@ -2,7 +2,8 @@
 
 SFT and CPT use :class:`recipes.training.sft.RegTrainer` (a lean
 ``transformers.Trainer``; see that module for why not trl's SFTTrainer),
-DPO uses trl's ``DPOTrainer``. Both get reg's atomic, pickle-free
+DPO uses trl's ``DPOTrainer``, reward trl's ``RewardTrainer`` (a sequence-classification
+head) and GRPO trl's ``GRPOTrainer``. All get reg's atomic, pickle-free
 checkpoints, the JSONL step log, the progress bar, early stopping and the
 optional EWC penalty.
 """
@@ -213,6 +214,63 @@ def _dpo_trainer(base: Any, loaded: LoadedRecipe, data: PreparedData, tokenizer:
     )
 
 
+def _reward_trainer(loaded: LoadedRecipe, data: PreparedData, tokenizer: Any,
+                    settings: DeviceSettings, args: dict[str, Any], callbacks: list[Any],
+                    quantized: bool) -> Any:
+    from recipes.training.reward import (
+        build_reward_trainer,
+        load_reward_base,
+        reward_config,
+        reward_peft_config,
+    )
+
+    spec = loaded.recipe.spec
+    base = load_reward_base(spec.base_model, loaded.base_model_path, settings,
+                            pad_token_id=int(tokenizer.pad_token_id), quantize=quantized)
+    validation = data.splits.get("validation")
+    use_val = args["eval_strategy"] != "no" and validation is not None and len(validation) > 0
+    return build_reward_trainer(
+        base, reward_config(args, max_length=spec.training.max_seq_length),
+        data.splits["train"], validation if use_val else None, tokenizer, callbacks,
+        reward_peft_config(spec.adapter))
+
+
+def _grpo_trainer(base: Any, loaded: LoadedRecipe, workdir: Path, data: PreparedData,
+                  tokenizer: Any, settings: DeviceSettings, args: dict[str, Any],
+                  callbacks: list[Any], identity: dict[str, Any]) -> Any:
+    from recipes.training.grpo import build_grpo_trainer, grpo_config, reward_funcs
+
+    spec = loaded.recipe.spec
+    funcs, classes = reward_funcs(loaded, workdir, identity, settings, tokenizer)
+    # GRPO samples its own completions: evaluation on held-out answers is the recipe's
+    # evaluation step after training, not a loss during it.
+    args = {**args, "eval_strategy": "no", "eval_steps": None}
+    return build_grpo_trainer(
+        base, grpo_config(args, spec.training.grpo), data.splits["train"], tokenizer, funcs,
+        classes, callbacks, build_peft_config(spec.adapter, loaded.base_model_path))
+
+
+def _trainer(loaded: LoadedRecipe, workdir: Path, tokenizer: Any, data: PreparedData,
+             settings: DeviceSettings, args: dict[str, Any], callbacks: list[Any],
+             identity: dict[str, Any]) -> Any:
+    """The trainer of the recipe's objective, its model built (the seed is already set)."""
+    spec = loaded.recipe.spec
+    t = spec.training
+    quantized = spec.base_model.quantization is not None
+    if t.objective is Objective.reward:  # a sequence-classification model, not a causal LM
+        return _reward_trainer(loaded, data, tokenizer, settings, args, callbacks, quantized)
+    model_dir = loaded.base_model_path
+    base = load_base_model(spec.base_model, model_dir, settings, quantize=quantized)
+    if t.objective is Objective.grpo:
+        return _grpo_trainer(base, loaded, workdir, data, tokenizer, settings, args,
+                             callbacks, identity)
+    if t.objective is Objective.dpo:
+        return _dpo_trainer(base, loaded, data, tokenizer, settings, args, callbacks,
+                            quantized)
+    model = attach_adapter(base, spec.adapter, model_dir, settings, quantized=quantized)
+    return _sft_trainer(model, data, tokenizer, args, t, t.objective, callbacks)
+
+
 def run_training(
     loaded: LoadedRecipe,
     workdir: Path,
@@ -223,18 +281,18 @@ def run_training(
     learning_rate: float,
     progress: bool,
     tracking: TrackingSession | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train (or finish training) and return the trained model and a summary of the run.
 
     ``tracking`` (the recipe's ``training.report_to``, started) says which trackers the
-    Trainer reports to, and guards them."""
+    Trainer reports to, and guards them. ``identity`` (the manifest's) carries the reward
+    models the plan pinned for objective grpo."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
     spec = loaded.recipe.spec
     t = spec.training
-    model_dir = loaded.base_model_path
-    quantized = spec.base_model.quantization is not None
     found = newest_checkpoint(workdir)
     resumed = found[0] if found else None
     log_path = workdir / LOG_NAME
@@ -251,13 +309,8 @@ def run_training(
     # The seed is set before the adapter's random init, so a fresh run and a
     # resumed one start from the same weights (which the checkpoint then overwrites).
     set_seed(t.seed)
-    base = load_base_model(spec.base_model, model_dir, settings, quantize=quantized)
-    if t.objective is Objective.dpo:
-        trainer = _dpo_trainer(base, loaded, data, tokenizer, settings, args, callbacks,
-                               quantized)
-    else:
-        model = attach_adapter(base, spec.adapter, model_dir, settings, quantized=quantized)
-        trainer = _sft_trainer(model, data, tokenizer, args, t, t.objective, callbacks)
+    trainer = _trainer(loaded, workdir, tokenizer, data, settings, args, callbacks,
+                       identity or {})
     # Trainer prints every log dict to stdout when tqdm is off; the JSONL log
     # and the progress bar replace it.
     trainer.remove_callback(PrinterCallback)

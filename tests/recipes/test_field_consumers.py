@@ -32,6 +32,9 @@ TRAINING_ARGS = "recipes.training.loop.training_arguments"
 RUN_TRAINING = "recipes.training.loop.run_training"
 QUANT = "recipes.training.model._quantization_config"
 GATES = "recipes.evaluation.gates._GATES"
+GRPO_CONFIG = "recipes.training.grpo.grpo_config"
+GRPO_REWARDS = "recipes.training.grpo.reward_funcs"
+RULE_SCORE = "recipes.training.rewards.rule_score"
 FIELD_MAP = ("instruction", "input", "output", "messages", "conversations", "prompt", "chosen",
              "rejected", "text", "system")
 
@@ -111,6 +114,19 @@ FIELD_CONSUMERS: dict[str, str] = {
     "spec.training.dpo": "recipes.training.loop._dpo_trainer",
     "spec.training.dpo.beta": "recipes.training.loop._dpo_trainer",
     "spec.training.dpo.loss_type": "recipes.training.loop._dpo_trainer",
+    "spec.training.grpo": "recipes.training.loop._grpo_trainer",
+    "spec.training.grpo.rewards": GRPO_REWARDS,
+    "spec.training.grpo.rewards.model": GRPO_REWARDS,
+    "spec.training.grpo.rewards.weight": GRPO_CONFIG,
+    "spec.training.grpo.rewards.contains": RULE_SCORE,
+    "spec.training.grpo.rewards.regex": "recipes.training.rewards.rule_reward_func",
+    "spec.training.grpo.rewards.length": RULE_SCORE,
+    "spec.training.grpo.rewards.length.min": RULE_SCORE,
+    "spec.training.grpo.rewards.length.max": RULE_SCORE,
+    "spec.training.grpo.num_generations": GRPO_CONFIG,
+    "spec.training.grpo.max_completion_length": GRPO_CONFIG,
+    "spec.training.grpo.beta": GRPO_CONFIG,
+    "spec.training.grpo.temperature": GRPO_CONFIG,
     "spec.training.ewc": RUN_TRAINING,
     "spec.training.ewc.weight": "recipes.training.loop._ewc_penalty",
     "spec.training.ewc.reference": "recipes.training.loop._reference_texts",
@@ -129,6 +145,7 @@ FIELD_CONSUMERS: dict[str, str] = {
     "spec.evaluation.gates.min_contains": GATES,
     "spec.evaluation.gates.min_rouge_l": GATES,
     "spec.evaluation.gates.max_general_regression": GATES,
+    "spec.evaluation.gates.min_pairwise_accuracy": GATES,
     "spec.deploy.target": "registry.deployments.servable_problem",
     "spec.deploy.promote_to": "recipes.loading.recipe.LoadedRecipe.promote_to",
     "spec.deploy.max_model_len": "serving.engines.process.engine_spec",
@@ -163,7 +180,7 @@ def _fields(schema: dict[str, Any]) -> Iterator[tuple[str, bool, bool]]:
         if node.get("type") == "array":
             return props(node["items"])
         out: dict[str, Any] = dict(node.get("properties", {}))
-        for alt in node.get("anyOf", []):
+        for alt in [*node.get("anyOf", []), *node.get("oneOf", [])]:
             out.update(props(alt))
         return out
 
