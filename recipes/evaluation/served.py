@@ -8,7 +8,8 @@ OpenAI-compatible endpoint (`reg serve`'s gateway) pinned to that version.
    give the same rows, and changed bytes are refused by name rather than measured as
    something else.
 2. :func:`measure` sends them to the endpoint with the official ``openai`` client:
-   - losses (validation, test, ``evaluation.general``): the registration's token rows
+   - losses (validation, test, ``evaluation.general``; asked for, see
+     :data:`LOSSES_NOT_REQUESTED`): the registration's token rows
      as token ids to the completions API with ``echo`` and ``logprobs``, so the engine
      scores exactly the tokens (and, for chats, the assistant's labelled tokens only)
      that :func:`recipes.evaluation.evaluate.token_loss` scored;
@@ -37,7 +38,13 @@ if TYPE_CHECKING:
     from recipes.loading.recipe import LoadedRecipe
 
 IGNORE_INDEX = -100  # recipes.training.sft's label of unscored tokens (kept off torch here)
-LOSS_BATCH = 8  # prompts per completions request
+# One prompt per completions request: vLLM 0.32 on CPU with LoRA fails its engine when a
+# prompt-logprobs request's batch holds more than one sequence (punica_cpu's bgmv_shrink
+# pairs one adapter index per sequence with every prompt token).
+LOSS_BATCH = 1
+LOSSES_NOT_REQUESTED = (
+    "not requested (--losses): a loss needs the engine's prompt log-probabilities, and "
+    "vLLM 0.32 on CPU with LoRA fails its engine when such a request shares a batch")
 SAMPLES_KEPT = 5
 
 
@@ -161,10 +168,12 @@ def _losses(client: openai.OpenAI, pin: str, version: int, rows: Sequence[TokenR
     return total / count if count else None
 
 
-def measure(client: openai.OpenAI, pin: str, version: int, cases: ServedCases) -> Measurement:
-    """The re-evaluated metrics (keys of :data:`recipes.evaluation.regression.COMPARED`)."""
+def measure(client: openai.OpenAI, pin: str, version: int, cases: ServedCases, *,
+            losses: bool) -> Measurement:
+    """The re-evaluated metrics (keys of :data:`recipes.evaluation.regression.COMPARED`);
+    the losses only when ``losses`` (see :data:`LOSSES_NOT_REQUESTED`)."""
     out = Measurement()
-    for split, rows in cases.loss_rows.items():
+    for split, rows in (cases.loss_rows.items() if losses else ()):
         loss = _losses(client, pin, version, rows, out)
         if loss is not None:
             out.metrics[f"{split}.loss"] = loss
@@ -203,8 +212,8 @@ _SKIP_REASONS: tuple[tuple[str, str], ...] = (
 _COUNTS = ("examples", "tokens")
 
 
-def skipped_metrics(registered: Mapping[str, float], measured: Mapping[str, float]
-                    ) -> dict[str, str]:
+def skipped_metrics(registered: Mapping[str, float], measured: Mapping[str, float], *,
+                    losses: bool = True) -> dict[str, str]:
     """Registration metrics this re-evaluation did not measure, each with the reason."""
     out: dict[str, str] = {}
     for key in sorted(registered):
@@ -215,6 +224,7 @@ def skipped_metrics(registered: Mapping[str, float], measured: Mapping[str, floa
         reason = next((why for prefix, why in _SKIP_REASONS
                        if leaf.startswith(prefix) or key.startswith(prefix)), None)
         if reason is None and key in COMPARED:
-            reason = "its data was not rebuilt (no such split or rows now)"
+            reason = ("its data was not rebuilt (no such split or rows now)" if losses
+                      or section == "generation" else LOSSES_NOT_REQUESTED)
         out[key] = reason or "not recomputed through the gateway"
     return out

@@ -63,6 +63,10 @@ def test_skipped_metrics_are_named_with_their_reason() -> None:
                             "validation.loss"}
     assert "base model" in skipped["test.base_loss"]
     assert "not rebuilt" in skipped["validation.loss"]
+    # Without --losses, each loss is skipped with why it was not asked for.
+    without = skipped_metrics(registered, {"generation.exact_match": 0.8}, losses=False)
+    assert "--losses" in without["test.loss"] and "--losses" in without["general.loss"]
+    assert "generation.exact_match" not in without
 
 
 def test_a_rows_loss_counts_only_its_labelled_tokens_after_the_first() -> None:
