@@ -407,6 +407,45 @@ def check_human_eval(r: RecipeState) -> Finding:
                     f"{gate.min_win_rate:g}, alpha >= {gate.min_alpha:g})")
 
 
+def check_drift(r: RecipeState) -> Finding:
+    """Every deployed version carries its prompt reference, and Prometheus (when set) holds
+    its drift series (registry.doctor.drift; docs/drift.md)."""
+    item = "drift-monitored"
+    d = r.drift
+    if d is None or not d.deployed:
+        return _finding(r, item, Status.warn,
+                        f"no version of {r.name} is deployed, so no drift is measured yet",
+                        f"`reg promote {r.name} VERSION production` (then `reg drift "
+                        f"{r.name}` compares its prompts with its training data)")
+    missing = [v for v in d.deployed if not v.reference]
+    if missing:
+        return _finding(r, item, Status.warn,
+                        "; ".join(f"{v.label}: {v.why}" for v in missing)
+                        + ", so its drift cannot be measured",
+                        "train it again (`reg reconcile`) and deploy the new version: its data "
+                        "report records the prompt reference")
+    seen = ", ".join(v.label for v in d.deployed)
+    if d.prometheus_url is None:
+        return _finding(r, item, Status.passed,
+                        f"{seen} carry prompt references (`reg drift {r.name}`); "
+                        "REG_PROMETHEUS_URL is not set, so the scrape is not checked")
+    if d.error:
+        return _finding(r, item, Status.warn,
+                        f"cannot ask {d.prometheus_url} for reg_drift_reference: {d.error}",
+                        "start Prometheus there, or correct REG_PROMETHEUS_URL")
+    unscraped = [v for v in d.deployed if v.number not in d.scraped]
+    if unscraped:
+        return _finding(r, item, Status.warn,
+                        f"Prometheus at {d.prometheus_url} holds no reg_drift_reference for "
+                        + ", ".join(v.label for v in unscraped)
+                        + ": no gateway serving it is scraped, so RegPromptDrift cannot fire",
+                        "add the gateways to its scrape_configs (deploy/prometheus/"
+                        "prometheus.yml) and load deploy/prometheus/alerts.yml")
+    return _finding(r, item, Status.passed,
+                    f"{seen} carry prompt references and Prometheus at {d.prometheus_url} "
+                    "scrapes their reg_drift_* series (alert RegPromptDrift)")
+
+
 # ---- the workspace --------------------------------------------------------------------------
 
 
@@ -465,6 +504,7 @@ TITLES: dict[str, str] = {
     "early-stopping": "Early stopping",
     "rollout-plan": "Rollout plan with a minimum sample",
     "human-eval": "Human evaluation",
+    "drift-monitored": "Drift monitored",
     "metrics-scraped": "Metrics scraped",
 }
 
@@ -473,6 +513,7 @@ RECIPE_CHECKS: tuple[Callable[[RecipeState], Finding], ...] = (
     check_examples, check_test_split, check_cleaned, check_deduplicated, check_pii,
     check_baseline, check_general_gate, check_peft_first, check_learning_rate,
     check_checkpoints, check_early_stopping, check_rollout_plan, check_human_eval,
+    check_drift,
 )
 
 

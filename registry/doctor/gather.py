@@ -8,7 +8,9 @@
    weights read), the model's registered versions with their evaluation records (what
    the registry stored from ``metrics.json``), and the data report (``data_report.json``)
    of the newest version whose artifact holds one, read from the artifact store; the
-   newest human evaluation (`reg eval import`) of the newest ready version.
+   newest human evaluation (`reg eval import`) of the newest ready version; the deployed
+   versions' prompt references and, when Prometheus is given, whether it holds their drift
+   series (:mod:`registry.doctor.drift`).
 3. Prometheus, when a URL is given: its active targets (``GET /api/v1/targets``). A
    failure to read it is recorded in the snapshot, not raised: it is an item's finding.
 """
@@ -54,13 +56,17 @@ def gather(recipes_dir: Path, reg: Registry, prometheus_url: str | None, *,
     invalid = [InvalidRecipe(path=file, first_problem=problems[0].render(),
                              problems=len(problems))
                for file, problems in sorted(result.problems.items()) if problems]
-    states = [recipe_state(loaded, reg) for loaded in result.recipes]
+    states = [recipe_state(loaded, reg, prometheus_url, client) for loaded in result.recipes]
     return Snapshot(recipes_dir=str(recipes_dir), recipes=states, invalid=invalid,
                     prometheus=read_prometheus(prometheus_url, client))
 
 
-def recipe_state(loaded: LoadedRecipe, reg: Registry) -> RecipeState:
-    """What the base model, the registry and the artifact store hold about one recipe."""
+def recipe_state(loaded: LoadedRecipe, reg: Registry, prometheus_url: str | None = None,
+                 client: httpx.Client | None = None) -> RecipeState:
+    """What the base model, the registry, the artifact store and Prometheus hold about one
+    recipe."""
+    from registry.doctor.drift import gather_drift
+
     current = _spec_hash(loaded)
     rows = reg.list_versions(loaded.name)
     versions = [VersionRecord(number=v.number, status=str(v.status), method=v.method,
@@ -70,7 +76,9 @@ def recipe_state(loaded: LoadedRecipe, reg: Registry) -> RecipeState:
     evaluations = [] if ready is None else reg.human_evaluations(loaded.name, ready.number)
     return RecipeState(loaded=loaded, num_params=base_model_params(loaded.base_model_path),
                        versions=versions, data=_data_stats(reg, loaded, rows, current),
-                       human_eval=evaluations[-1] if evaluations else None)
+                       human_eval=evaluations[-1] if evaluations else None,
+                       drift=gather_drift(reg, loaded.name, _artifact_json, prometheus_url,
+                                          client))
 
 
 def _spec_hash(loaded: LoadedRecipe) -> str | None:

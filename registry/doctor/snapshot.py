@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from recipes.evaluation.human.results import HumanEvalResult
     from recipes.evaluation.report import EvaluationReport
     from recipes.loading.recipe import LoadedRecipe
+    from registry.doctor.drift import DriftFacts
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class RecipeState:
     versions: list[VersionRecord] = field(default_factory=list)  # oldest first
     data: DataStats | None = None  # from the newest version that stored a data report
     human_eval: HumanEvalResult | None = None  # the newest one of the newest ready version
+    drift: DriftFacts | None = None  # the deployed versions' references (None: not read)
 
     @property
     def name(self) -> str:

@@ -12,6 +12,7 @@ from recipes.evaluation.human.results import HumanEvalResult
 from recipes.evaluation.report import EvaluationReport
 from recipes.loading.recipe import LoadedRecipe
 from recipes.schema import Recipe
+from registry.doctor.drift import DeployedReference, DriftFacts
 from registry.doctor.snapshot import DataStats, RecipeState, VersionRecord
 
 WORKSPACE = Path("/ws")
@@ -73,7 +74,14 @@ def human_eval(candidate: int = 1, *, model: str = "bot", wins: int = 7, losses:
 def state(changes: Mapping[str, Any] | None = None, *, data: DataStats | None = None,
           versions: list[VersionRecord] | None = None,
           num_params: int | None = 7_000_000_000,
-          human: HumanEvalResult | None = None) -> RecipeState:
+          human: HumanEvalResult | None = None,
+          drift: DriftFacts | None = None) -> RecipeState:
     """One recipe's state: ``changes`` sets recipe fields by dotted path."""
     return RecipeState(loaded=loaded(changes), num_params=num_params,
-                       versions=versions or [], data=data, human_eval=human)
+                       versions=versions or [], data=data, human_eval=human, drift=drift)
+
+
+def monitored(*numbers: int, prometheus: str | None = "http://p") -> DriftFacts:
+    """Drift facts of versions deployed with their references, scraped by ``prometheus``."""
+    return DriftFacts(deployed=[DeployedReference(n, ("production",), True) for n in numbers],
+                      prometheus_url=prometheus, scraped=frozenset(numbers))
