@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -22,6 +23,7 @@ from recipes.evaluation.human.results import gate_problems
 from recipes.planning.advise import GOOD_EXAMPLES, MIN_EXAMPLES_TO_TUNE
 from recipes.schema import AdapterMethod, Objective
 from recipes.training.lr import USUAL_LR_RANGE, usual_lr_range
+from registry.doctor.reeval import STALE_AFTER
 from registry.doctor.snapshot import (
     DataStats,
     InvalidRecipe,
@@ -446,6 +448,45 @@ def check_drift(r: RecipeState) -> Finding:
                     "scrapes their reg_drift_* series (alert RegPromptDrift)")
 
 
+def check_reevaluation(r: RecipeState) -> Finding:
+    """Every deployed version re-evaluated through the gateway within STALE_AFTER, and its
+    newest run within tolerance of its registration metrics (registry.doctor.reeval)."""
+    item, f = "reeval-scheduled", r.reeval
+    if r.loaded.recipe.spec.deploy.target == "none":
+        return _finding(r, item, Status.passed, "not served")
+    schedule = (f"schedule `reg eval run {r.name}:production --every 24h` (or that without "
+                "--every in a daily cron job: it exits 1 on a regression)")
+    if f is None or not f.deployed:
+        return _finding(r, item, Status.warn, f"no version of {r.name} is deployed, so none "
+                        "is re-evaluated yet", f"promote one, then {schedule}")
+    never = [v.label for v in f.deployed if v.at is None]
+    if never:
+        return _finding(r, item, Status.warn, f"{', '.join(never)} never re-evaluated "
+                        "through the gateway", schedule)
+    bad = [v for v in f.deployed if v.regressed]
+    if bad:
+        return _finding(r, item, Status.fail, "; ".join(
+            f"{v.label}'s newest re-evaluation regressed: {', '.join(v.regressed)}"
+            for v in bad), f"`reg eval history {r.name}@v{bad[0].number}` shows the runs; "
+            f"roll back (`reg rollback {r.name} production`) or train again")
+    stale = [v for v in f.deployed if v.at is not None and f.now - v.at > STALE_AFTER]
+    failed = [v for v in f.deployed if v.error]
+    if stale or failed:
+        return _finding(r, item, Status.warn, "; ".join(
+            [f"{v.label} last re-evaluated {_age(f.now - v.at)} ago" for v in stale
+             if v.at is not None] + [f"{v.label}'s newest run failed: {v.error}"
+                                     for v in failed]), schedule)
+    return _finding(r, item, Status.passed, ", ".join(
+        f"{v.label} re-evaluated {_age(f.now - v.at)} ago" for v in f.deployed
+        if v.at is not None) + ", within tolerance")
+
+
+def _age(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    return f"{days}d {hours}h" if days else f"{hours}h {minutes}m"
+
+
 # ---- the workspace --------------------------------------------------------------------------
 
 
@@ -505,6 +546,7 @@ TITLES: dict[str, str] = {
     "rollout-plan": "Rollout plan with a minimum sample",
     "human-eval": "Human evaluation",
     "drift-monitored": "Drift monitored",
+    "reeval-scheduled": "Re-evaluation scheduled",
     "metrics-scraped": "Metrics scraped",
 }
 
@@ -513,7 +555,7 @@ RECIPE_CHECKS: tuple[Callable[[RecipeState], Finding], ...] = (
     check_examples, check_test_split, check_cleaned, check_deduplicated, check_pii,
     check_baseline, check_general_gate, check_peft_first, check_learning_rate,
     check_checkpoints, check_early_stopping, check_rollout_plan, check_human_eval,
-    check_drift,
+    check_drift, check_reevaluation,
 )
 
 

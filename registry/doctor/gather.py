@@ -10,7 +10,8 @@
    of the newest version whose artifact holds one, read from the artifact store; the
    newest human evaluation (`reg eval import`) of the newest ready version; the deployed
    versions' prompt references and, when Prometheus is given, whether it holds their drift
-   series (:mod:`registry.doctor.drift`).
+   series (:mod:`registry.doctor.drift`); their newest re-evaluations
+   (:mod:`registry.doctor.reeval`).
 3. Prometheus, when a URL is given: its active targets (``GET /api/v1/targets``). A
    failure to read it is recorded in the snapshot, not raised: it is an item's finding.
 """
@@ -66,6 +67,7 @@ def recipe_state(loaded: LoadedRecipe, reg: Registry, prometheus_url: str | None
     """What the base model, the registry, the artifact store and Prometheus hold about one
     recipe."""
     from registry.doctor.drift import gather_drift
+    from registry.doctor.reeval import gather_reeval
 
     current = _spec_hash(loaded)
     rows = reg.list_versions(loaded.name)
@@ -78,7 +80,8 @@ def recipe_state(loaded: LoadedRecipe, reg: Registry, prometheus_url: str | None
                        versions=versions, data=_data_stats(reg, loaded, rows, current),
                        human_eval=evaluations[-1] if evaluations else None,
                        drift=gather_drift(reg, loaded.name, _artifact_json, prometheus_url,
-                                          client))
+                                          client),
+                       reeval=gather_reeval(reg, loaded.name))
 
 
 def _spec_hash(loaded: LoadedRecipe) -> str | None:

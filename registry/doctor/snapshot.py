@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from recipes.evaluation.report import EvaluationReport
     from recipes.loading.recipe import LoadedRecipe
     from registry.doctor.drift import DriftFacts
+    from registry.doctor.reeval import ReevalFacts
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class RecipeState:
     data: DataStats | None = None  # from the newest version that stored a data report
     human_eval: HumanEvalResult | None = None  # the newest one of the newest ready version
     drift: DriftFacts | None = None  # the deployed versions' references (None: not read)
+    reeval: ReevalFacts | None = None  # the deployed versions' newest `reg eval run`s
 
     @property
     def name(self) -> str:

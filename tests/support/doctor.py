@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from recipes.evaluation.report import EvaluationReport
 from recipes.loading.recipe import LoadedRecipe
 from recipes.schema import Recipe
 from registry.doctor.drift import DeployedReference, DriftFacts
+from registry.doctor.reeval import ReevalFacts, ServedRun
 from registry.doctor.snapshot import DataStats, RecipeState, VersionRecord
 
 WORKSPACE = Path("/ws")
@@ -75,10 +77,19 @@ def state(changes: Mapping[str, Any] | None = None, *, data: DataStats | None = 
           versions: list[VersionRecord] | None = None,
           num_params: int | None = 7_000_000_000,
           human: HumanEvalResult | None = None,
-          drift: DriftFacts | None = None) -> RecipeState:
+          drift: DriftFacts | None = None,
+          reeval: ReevalFacts | None = None) -> RecipeState:
     """One recipe's state: ``changes`` sets recipe fields by dotted path."""
     return RecipeState(loaded=loaded(changes), num_params=num_params,
-                       versions=versions or [], data=data, human_eval=human, drift=drift)
+                       versions=versions or [], data=data, human_eval=human, drift=drift,
+                       reeval=reeval)
+
+
+def reevaluated(*numbers: int) -> ReevalFacts:
+    """Re-evaluation facts of versions deployed and re-evaluated an hour ago, in tolerance."""
+    now = datetime(2025, 1, 10, 12, 0, tzinfo=UTC)
+    return ReevalFacts(now=now, deployed=[ServedRun(n, ("production",), now - timedelta(hours=1))
+                                          for n in numbers])
 
 
 def monitored(*numbers: int, prometheus: str | None = "http://p") -> DriftFacts:

@@ -28,7 +28,14 @@ from registry.doctor.checks import (
     diagnose,
 )
 from registry.doctor.snapshot import InvalidRecipe, Prometheus, RecipeState, Snapshot, Target
-from tests.support.doctor import data_stats, human_eval, monitored, state, version
+from tests.support.doctor import (
+    data_stats,
+    human_eval,
+    monitored,
+    reevaluated,
+    state,
+    version,
+)
 
 Check = Callable[[RecipeState], Finding]
 TINY = 590_464  # the tiny Llama's parameters
@@ -223,7 +230,7 @@ def _good() -> dict[str, Any]:
 def test_a_recipe_that_follows_every_practice_passes_every_item() -> None:
     s = state(_good(), data=data_stats(), versions=[version(1, metrics={
         **WITH_BASE, "general": {"regression": 0.01}})], human=human_eval(1),
-              drift=monitored(1))
+              drift=monitored(1), reeval=reevaluated(1))
     report = diagnose(_snapshot(s, prometheus=Prometheus(url="http://p", targets=_targets("up"))))
     assert [f.item for f in report.findings if f.status is not Status.passed] == []
     assert len(report.findings) == len(RECIPE_CHECKS) + 1
