@@ -7,7 +7,9 @@ hash = sha256 of canonical JSON of
   - the model name,
   - the content digest of every data file the recipe reads,
   - the base model's identity (digest of its config, tokenizer and weights),
-  - TRAINING_FORMAT_VERSION, bumped when the training code changes output.
+  - TRAINING_FORMAT_VERSION, bumped when the training code changes output;
+  - for objective grpo, the registered reward models the plan pinned (version and artifact
+    digest), folded in by :func:`with_reward_models`.
 
 Comments, key order, quoting and written-out defaults do not change it; one
 byte of any data file does. File contents are hashed with xxh3-128, which
@@ -18,6 +20,7 @@ are not re-read.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -134,14 +137,35 @@ class SpecIdentity:
     normalized_spec: Mapping[str, Any]
     data_digests: dict[str, str]
     base_model: dict[str, str]
+    # The reward models objective grpo's plan pinned ({ref, model, version, artifact_digest}).
+    reward_models: tuple[Mapping[str, Any], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "spec_hash": self.spec_hash,
             "normalized_spec": dict(self.normalized_spec),
             "data_digests": self.data_digests,
             "base_model": self.base_model,
         }
+        if self.reward_models:
+            out["reward_models"] = [dict(p) for p in self.reward_models]
+        return out
+
+
+def with_reward_models(ident: SpecIdentity, pins: list[dict[str, Any]]) -> SpecIdentity:
+    """``ident`` with the reward models its plan pinned folded into the spec hash. Pure.
+
+    A recipe naming ``NAME:production`` gets a new spec hash when the stage moves to another
+    version (or the version's artifact differs), so promoting a reward model retrains the
+    policy, and training reads the pinned version, never the stage.
+    """
+    if not pins:
+        return ident
+    payload = {"spec_hash": ident.spec_hash, "reward_models": pins}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return dataclasses.replace(ident, spec_hash=f"sha256:{digest}",
+                               reward_models=tuple(dict(p) for p in pins))
 
 
 # What the spec hash leaves out: settings that change where a version goes or who watches

@@ -4,7 +4,8 @@ One pass (:meth:`Reconciler.run_once`):
 
 1. take the registry's ``reconciler`` lease (:func:`rollout.controller.lease.hold_lease`:
    a heartbeat keeps it; a dead local holder's is reclaimed at once);
-2. read desired state (the one recipe loader, with its cache) and actual
+2. read desired state (the one recipe loader, with its cache; a GRPO recipe's reward
+   models pinned to versions, :mod:`rollout.gitops.reward_pins`) and actual
    state (the registry), and decide with :func:`~rollout.gitops.plan.make_plan` (pure);
 3. close runs whose spec hash is no longer wanted (:mod:`rollout.gitops.apply`);
 4. for each model whose action is due, in order: train it
@@ -44,6 +45,7 @@ from rollout.gitops.desired import DesiredState, desired_state
 from rollout.gitops.gitinfo import GitLineage
 from rollout.gitops.plan import Action, BackoffPolicy, ModelPlan, Plan, make_plan
 from rollout.gitops.report import Observer, Outcome, PassReport, QuietObserver
+from rollout.gitops.reward_pins import pin_reward_models
 from rollout.gitops.training import Trainer, default_trainer, train_model
 
 if TYPE_CHECKING:
@@ -94,6 +96,7 @@ class Reconciler:
     def plan(self, *, prune: bool = False) -> tuple[Plan, DesiredState]:
         """Read both states and decide; writes to no registry table (``reg plan`` is this)."""
         state = desired_state(self.paths, GitLineage(), self.cache)
+        pin_reward_models(state, self.registry)  # objective grpo: reward model versions
         versions, runs = snapshot(self.registry, state.desired)
         plan = make_plan(state.desired, state.blocked, versions, runs, now=self.steps.clock(),
                          policy=self.steps.policy, prune=prune)

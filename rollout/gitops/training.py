@@ -19,6 +19,7 @@ from recipes.training.tracking.client import tag_registered
 from registry.versions import VersionStatus
 from rollout.gitops.apply import Step, Steps
 from rollout.gitops.report import Outcome
+from rollout.gitops.reward_pins import fetch_pins
 from rollout.gitops.runlog import RunLog
 
 if TYPE_CHECKING:
@@ -53,8 +54,11 @@ def manifest_identity(loaded: LoadedRecipe, ident: SpecIdentity) -> dict[str, An
     """
     from recipes.training.entry import default_identity
 
-    return {**default_identity(loaded), "spec_hash": ident.spec_hash,
-            "data_digests": dict(ident.data_digests), "base_model": dict(ident.base_model)}
+    out = {**default_identity(loaded), "spec_hash": ident.spec_hash,
+           "data_digests": dict(ident.data_digests), "base_model": dict(ident.base_model)}
+    if ident.reward_models:  # objective grpo: the reward model versions the plan pinned
+        out["reward_models"] = [dict(p) for p in ident.reward_models]
+    return out
 
 
 def workdir_for(home: Path, run_key: str) -> Path:
@@ -93,6 +97,7 @@ def train_model(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIde
     try:
         registry.update_run(run_id, phase="train", actor=actor)
         steps.observer.step(m.model, "train", str(workdir))
+        fetch_pins(registry, ident.reward_models, workdir)
         with runlog.capture():
             result = trainer(loaded, workdir, resume=True, progress=progress,
                              identity=manifest_identity(loaded, ident))
