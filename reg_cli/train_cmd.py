@@ -11,6 +11,7 @@ from reg_cli.output import JsonOpt, Output
 
 if TYPE_CHECKING:
     from recipes.evaluation.report import EvaluationReport
+    from recipes.loading.loader import LoadedRecipe
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -76,7 +77,8 @@ def train(
 
     output = Output(json_mode)
     loaded = load_recipe(recipe)
-    result = run(loaded, out, resume=not fresh, progress=not json_mode)
+    identity = _pinned_identity(loaded, out)
+    result = run(loaded, out, resume=not fresh, progress=not json_mode, identity=identity)
     metrics = result.report.to_json()
     output.data({
         "artifact_dir": str(result.artifact_dir), "steps": result.steps,
@@ -92,7 +94,33 @@ def train(
     render_metrics(output, result.report)
     verdict = "[green]passed[/green]" if result.gates_passed else "[red]failed[/red]"
     output.message(f"Gates {verdict}. Artifact: {result.artifact_dir}")
-    output.hint(f"serve it with vLLM: --lora-modules {loaded.name}={result.artifact_dir}")
+    if loaded.recipe.spec.training.objective.value == "reward":
+        output.hint("a reward model is not served: register it (`reg reconcile`) and name it "
+                    f"in a GRPO recipe's training.grpo.rewards as {{model: {loaded.name}@vN}}")
+    else:
+        output.hint(f"serve it with vLLM: --lora-modules {loaded.name}={result.artifact_dir}")
+
+
+def _pinned_identity(loaded: LoadedRecipe, out: Path) -> dict[str, Any] | None:
+    """For a GRPO recipe naming reward models: pin them in the registry (as `reg reconcile`
+    plans them) and fetch their artifacts into ``out``; None for every other recipe."""
+    from rollout.gitops.reward_pins import fetch_pins, model_refs, resolve_pins
+
+    if not model_refs(loaded):
+        return None
+    from recipes.core.errors import RegError
+    from recipes.identity import spec_identity, with_reward_models
+    from reg_cli._common import open_registry
+    from rollout.gitops.training import manifest_identity
+
+    with open_registry() as registry:
+        ident = spec_identity(loaded)
+        pins, problems = resolve_pins(registry, loaded, ident)
+        if problems:
+            raise RegError("; ".join(f"{loaded.path}: {p.field}: {p.message}" for p in problems),
+                           hint="register and promote the reward model first")
+        fetch_pins(registry, pins, out.resolve())
+    return manifest_identity(loaded, with_reward_models(ident, pins))
 
 
 def estimate(
