@@ -16,7 +16,7 @@ from trl.trainer.dpo_config import DPOConfig
 from trl.trainer.dpo_trainer import DPOTrainer
 
 from recipes.training.checkpoint import SafeCheckpointMixin
-from recipes.training.ewc import with_penalty
+from recipes.training.ewc import penalty_share, with_penalty
 
 if TYPE_CHECKING:
     import datasets
@@ -33,7 +33,8 @@ class RegDPOTrainer(SafeCheckpointMixin, DPOTrainer):
                      return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         parent: Any = super()  # trl's compute_loss is untyped
         result: Any = parent.compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        return with_penalty(self.ewc, model, result, return_outputs)
+        return with_penalty(self.ewc, model, result, return_outputs,
+                            share=penalty_share(self, num_items_in_batch))
 
     def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
         mask = inputs.get("attention_mask")

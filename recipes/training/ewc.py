@@ -51,15 +51,36 @@ class EWCPenalty:
 
 
 def with_penalty(ewc: EWCPenalty | None, model: torch.nn.Module, result: Any,
-                 return_outputs: bool) -> Any:
-    """A trainer's ``compute_loss`` result (``loss`` or ``(loss, outputs)``) plus the penalty."""
+                 return_outputs: bool, share: float = 1.0) -> Any:
+    """A trainer's ``compute_loss`` result (``loss`` or ``(loss, outputs)``) plus the penalty.
+
+    ``share``: the part of one optimizer step's penalty this loss carries; below 1 when the
+    trainer sums several micro-batches' losses into one update without dividing them.
+    """
     if ewc is None:
         return result
-    penalty = ewc(model)
+    penalty = ewc(model) * share
     if return_outputs:
         loss, outputs = result
         return loss + penalty, outputs
     return result + penalty
+
+
+def penalty_share(trainer: Any, num_items_in_batch: Any) -> float:
+    """The part of an optimizer step's penalty one micro-batch's loss carries, for a
+    ``transformers.Trainer`` (or a trl subclass) in ``compute_loss``.
+
+    A loss the trainer counts as scaled for gradient accumulation (normalised by the step's
+    token count, ``num_items_in_batch``) is summed over the step's micro-batches undivided
+    (``Trainer.training_step``), so a whole penalty on each would weigh
+    ``gradient_accumulation_steps`` times; any other loss is divided there, penalty included.
+    """
+    scaled = trainer.loss_is_scaled_for_ga
+    if scaled is None:
+        scaled = ((trainer.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                  or trainer.compute_loss_func is not None)
+    steps = int(getattr(trainer, "current_gradient_accumulation_steps", 1) or 1)
+    return 1.0 / steps if scaled else 1.0
 
 
 def estimate_fisher(

@@ -27,7 +27,7 @@ import torch
 from transformers import Trainer
 
 from recipes.training.checkpoint import SafeCheckpointMixin
-from recipes.training.ewc import with_penalty
+from recipes.training.ewc import penalty_share, with_penalty
 
 if TYPE_CHECKING:
     import datasets
@@ -166,7 +166,8 @@ class RegTrainer(SafeCheckpointMixin, Trainer):
     ) -> Any:
         inputs = {k: v for k, v in inputs.items() if k != REAL_TOKENS}
         result: Any = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        return with_penalty(self.ewc, model, result, return_outputs)
+        return with_penalty(self.ewc, model, result, return_outputs,
+                            share=penalty_share(self, num_items_in_batch))
 
     def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                         prediction_loss_only: bool, ignore_keys: list[str] | None = None) -> Any:

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 SUITE = "training controls"
 LR = 0.01
+EWC_WEIGHT = 1e4
 STEPS = 12  # logging_steps is 1 for runs of at most 50 steps: one log entry per step
 # No general set, no decoding: these tests read the training, not the evaluation.
 QUICK: dict[str, Any] = {"spec.evaluation.general": None,
@@ -185,3 +186,20 @@ def test_gradient_accumulation_makes_one_optimizer_step_of_several_batches(
     record(SUITE, "gradient accumulation: tokens per optimizer step, batch 4 x 2 / 8 / 4",
            f"{accum.num_input_tokens_seen // STEPS} / {eight.num_input_tokens_seen // STEPS}"
            f" / {four.num_input_tokens_seen // STEPS}", "tokens")
+
+
+def test_the_ewc_penalty_weighs_the_same_with_gradient_accumulation(runs: RunFactory) -> None:
+    # The trainer sums its micro-batches' losses into one update; the EWC penalty belongs to
+    # the update, so accumulating 4 + 4 must train as batches of 8 do, penalty included.
+    ewc = {"spec.training.lr_scheduler": "constant", "spec.training.max_steps": STEPS,
+           "spec.training.ewc": {"weight": EWC_WEIGHT, "reference": "../data/general.jsonl"}}
+    _r8, eight = runs("ewc-batch-8", **ewc)
+    _ra, accum = runs("ewc-batch-4-x2", **ewc, **{"spec.training.batch_size": 4,
+                                                  "spec.training.gradient_accumulation_steps": 2})
+    _rn, plain = runs("constant", **{"spec.training.lr_scheduler": "constant",
+                                     "spec.training.max_steps": STEPS})
+    losses = _per_step(eight, "loss")
+    print(f"EWC losses, batch 8: {[round(v, 4) for v in losses]}; 4 x 2: "
+          f"{[round(v, 4) for v in _per_step(accum, 'loss')]}")
+    assert losses[1:] != pytest.approx(_per_step(plain, "loss")[1:], rel=1e-3)  # it acts
+    assert _per_step(accum, "loss") == pytest.approx(losses, rel=1e-4)

@@ -35,3 +35,9 @@ def test_without_ewc_the_result_is_unchanged() -> None:
     model, _ewc = _model_and_penalty()
     result = (torch.tensor(0.5), {"logits": torch.zeros(1)})
     assert with_penalty(None, model, result, return_outputs=True) is result
+
+
+def test_a_share_of_the_penalty_is_added_for_one_micro_batch_of_several() -> None:
+    model, ewc = _model_and_penalty()
+    loss = with_penalty(ewc, model, torch.tensor(1.0), return_outputs=False, share=0.5)
+    assert float(loss) == pytest.approx(1.0 + 0.5 * 5.0)
