@@ -1,10 +1,17 @@
-"""`reg eval run`'s watch loop on a fake clock, and its argument checks (no gateway)."""
+"""`reg eval run`'s watch loop on a fake clock, and what it refuses before any gateway is
+asked (a real SQLite registry, `reg` as a subprocess)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from reg_cli.eval_run import api_key, gateway_url, watch
+from registry.api import Registry
+from registry.settings import Settings
+from tests.support.cli import reg_fails, reg_ok
+from tests.support.factories import ArtifactFactory
 
 
 class FakeClock:
@@ -73,3 +80,23 @@ def test_the_address_and_key_come_from_flag_then_environment(
     assert api_key() == "k1"
     monkeypatch.setenv("REG_API_KEY", "mine")
     assert api_key() == "mine"
+
+
+def test_the_command_refuses_what_it_cannot_evaluate_by_name(
+        tmp_path: Path, make_artifact: ArtifactFactory) -> None:
+    s = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'r.db'}",
+                 artifact_store=str(tmp_path / "store"))
+    reg = Registry(s)
+    try:
+        reg.register_artifact(make_artifact("support-bot"))
+        reg.promote("support-bot", 1, "production")
+    finally:
+        reg.close()
+    p = reg_fails(s, "eval", "run", "support-bot:staging")
+    assert "support-bot has no version in stage 'staging' (stages: production (v1))" in p.stderr
+    p = reg_fails(s, "eval", "run", "support-bot", "--every", "soon")
+    assert "--every 'soon' is not a duration" in p.stderr
+    # Registered by hand with a recipe this reg does not read: nothing to rebuild from.
+    p = reg_fails(s, "eval", "run", "support-bot", "--gateway", "http://127.0.0.1:9")
+    assert "support-bot@v1 stores no recipe this reg reads" in p.stderr
+    assert "No re-evaluation stored yet" in reg_ok(s, "eval", "history", "support-bot").stdout
