@@ -55,9 +55,11 @@ def with_penalty(ewc: EWCPenalty | None, model: torch.nn.Module, result: Any,
     """A trainer's ``compute_loss`` result (``loss`` or ``(loss, outputs)``) plus the penalty.
 
     ``share``: the part of one optimizer step's penalty this loss carries; below 1 when the
-    trainer sums several micro-batches' losses into one update without dividing them.
+    trainer sums several micro-batches' losses into one update without dividing them. In
+    evaluation (the model in eval mode) nothing is added: the validation loss, which early
+    stopping reads, is the model's loss on the data, not the training objective.
     """
-    if ewc is None:
+    if ewc is None or not model.training:
         return result
     penalty = ewc(model) * share
     if return_outputs:

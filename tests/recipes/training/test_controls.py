@@ -203,3 +203,20 @@ def test_the_ewc_penalty_weighs_the_same_with_gradient_accumulation(runs: RunFac
           f"{[round(v, 4) for v in _per_step(accum, 'loss')]}")
     assert losses[1:] != pytest.approx(_per_step(plain, "loss")[1:], rel=1e-3)  # it acts
     assert _per_step(accum, "loss") == pytest.approx(losses, rel=1e-4)
+
+
+def test_the_validation_loss_of_an_ewc_run_leaves_the_penalty_out(runs: RunFactory) -> None:
+    # The penalty and its gradient are 0 at the first step (the weights are the anchor), so
+    # after it the EWC run's weights are the plain run's: so must its validation loss be.
+    evaluated = {"spec.training.lr_scheduler": "constant", "spec.training.max_steps": 2,
+                 "spec.training.eval_every_steps": 1}
+    _rp, plain = runs("eval-plain", **evaluated)
+    _re, ewc = runs("eval-ewc", **evaluated, **{"spec.training.ewc": {
+        "weight": EWC_WEIGHT, "reference": "../data/general.jsonl"}})
+
+    def eval_losses(state: TrainerState) -> list[float]:
+        return [float(r["eval_loss"]) for r in state.log_history if "eval_loss" in r]
+
+    assert len(eval_losses(ewc)) == 2
+    assert eval_losses(ewc)[0] == pytest.approx(eval_losses(plain)[0], rel=1e-6)
+    assert _per_step(ewc, "loss")[1] > _per_step(plain, "loss")[1]  # training still pays it

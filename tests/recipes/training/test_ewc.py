@@ -41,3 +41,10 @@ def test_a_share_of_the_penalty_is_added_for_one_micro_batch_of_several() -> Non
     model, ewc = _model_and_penalty()
     loss = with_penalty(ewc, model, torch.tensor(1.0), return_outputs=False, share=0.5)
     assert float(loss) == pytest.approx(1.0 + 0.5 * 5.0)
+
+
+def test_nothing_is_added_in_evaluation() -> None:
+    model, ewc = _model_and_penalty()
+    model.eval()
+    loss = torch.tensor(1.0)
+    assert with_penalty(ewc, model, loss, return_outputs=False) is loss
