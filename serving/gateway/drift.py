@@ -308,12 +308,13 @@ class DriftMonitor:
     def step(self) -> None:
         """One pass: follow the deployed set, bin what queued, refresh the gauges."""
         self._sync(self._deployed())
+        binned = bool(self._queue)
         while self._queue:
             item = self._queue.popleft()
             self._queued_bytes -= item.size
             self._bin(item)
         now = self._clock()
-        if now - self._refreshed >= REFRESH_S or not self._queue:
+        if binned or now - self._refreshed >= REFRESH_S:
             self._refresh(now)
 
     def _sync(self, deployments: Iterable[Deployment]) -> None:

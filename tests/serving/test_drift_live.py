@@ -24,7 +24,7 @@ from tests.support.gateway import Server
 from tests.support.live_stack import ADMIN_TOKEN, set_baseline
 
 LIKE_TRAINING = 30
-UNLIKE = 40
+UNLIKE = 70  # with LIKE_TRAINING, the 100 prompts a verdict needs
 # Symbols and digits the support data never holds, long enough to leave its length bins.
 UNLIKE_PROMPT = "ZQX 9!9!9 ~~ ## ^^ {}|{} %%% " * 6
 
@@ -108,3 +108,9 @@ def test_prompts_unlike_the_training_data_raise_the_versions_drift(
     shown = next(v for v in json.loads(p.stdout)["versions"] if v["version"] == 1)
     assert shown["samples"] >= after["samples"]
     assert psi_of(shown)["tokens"] > 0.25
+    p = run_reg(Settings.for_home(reg_home), "drift", MODEL, timeout=120, COLUMNS="200",
+                REG_GATEWAY_URL=stack.url, REG_ADMIN_TOKEN=ADMIN_TOKEN)
+    print(p.stdout)
+    assert p.returncode == 0, p.stderr
+    row = next(line for line in p.stdout.splitlines() if " v1 " in line)
+    assert "significant" in row and "tokens other:" in row, p.stdout
