@@ -250,8 +250,9 @@ def _render(out: Output, plan: Plan, outcome: Outcome, recipe: Path) -> None:
     rows += [("dropped", reason, n) for reason, n in report["dropped"].items()]
     rows += [("PII redacted", kind, n)
              for kind, n in report["cleaning"]["pii_redacted"].items()]
-    out.table(f"Generated for {plan.loaded.name} ({plan.mode})", ["step", "reason", "count"],
-              rows)
+    out.message(f"[bold]{plan.mode}[/bold] {plan.loaded.name}: {report['kept']} of "
+                f"{report['planned']} row(s) kept")
+    out.table(None, ["step", "reason", "count"], rows)
     out.table("Answered by", ["model", "requests"], sorted(prov.answered_by.items()))
     out.message(f"[green]Wrote {prov.rows} row(s)[/green] to {plan.shown} ({prov.format}; "
                 f"provenance in {provenance_path(plan.out).name}; {prov.requests} request(s), "

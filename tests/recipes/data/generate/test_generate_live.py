@@ -67,8 +67,11 @@ def test_augment_resumes_writes_provenance_and_feeds_the_recipe(
         write_recipe: RecipeFactory) -> None:
     out = workspace / "data" / "small-bot.augmented.jsonl"
     args = ["data", "augment", str(small_recipe), "--n", "2", *_flags(stack)]
-    first = _json(reg(*args, "--limit", "5", cwd=workspace))
-    assert (first["complete"], first["answered_now"], first["remaining"]) == (False, 5, 7)
+    first = reg(*args[:-1], "--limit", "5", cwd=workspace)  # as a person sees it
+    assert first.returncode == 0, first.stderr
+    print(first.stdout)
+    assert "Answered 5 of 12 (5 now)" in " ".join(first.stdout.split())
+    assert "ask for the other 7" in first.stdout
     assert not out.exists() and not provenance_path(out).exists()
     assert len(partial_path(out).read_text().splitlines()) == 1 + 5  # header + answers
 
@@ -103,7 +106,8 @@ def test_augment_resumes_writes_provenance_and_feeds_the_recipe(
         o.messages[-1]["content"] for o in originals}
     ids = [content_id(g) for g in generated]
     assert len(set(ids)) == len(ids) and not set(ids) & {content_id(o) for o in originals}
-    print(f"augment: {prov.rows} kept of {2 * ROWS}, dropped {report['dropped']}")
+    print(f"augment: {prov.rows} kept of {2 * ROWS}, dropped {report['dropped']}; "
+          f"first rows:\n{''.join(text.splitlines(keepends=True)[:3])}")
 
     # Named by the recipe like any source: loaded, prepared, and its spec hash is a hash of
     # the rows, not of when they were made.
@@ -139,6 +143,7 @@ def test_synthesize_from_a_topics_file(stack: Server, workspace: Path,
                          source="synth")
     assert len(rows) == prov.rows == prov.report["kept"]
     assert all([m["role"] for m in r.messages][-2:] == ["user", "assistant"] for r in rows)
+    print(out.read_text().splitlines()[0])
 
 
 def test_retries_through_faults_the_gateway_injects(stack: Server, workspace: Path,
