@@ -5,6 +5,7 @@ nothing is written."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +47,6 @@ def _files(root: Path) -> list[str]:
 def test_bad_input_names_the_problem_and_writes_nothing(
         workspace: Path, args: list[str], files: dict[str, str], error: str,
         hint: str) -> None:
-    import re
-
     for name, text in files.items():
         (workspace / name).write_text(text)
     before = _files(workspace)

@@ -5,6 +5,7 @@ injected faults, and an endpoint error that writes nothing."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -94,8 +95,6 @@ def test_augment_resumes_writes_provenance_and_feeds_the_recipe(
 
     # The rows: the recipe's format, answers kept, no duplicate of an original or another.
     text = out.read_text()
-    import hashlib
-
     assert hashlib.sha256(text.encode()).hexdigest() == prov.sha256
     generated = load_examples(out, "gen", fmt=DataFormat.openai_chat, fields=FieldMap(),
                               source="gen")
