@@ -215,6 +215,9 @@ def run(
                         f"{tolerance:g}; stored as run {stored.id}.")
         elif code == 0:
             out.message(f"[green]Stored[/green] run {stored.id}: {stored.describe()}.")
+        else:
+            out.hint(f"is the gateway at {url} up (`reg serve`), and does a stage point at "
+                     f"{stored.model}@v{stored.version} (`reg versions {stored.model}`)?")
         return code
 
     if every_s is None:

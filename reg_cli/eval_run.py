@@ -127,8 +127,11 @@ def evaluate_once(reg: Registry, v: VersionPublic, *, gateway: str, tolerance: f
     try:
         m = measure(client, pin, v.number, cases, losses=losses)
     except openai.APIStatusError as e:
+        body = e.body.get("error", e.body) if isinstance(e.body, dict) else None
+        said = body.get("message") if isinstance(body, dict) else None
         run = EvalRunCreate(model=v.model, version=v.number, gateway=gateway,
-                            tolerance=tolerance, error=f"HTTP {e.status_code}: {e.message}")
+                            tolerance=tolerance,
+                            error=f"HTTP {e.status_code}: {said or e.message}")
         return reg.record_eval_run(run)
     except (openai.APIError, RegError) as e:
         run = EvalRunCreate(model=v.model, version=v.number, gateway=gateway,

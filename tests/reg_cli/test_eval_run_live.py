@@ -5,7 +5,7 @@ v2 ("bravo") is measured again on its recipe's test and general sets, rebuilt fr
 session's workspace (whose data v2 was trained on last); its losses and scores must match
 its registration metrics. Then a v3 registered from v2's very weights with recorded
 metrics better than they are is served from staging: re-evaluating it flags the
-regression and exits 1."""
+regression and exits 1; out of staging, its run fails with the gateway's 404, stored."""
 
 from __future__ import annotations
 
@@ -50,9 +50,10 @@ def _served(url: str, ref: str, timeout_s: float = 120) -> None:
         time.sleep(0.2)
 
 
-def _eval_run(reg_home: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+def _eval_run(reg_home: Path, *args: str, codes: tuple[int, ...] = (0, 1)
+              ) -> tuple[int, dict[str, Any], str]:
     p = run_reg(Settings.for_home(reg_home), "eval", "run", *args, "--json", timeout=TIMEOUT_S)
-    assert p.returncode in (0, 1), f"exit {p.returncode}:\n{p.stdout}\n{p.stderr}"
+    assert p.returncode in codes, f"exit {p.returncode}:\n{p.stdout}\n{p.stderr}"
     doc: dict[str, Any] = json.loads(p.stdout)
     return p.returncode, doc, p.stderr
 
@@ -120,3 +121,11 @@ def test_a_version_whose_records_beat_what_it_serves_is_flagged(
     assert check["measured"] > check["allowed"] == pytest.approx(metrics["test"]["loss"] * 1.05)
     assert live_registry.eval_runs(MODEL, boasting.number)[-1].regressed_metrics == [
         "test.loss", "test.perplexity"]
+
+    # Out of staging, the gateway no longer serves it: a failed run, stored with why (exit 2).
+    code, failed, _ = _eval_run(reg_home, f"{MODEL}@v{boasting.number}", "--gateway", stack.url,
+                                "--recipe", str(_workspace_recipe(trained_adapters[2])),
+                                codes=(2,))
+    assert failed["metrics"] == {} and failed["error"].startswith(
+        f"HTTP 404: The model '{MODEL}@v{boasting.number}' is not deployed")
+    assert live_registry.eval_runs(MODEL, boasting.number)[-1].error == failed["error"]
