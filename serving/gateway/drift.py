@@ -264,7 +264,10 @@ class DriftMonitor:
         self._load_tokenizer = tokenizer
         self._clock = clock
         self._queue: deque[_Prompt] = deque()
-        self._queued_bytes = 0
+        # Bytes queued = in - out; each counter is written by one thread only (the event
+        # loop, the worker), so neither loses an update to the other.
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._versions: dict[Key, _Version] = {}
         self._tokenizers: dict[str, Tokenizer] = {}
         self._lock = threading.Lock()  # the sketches: the worker writes, the route reads
@@ -278,10 +281,11 @@ class DriftMonitor:
     def observe(self, model: str, version: int, kind: str, payload: Mapping[str, Any],
                 size: int) -> None:
         """Queue one request's prompt for the worker; dropped (and counted) when full."""
-        if len(self._queue) >= MAX_QUEUED or self._queued_bytes + size > MAX_QUEUED_BYTES:
+        if (len(self._queue) >= MAX_QUEUED
+                or self._bytes_in - self._bytes_out + size > MAX_QUEUED_BYTES):
             self._drop("queue_full")
             return
-        self._queued_bytes += size
+        self._bytes_in += size
         self._queue.append(_Prompt(model, version, kind, payload, size))
 
     def _drop(self, reason: str) -> None:
@@ -311,7 +315,7 @@ class DriftMonitor:
         binned = bool(self._queue)
         while self._queue:
             item = self._queue.popleft()
-            self._queued_bytes -= item.size
+            self._bytes_out += item.size
             self._bin(item)
         now = self._clock()
         if binned or now - self._refreshed >= REFRESH_S:

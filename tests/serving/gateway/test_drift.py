@@ -14,6 +14,7 @@ from recipes.data.drift import build_reference
 from registry.deployments import Deployment
 from serving.gateway.drift import (
     MAX_QUEUED,
+    MAX_QUEUED_BYTES,
     MIN_SAMPLES,
     SLICE_S,
     SLICES,
@@ -139,6 +140,18 @@ def test_a_full_queue_drops_and_counts(
     assert report.versions[0].samples == MAX_QUEUED
     page = metrics.render().decode()
     assert 'reg_drift_dropped_prompts_total{reason="queue_full"} 8.0' in page
+
+
+def test_the_queue_is_bounded_in_bytes_too(
+        monitor_for: Callable[[bool], tuple[DriftMonitor, Metrics, Now]]) -> None:
+    mon, _, _ = monitor_for(True)
+    half = MAX_QUEUED_BYTES // 2
+    for _ in range(3):  # the third would pass the bound
+        mon.observe("support-bot", 1, "chat", _chat(ASKED[0]), half)
+    assert mon.report().queued == 2 and mon.dropped["queue_full"] == 1
+    mon.step()  # taken off the queue: room again
+    mon.observe("support-bot", 1, "chat", _chat(ASKED[0]), half)
+    assert mon.report().queued == 1 and mon.dropped["queue_full"] == 1
 
 
 def test_a_version_without_a_reference_says_so(
