@@ -82,8 +82,11 @@ def _is_list(annotation: object) -> bool:
 
 def _field_paths(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, type[BaseModel]]]:
     for name, info in model.model_fields.items():
-        for sub in _models_in(info.annotation):
-            yield f"{prefix}{name}" + ("[]" if _is_list(info.annotation) else ""), sub
+        subs = list(_models_in(info.annotation))
+        for sub in subs:
+            path = f"{prefix}{name}" + ("[]" if _is_list(info.annotation) else "")
+            # Items of several kinds (training.grpo.rewards): each kind by its first key.
+            yield (path + f" ({next(iter(sub.model_fields))})" if len(subs) > 1 else path), sub
 
 
 def sections(root: type[BaseModel]) -> list[Section]:

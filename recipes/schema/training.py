@@ -266,7 +266,7 @@ def rl_problems(t: TrainingSpec, *, method: str, deploy_target: str, general: bo
                         f"batch_size x gradient_accumulation_steps ({per_step}) must be a "
                         f"multiple of num_generations; set training.batch_size to "
                         f"{g.num_generations} (or a multiple)", g.num_generations))
-    elif "grpo" in t.model_fields_set:
+    elif t.grpo != GRPOSpec():  # defaults written out (a dumped recipe) are not a setting
         out.append(("training.grpo", f"training.grpo is read by objective grpo only (this "
                     f"recipe's is {t.objective.value}); remove it or set objective: grpo", "set"))
     return out

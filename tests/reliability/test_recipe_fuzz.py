@@ -120,11 +120,16 @@ def _data_locs(doc: dict[str, Any]) -> list[Loc]:
     spec = doc["spec"]
     locs: list[Loc] = [("spec", "data", "sources", i, "path")
                        for i in range(len(spec["data"]["sources"]))]
-    if spec["data"].get("replay"):
+    def section(node: Any, key: str) -> dict[str, Any]:
+        # A section an earlier break made a scalar ('training': 'text') names no file.
+        value = node.get(key) if isinstance(node, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    if section(spec["data"], "replay"):
         locs.append(("spec", "data", "replay", "path"))
-    if (spec.get("evaluation") or {}).get("general"):
+    if section(section(spec, "evaluation"), "general"):
         locs.append(("spec", "evaluation", "general", "path"))
-    if ((spec.get("training") or {}).get("ewc") or {}).get("reference") is not None:
+    if section(section(spec, "training"), "ewc").get("reference") is not None:
         locs.append(("spec", "training", "ewc", "reference"))
     return locs
 

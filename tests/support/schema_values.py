@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 # Keywords that say nothing about which values are valid.
 ANNOTATIONS = frozenset({"$schema", "title", "description", "default", "examples"})
 ASSERTIONS = frozenset({
-    "$defs", "$ref", "anyOf", "const", "enum", "type", "pattern", "minLength", "minimum",
+    "$defs", "$ref", "anyOf", "oneOf", "const", "enum", "type", "pattern", "minLength", "minimum",
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "items", "minItems", "properties",
     "required", "additionalProperties",
 })
@@ -45,6 +45,10 @@ def from_schema(schema: dict[str, Any], *, max_items: int = 3) -> st.SearchStrat
             return ref(node["$ref"])
         if "anyOf" in node:
             return st.one_of([build(n) for n in node["anyOf"]])
+        if "oneOf" in node:
+            # Drawn as anyOf: the recipe's oneOf (training.grpo.rewards) has members that each
+            # require their own key and forbid the others', so a value fits exactly one.
+            return st.one_of([build(n) for n in node["oneOf"]])
         if "const" in node:
             return st.just(node["const"])
         if "enum" in node:
