@@ -54,6 +54,7 @@ from recipes.schema import Objective
 
 OBJECTIVE_KIND: dict[Objective, Kind] = {
     Objective.sft: "chat", Objective.dpo: "preference", Objective.cpt: "text",
+    Objective.reward: "preference", Objective.grpo: "chat",
 }
 ANSWERED_WITH = ("the generated request as the user message, after data.system_prompt as "
                  "the system message when the recipe has one")
