@@ -153,11 +153,23 @@ def load_base_model(
     model before ``get_peft_model`` left every LoRA gradient at 0
     (shared/PLATFORM.md), so nothing touches the model before the adapter.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
-    auto: Any = AutoModelForCausalLM
+    return load_pretrained(
+        AutoModelForCausalLM, base, model_dir, settings, quantize=quantize,
+        what="the base model",
+        hint="point base_model.path at a Hugging Face model folder with *.safetensors weights")
+
+
+def load_pretrained(auto: Any, base: BaseModelSpec, model_dir: Path, settings: DeviceSettings,
+                    *, quantize: bool, what: str, hint: str,
+                    **extra: Any) -> PreTrainedModel:
+    """``auto.from_pretrained`` under reg's loading rules: safetensors only, local files only,
+    remote code only if the recipe asks, the device's dtype, bitsandbytes when quantized."""
+    import torch
+
     kwargs: dict[str, Any] = {
+        **extra,
         "use_safetensors": True,
         "trust_remote_code": base.trust_remote_code,
         "local_files_only": True,
@@ -170,10 +182,7 @@ def load_base_model(
     try:
         model = auto.from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError) as e:
-        raise ModelError(
-            f"cannot load the base model from {model_dir}: {e}",
-            hint="point base_model.path at a Hugging Face model folder with *.safetensors weights",
-        ) from e
+        raise ModelError(f"cannot load {what} from {model_dir}: {e}", hint=hint) from e
     if qconfig is None and settings.device == "cuda":
         model = model.to("cuda")
     loaded_model: PreTrainedModel = model

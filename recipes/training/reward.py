@@ -20,7 +20,6 @@ import torch
 from trl.trainer.reward_config import RewardConfig
 from trl.trainer.reward_trainer import RewardTrainer
 
-from recipes.core.errors import ModelError
 from recipes.evaluation.report import PreferenceMetrics
 from recipes.schema import AdapterMethod, AdapterSpec, BaseModelSpec
 from recipes.training.checkpoint import SafeCheckpointMixin
@@ -52,31 +51,15 @@ def load_reward_base(base: BaseModelSpec, model_dir: Path, settings: DeviceSetti
     """The base model with a one-label score head, from safetensors only."""
     from transformers import AutoModelForSequenceClassification
 
-    from recipes.training.model import _quantization_config
+    from recipes.training.model import load_pretrained
 
-    auto: Any = AutoModelForSequenceClassification
-    kwargs: dict[str, Any] = {
-        "num_labels": 1,
-        "use_safetensors": True,
-        "trust_remote_code": base.trust_remote_code,
-        "local_files_only": True,
-        "dtype": getattr(torch, settings.dtype),
-    }
-    qconfig = _quantization_config(base) if quantize else None
-    if qconfig is not None:
-        kwargs["quantization_config"] = qconfig
-        kwargs["device_map"] = {"": 0} if settings.device == "cuda" else {"": "cpu"}
-    try:
-        model = auto.from_pretrained(str(model_dir), **kwargs)
-    except (OSError, ValueError) as e:
-        raise ModelError(
-            f"cannot load {model_dir} as a sequence-classification model: {e}",
-            hint="point base_model.path at a Hugging Face model folder with *.safetensors "
-            "weights whose architecture has a ForSequenceClassification class (Llama, Qwen2, "
-            "Mistral, ...)") from e
+    model: Any = load_pretrained(
+        AutoModelForSequenceClassification, base, model_dir, settings, quantize=quantize,
+        what="a sequence-classification model",
+        hint="point base_model.path at a Hugging Face model folder with *.safetensors weights "
+        "whose architecture has a ForSequenceClassification class (Llama, Qwen2, Mistral, ...)",
+        num_labels=1)
     model.config.pad_token_id = pad_token_id
-    if qconfig is None and settings.device == "cuda":
-        model = model.to("cuda")
     return model
 
 

@@ -5,10 +5,8 @@ Prometheus scraping the gateway's real drift gauges."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -19,6 +17,7 @@ from registry.doctor.gather import _artifact_json
 from serving.gateway.metrics import Metrics
 from tests.support.doctor import monitored, state
 from tests.support.factories import ArtifactFactory, RegistryFactory
+from tests.support.metrics_server import serving_metrics
 from tests.support.services import free_port, running_prometheus
 
 MODEL = "support-bot"
@@ -51,31 +50,18 @@ def test_drift_monitored(facts: DriftFacts | None, status: Status, words: str) -
     assert (f.fix == "") is (status is Status.passed)
 
 
-class _GatewayMetrics(BaseHTTPRequestHandler):
+def _gateway_metrics() -> bytes:
     """A gateway's drift gauges as Metrics renders them: v1 has a reference, v2 none."""
-
-    def do_GET(self) -> None:
-        m = Metrics()
-        m.set_drift(MODEL, "v1", True, 120, {"length": 0.01, "tokens": 0.3})
-        m.set_drift(MODEL, "v2", False, 0, {})
-        body = m.render()
-        self.send_response(200 if self.path == "/metrics" else 404)
-        self.send_header("content-type", "text/plain; version=0.0.4")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    m = Metrics()
+    m.set_drift(MODEL, "v1", True, 120, {"length": 0.01, "tokens": 0.3})
+    m.set_drift(MODEL, "v2", False, 0, {})
+    return m.render()
 
 
 @pytest.fixture(scope="module")
 def gateway_target() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _GatewayMetrics)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving_metrics(_gateway_metrics) as target:
+        yield target
 
 
 @pytest.fixture(scope="module")

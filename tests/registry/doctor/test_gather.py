@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from registry.settings import Settings
 from tests.support.cli import run_reg
 from tests.support.doctor import human_eval
 from tests.support.factories import ArtifactFactory, RegistryFactory
+from tests.support.metrics_server import serving_metrics
 from tests.support.services import free_port, running_prometheus
 
 TINY_PARAMS = 590_464  # the tiny Llama recipes.scaffold.tiny_model builds
@@ -164,26 +163,10 @@ def test_a_version_trained_for_real_by_reconcile(ws: Path, tmp_path: Path) -> No
         assert state.data is not None and state.data.current is False
 
 
-class _Metrics(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"# TYPE reg_doctor_probe gauge\nreg_doctor_probe 1\n"
-        self.send_response(200 if self.path == "/metrics" else 404)
-        self.send_header("content-type", "text/plain; version=0.0.4")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def live_target() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving_metrics(lambda: b"# TYPE reg_doctor_probe gauge\nreg_doctor_probe 1\n") as t:
+        yield t
 
 
 @pytest.fixture(scope="module")
