@@ -7,7 +7,8 @@ with their evaluation records and data reports, and Prometheus's targets into a 
 It lives in the registry layer because the lowest thing it reads is registry state.
 """
 
-from registry.doctor.checks import Finding, Report, Status, diagnose
+from registry.doctor.checks import diagnose
+from registry.doctor.findings import Finding, Report, Status
 from registry.doctor.gather import gather
 from registry.doctor.snapshot import Snapshot
 

@@ -9,8 +9,6 @@ import pytest
 
 from registry.doctor.checks import (
     RECIPE_CHECKS,
-    Finding,
-    Status,
     check_baseline,
     check_checkpoints,
     check_cleaned,
@@ -18,14 +16,17 @@ from registry.doctor.checks import (
     check_early_stopping,
     check_examples,
     check_general_gate,
-    check_human_eval,
     check_learning_rate,
-    check_metrics_scraped,
     check_peft_first,
     check_pii,
-    check_rollout_plan,
     check_test_split,
     diagnose,
+)
+from registry.doctor.findings import Finding, Status
+from registry.doctor.serving_checks import (
+    check_human_eval,
+    check_metrics_scraped,
+    check_rollout_plan,
 )
 from registry.doctor.snapshot import InvalidRecipe, Prometheus, RecipeState, Snapshot, Target
 from tests.support.doctor import (

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from recipes.data.drift import build_reference
-from registry.doctor.checks import Status, check_drift
 from registry.doctor.drift import DeployedReference, DriftFacts, gather_drift
+from registry.doctor.findings import Status
 from registry.doctor.gather import _artifact_json
+from registry.doctor.serving_checks import check_drift
 from serving.gateway.metrics import Metrics
 from tests.support.doctor import monitored, state
 from tests.support.factories import ArtifactFactory, RegistryFactory

@@ -19,8 +19,8 @@ from recipes.loading.loader import load_recipe
 from recipes.scaffold.example import write_example_workspace
 from registry.api import Registry
 from registry.doctor import Status, diagnose, gather
-from registry.doctor.checks import check_metrics_scraped
 from registry.doctor.gather import read_prometheus
+from registry.doctor.serving_checks import check_metrics_scraped
 from registry.settings import Settings
 from tests.support.cli import run_reg
 from tests.support.doctor import human_eval

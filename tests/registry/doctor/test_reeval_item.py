@@ -9,8 +9,9 @@ import pytest
 
 from recipes.evaluation.regression import compare
 from registry.api import Registry
-from registry.doctor.checks import Status, check_reevaluation
+from registry.doctor.findings import Status
 from registry.doctor.reeval import ReevalFacts, ServedRun, gather_reeval
+from registry.doctor.serving_checks import check_reevaluation
 from registry.eval_runs import EvalRunCreate
 from tests.support.clock import FakeClock
 from tests.support.doctor import state
