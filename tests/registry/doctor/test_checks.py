@@ -43,6 +43,8 @@ TINY = 590_464  # the tiny Llama's parameters
 
 WITH_BASE: dict[str, Any] = {"test": {"examples": 30, "loss": 0.5, "base_loss": 3.0}}
 NO_BASE: dict[str, Any] = {"test": {"examples": 30, "loss": 0.5}}
+REWARD: dict[str, Any] = {"spec.data.format": "dpo_pairs", "spec.training.objective": "reward",
+                          "spec.deploy.target": "none"}
 GENERAL: dict[str, Any] = {"spec.evaluation.general": {"path": "../data/general.jsonl"}}
 GATED: dict[str, Any] = {**GENERAL, "spec.evaluation.gates": {"max_general_regression": 0.1}}
 EARLY: dict[str, Any] = {"spec.training.eval_every_steps": 10,
@@ -102,6 +104,8 @@ CPT: dict[str, Any] = {"spec.training.objective": "cpt", "spec.data.format": "te
     pytest.param(check_general_gate, state(GATED, versions=[version(1, metrics={
         "general": {"regression": 0.04}})]), Status.passed, "+4.0%",
         id="general-gated"),
+    pytest.param(check_general_gate, state(REWARD), Status.passed, "a reward model",
+                 id="general-reward-model"),
     # PEFT before full
     pytest.param(check_peft_first, state(), Status.passed, "lora", id="peft"),
     pytest.param(check_peft_first, state({"spec.adapter.method": "full",

@@ -51,6 +51,11 @@ def test_drift_monitored(facts: DriftFacts | None, status: Status, words: str) -
     assert (f.fix == "") is (status is Status.passed)
 
 
+def test_a_model_not_served_has_no_drift_to_monitor() -> None:
+    f = check_drift(state({"spec.deploy.target": "none"}, drift=None))
+    assert f.status is Status.passed and "not served" in f.detail, f
+
+
 def _gateway_metrics() -> bytes:
     """A gateway's drift gauges as Metrics renders them: v1 has a reference, v2 none."""
     m = Metrics()
