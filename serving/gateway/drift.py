@@ -342,7 +342,12 @@ class DriftMonitor:
                     note = ("its data report records no prompt reference (trained before "
                             "drift references were recorded); train it again")
                 else:
-                    sketch = Sketch(ref)
+                    try:  # loaded with the version, not on the hot path's first prompt
+                        self._tokenizer(d.base_model_path)
+                    except Exception as e:
+                        note = f"its base model's tokenizer could not be loaded: {e}"
+                    else:
+                        sketch = Sketch(ref)
             with self._lock:
                 self._versions[key] = _Version(d, sketch, note)
 
@@ -351,11 +356,8 @@ class DriftMonitor:
         if v is None or v.sketch is None:
             return
         try:
-            tok = self._tokenizers.get(v.deployment.base_model_path)
-            if tok is None:
-                tok = self._tokenizers[v.deployment.base_model_path] = self._load_tokenizer(
-                    v.deployment.base_model_path)
-            prompts = prompt_ids(tok, item.kind, item.payload)
+            prompts = prompt_ids(self._tokenizer(v.deployment.base_model_path), item.kind,
+                                 item.payload)
         except Exception:  # a body vLLM may still refuse, or a template that cannot render
             self._drop("unreadable")
             return
@@ -363,6 +365,12 @@ class DriftMonitor:
         with self._lock:
             for ids in prompts:
                 v.sketch.add(ids, now)
+
+    def _tokenizer(self, base_model_path: str) -> Tokenizer:
+        tok = self._tokenizers.get(base_model_path)
+        if tok is None:
+            tok = self._tokenizers[base_model_path] = self._load_tokenizer(base_model_path)
+        return tok
 
     def _refresh(self, now: float) -> None:
         self._refreshed = now

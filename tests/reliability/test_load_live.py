@@ -30,7 +30,7 @@ from registry.api import Registry
 from tests.support.cli import cli_env, reg_cmd
 from tests.support.figures import record
 from tests.support.gateway import Server, free_socket, wait_ready
-from tests.support.live_stack import MODEL, set_baseline
+from tests.support.live_stack import ADMIN_TOKEN, MODEL, set_baseline
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +104,21 @@ async def run_clients(url: str, seconds: float, tally: Tally, seed: int) -> None
                            for i in range(CLIENTS)))
 
 
+def drift_loaded(url: str, log: Path) -> None:
+    """Wait for the gateway's one load that is not a leak: the drift worker reading each
+    served version's reference and its base model's tokenizer (transformers)."""
+    deadline = time.monotonic() + 240
+    while True:
+        r = httpx.get(url + "/admin/drift", params={"model": MODEL}, timeout=30,
+                      headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert r.status_code == 200, r.text
+        rows = r.json()["versions"]
+        if rows and all(v["reference"] for v in rows):
+            return
+        assert time.monotonic() < deadline, (rows, log.read_text()[-3000:])
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def reg_serve(stack: Server, live_registry: Registry, reg_home: Path, tmp_path: Path
               ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
@@ -116,7 +131,7 @@ def reg_serve(stack: Server, live_registry: Registry, reg_home: Path, tmp_path: 
     port = sock.getsockname()[1]
     sock.close()
     env = cli_env(live_registry.settings, REG_EXTERNAL_ENGINES=external,
-                  REG_MAX_CONCURRENCY=str(LIMIT))
+                  REG_MAX_CONCURRENCY=str(LIMIT), REG_ADMIN_TOKEN=ADMIN_TOKEN)
     log = (tmp_path / "reg-serve.log").open("wb")
     proc = subprocess.Popen(
         reg_cmd("serve", "--port", str(port), "--no-controller", "--log-level", "warning"),
@@ -133,6 +148,7 @@ def reg_serve(stack: Server, live_registry: Registry, reg_home: Path, tmp_path: 
                 pass
             assert time.monotonic() < deadline, (tmp_path / "reg-serve.log").read_text()[-3000:]
             time.sleep(0.25)
+        drift_loaded(url, (tmp_path / "reg-serve.log"))
         yield url, proc
     finally:
         proc.terminate()
