@@ -77,6 +77,11 @@ def _shown(loaded: LoadedRecipe, rel: str) -> str:
         path = loaded.resolve(rel)
     except ValueError as e:
         raise DataError(str(e), hint="keep data files inside the workspace") from e
+    return shown_path(path)
+
+
+def shown_path(path: Path) -> str:
+    """A path as people read it: relative to the current folder when inside it."""
     try:
         rel = os.path.relpath(path)
     except ValueError:  # another drive (Windows)

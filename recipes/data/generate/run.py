@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -49,6 +48,7 @@ from recipes.data.generate.plan import (
 from recipes.data.generate.provenance import Provenance, TemplateInfo, provenance_path
 from recipes.data.generate.templates import Template
 from recipes.data.load import Example, Kind, kind_of, load_examples
+from recipes.data.pipeline import shown_path
 from recipes.loading.recipe import LoadedRecipe
 from recipes.schema import Objective
 
@@ -115,12 +115,6 @@ class Outcome:
         return self.remaining == 0
 
 
-def _shown(path: Path) -> str:
-    """A path as people read it: relative to the current folder when inside it."""
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
-
-
 def _originals(loaded: LoadedRecipe, out: Path) -> list[Example]:
     """The recipe's rows, from every source but the output itself (a recipe that already
     names the generated file must not paraphrase its paraphrases)."""
@@ -130,7 +124,7 @@ def _originals(loaded: LoadedRecipe, out: Path) -> list[Example]:
         path = loaded.resolve(src.path)
         if path == out:
             continue
-        rows += load_examples(path, _shown(path), fmt=src.format or data.format,
+        rows += load_examples(path, shown_path(path), fmt=src.format or data.format,
                               fields=src.fields or data.fields,
                               source=src.name or Path(src.path).stem,
                               system_prompt=data.system_prompt or "")
@@ -164,7 +158,7 @@ def plan_augment(loaded: LoadedRecipe, *, n: int, template: Template, endpoint: 
     settings = {**_base_settings("augment", loaded, template, endpoint, model, sampling, seed),
                 "n": n}
     return Plan("augment", loaded, kind, augment_tasks(cleaned, n), originals, template,
-                settings, out, _shown(out))
+                settings, out, shown_path(out))
 
 
 def plan_synthesize(loaded: LoadedRecipe, *, topics: Sequence[str], count: int,
@@ -179,7 +173,7 @@ def plan_synthesize(loaded: LoadedRecipe, *, topics: Sequence[str], count: int,
     settings = {**_base_settings("synthesize", loaded, template, endpoint, model, sampling,
                                  seed), "topics": list(topics), "count": count}
     return Plan("synthesize", loaded, kind, synthesize_tasks(topics, count),
-                _originals(loaded, out), template, settings, out, _shown(out), list(topics))
+                _originals(loaded, out), template, settings, out, shown_path(out), list(topics))
 
 
 def answer(task: Task, plan: Plan, completer: Completer, seed: int) -> Record:
