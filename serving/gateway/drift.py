@@ -7,8 +7,9 @@ keeps the served side, per deployed version:
    to a bounded queue (by entries and by bytes), or a counted drop when it is full.
    Nothing is tokenised there;
 2. a worker thread takes the queue, tokenises each prompt with the version's base model
-   tokenizer (chat: its chat template with the generation prompt, as training rendered
-   prompts; completions: the text without special tokens, or the token ids as sent)
+   tokenizer, read without transformers (:mod:`serving.gateway.prompt_tokens`; chat:
+   its chat template with the generation prompt, as training rendered prompts;
+   completions: the text without special tokens, or the token ids as sent)
    and adds its bins to the version's :class:`Sketch`: per feature a :class:`Window` of
    counts (a ring of time slices: constant memory, the last ``WINDOW_S`` seconds);
 3. each version's reference is read once from its artifact's ``data_report.json``
@@ -46,6 +47,7 @@ from recipes.data.drift import (
 from recipes.data.write import REPORT_FILE
 from registry.deployments import Deployment
 from serving.gateway.metrics import Metrics
+from serving.gateway.prompt_tokens import PromptTokenizer
 
 SLICES = 12
 SLICE_S = 300
@@ -176,11 +178,11 @@ def worst(features: Iterable[FeatureDrift]) -> str:
 
 
 class Tokenizer(Protocol):
-    """What the worker needs of a transformers tokenizer."""
+    """What the worker needs of a base model's tokenizer (:class:`PromptTokenizer`)."""
 
-    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+    def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]: ...
 
-    def __call__(self, text: str, **kwargs: Any) -> Any: ...
+    def text_ids(self, text: str) -> list[int]: ...
 
 
 def _text(content: Any) -> Any:
@@ -195,26 +197,21 @@ def prompt_ids(tok: Tokenizer, kind: str, payload: Mapping[str, Any]) -> list[li
     if kind == "chat":
         messages = [{**m, "content": _text(m.get("content"))}
                     for m in payload["messages"] if isinstance(m, dict)]
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                      return_dict=True)
-        return [[int(i) for i in enc["input_ids"]]]
+        return [tok.chat_ids(messages)]
     prompt = payload.get("prompt")
     items = prompt if isinstance(prompt, list) and prompt and not isinstance(
         prompt[0], int) else [prompt]
     out: list[list[int]] = []
     for p in items:
         if isinstance(p, str):
-            out.append([int(i) for i in tok(p, add_special_tokens=False)["input_ids"]])
+            out.append(tok.text_ids(p))
         elif isinstance(p, list):
             out.append([int(i) for i in p])
     return out
 
 
 def load_tokenizer(base_model_path: str) -> Tokenizer:
-    from transformers import AutoTokenizer
-
-    tok: Tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
-    return tok
+    return PromptTokenizer.load(base_model_path)
 
 
 def read_reference(artifact: Path) -> PromptReference | None:

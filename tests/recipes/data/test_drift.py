@@ -25,6 +25,7 @@ from recipes.data.drift import (
 from recipes.data.pipeline import prepare_data
 from recipes.loading.loader import load_recipe
 from serving.gateway.drift import prompt_ids
+from serving.gateway.prompt_tokens import PromptTokenizer
 
 # ---- bins ------------------------------------------------------------------------------------
 
@@ -122,12 +123,14 @@ def test_a_malformed_reference_names_its_field(change: dict[str, Any], message: 
         PromptReference.parse(data, "v3 report")
 
 
-def test_the_pipeline_records_what_the_gateway_will_tokenise(workspace: Path,
-                                                             tokenizer: Any) -> None:
-    """The data report's reference, and the same conversations tokenised as the gateway
-    tokenises a chat request (without their answers): the same bins, PSI 0."""
+def test_the_pipeline_records_what_the_gateway_will_tokenise(
+        workspace: Path, tokenizer: Any, tiny_model_dir: Path) -> None:
+    """The data report's reference (transformers' tokenizer, as training has it), and the
+    same conversations tokenised as the gateway tokenises a chat request, without
+    transformers and without their answers: the same bins, PSI 0."""
     loaded = load_recipe(workspace / "recipes" / "support-bot.yaml")
     prepared = prepare_data(loaded, tokenizer)
+    gateway = PromptTokenizer.load(str(tiny_model_dir))
     assert prepared.report.prompts is not None
     ref = PromptReference.parse(prepared.report.prompts, "report")
     rows = [r for split in prepared.splits.values() for r in split]
@@ -137,7 +140,7 @@ def test_the_pipeline_records_what_the_gateway_will_tokenise(workspace: Path,
     tokens = np.zeros(bins.token_bins, dtype=np.int64)
     for row in rows:
         asked = [m for m in row["messages"] if m["role"] != "assistant"]
-        (ids,) = prompt_ids(tokenizer, "chat", {"messages": asked})
+        (ids,) = prompt_ids(gateway, "chat", {"messages": asked})
         lengths[bins.length_bin(len(ids))] += 1
         tokens += bins.token_counts(ids)
     assert tokens.tolist() == list(ref.token_counts)

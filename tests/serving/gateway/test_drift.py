@@ -68,10 +68,7 @@ def monitor_for(tiny_model_dir: Path, tmp_path: Path) -> Callable[[bool], tuple[
         artifact.mkdir()
         report: dict[str, object] = {"recipe": "support-bot"}
         if with_reference:
-            prompts = [tok.apply_chat_template([{"role": "user", "content": q}],
-                                               add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]
-                       for q in ASKED * 10]
+            prompts = [tok.chat_ids([{"role": "user", "content": q}]) for q in ASKED * 10]
             report["prompts"] = build_reference(prompts, str).to_json()
         (artifact / "data_report.json").write_text(json.dumps(report))
         d = Deployment(model="support-bot", version=1, stages=("production",),
