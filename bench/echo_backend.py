@@ -2,7 +2,10 @@
 
 Answers every POST to /v1/chat/completions or /v1/completions with one fixed,
 schema-valid completion (no generation), plus the few routes the gateway's
-supervisor calls (/health, /v1/models, /v1/load_lora_adapter).
+supervisor calls (/health, /v1/models, /v1/load_lora_adapter and unload), which keep the
+adapters loaded as vLLM does: /v1/models lists each one with its parent, so the gateway's
+supervisor sees its loads take and stops syncing (a backend that forgot them had it fetch
+and verify every artifact again on each pass, on the cores the proxy is measured on).
 
 Two kinds, the same answers:
 
@@ -30,8 +33,14 @@ CHAT = json.dumps({
                  "logprobs": None, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
 }).encode()
-MODELS = json.dumps({"object": "list", "data": [
-    {"id": "echo", "object": "model", "created": 0, "owned_by": "echo", "parent": None}]}).encode()
+LOADED: set[str] = set()  # adapter names, as vLLM's /v1/models lists them
+
+
+def _models() -> bytes:
+    data = [{"id": "echo", "object": "model", "created": 0, "owned_by": "echo", "parent": None},
+            *({"id": n, "object": "model", "created": 0, "owned_by": "echo", "parent": "echo"}
+              for n in sorted(LOADED))]
+    return _response(json.dumps({"object": "list", "data": data}).encode())
 
 
 def _response(body: bytes, status: bytes = b"200 OK") -> bytes:
@@ -43,18 +52,31 @@ RESPONSES = {
     b"/v1/chat/completions": _response(CHAT),
     b"/v1/completions": _response(CHAT),
     b"/health": _response(b"{}"),
-    b"/v1/models": _response(MODELS),
-    b"/v1/load_lora_adapter": _response(b'"ok"'),
-    b"/v1/unload_lora_adapter": _response(b'"ok"'),
 }
+OK = _response(b'"ok"')
 NOT_FOUND = _response(b'{"error":{"message":"not found","type":"x","param":null,"code":null}}',
                       b"404 Not Found")
+
+
+def answer(path: bytes, body: bytes) -> bytes:
+    """The response to one request: fixed bytes, except for the adapter routes."""
+    fixed = RESPONSES.get(path)
+    if fixed is not None:
+        return fixed
+    if path == b"/v1/models":
+        return _models()
+    if path in (b"/v1/load_lora_adapter", b"/v1/unload_lora_adapter"):
+        name = str(json.loads(body or b"{}").get("lora_name", ""))
+        (LOADED.add if path == b"/v1/load_lora_adapter" else LOADED.discard)(name)
+        return OK
+    return NOT_FOUND
 
 
 class Echo(asyncio.Protocol):
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
+        self.body = b""
         self.transport: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,10 +92,13 @@ class Echo(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
 
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
     def on_message_complete(self) -> None:
         assert self.transport is not None
-        self.transport.write(RESPONSES.get(self.url.split(b"?")[0], NOT_FOUND))
-        self.url = b""
+        self.transport.write(answer(self.url.split(b"?")[0], self.body))
+        self.url = self.body = b""
 
 
 async def main(port: int) -> None:
@@ -91,14 +116,16 @@ async def asgi_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     msg = await receive()
+    body = msg.get("body", b"")
     while msg.get("more_body"):
         msg = await receive()
-    raw = RESPONSES.get(scope["path"].encode(), NOT_FOUND)
-    head, _, body = raw.partition(b"\r\n\r\n")
+        body += msg.get("body", b"")
+    raw = answer(scope["path"].encode(), body)
+    head, _, out = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(out)).encode())]})
+    await send({"type": "http.response.body", "body": out})
 
 
 if __name__ == "__main__":
