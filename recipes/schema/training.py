@@ -165,6 +165,18 @@ class DistributedSpec(Strict):
         "a step: the effective batch is batch_size x gradient_accumulation_steps x this, and "
         "it is part of the spec hash.")
 
+    @field_validator("nproc_per_node", mode="before")
+    @classmethod
+    def _in_range(cls, value: object) -> object:
+        # Before pydantic's own bound check, so the message carries the fix.
+        if isinstance(value, int) and not isinstance(value, bool) and not (
+                1 <= value <= MAX_NPROC_PER_NODE):
+            raise ValueError(
+                f"nproc_per_node must be from 1 to {MAX_NPROC_PER_NODE} (got {value}): one "
+                "process per GPU on CUDA, at most one per core on CPU; 1 (or leaving "
+                "training.distributed out) trains in one process")
+        return value
+
 
 class TrainingSpec(Strict):
     """How the adapter is trained (transformers + peft + trl)."""

@@ -101,8 +101,8 @@ def test_a_killed_rank_fails_the_run_promptly_and_the_next_attempt_resumes(
     make_recipe: LoadedRecipeFactory, tmp_path: Path,
 ) -> None:
     loaded = make_recipe("support-bot", name="rank-killed", **_common(
-        "killed", **{"spec.training.batch_size": 2, "spec.training.max_steps": 200,
-                     "spec.training.checkpoint_every_steps": 10,
+        "killed", **{"spec.training.batch_size": 2, "spec.training.max_steps": 60,
+                     "spec.training.checkpoint_every_steps": 5,
                      "spec.training.distributed": {"nproc_per_node": 2}}))
     workdir = tmp_path / "w"
     failure: list[BaseException] = []
@@ -145,7 +145,7 @@ def test_a_killed_rank_fails_the_run_promptly_and_the_next_attempt_resumes(
 
     result = train(loaded, workdir, progress=False)
     assert result.resumed_from_step == max(kept)
-    assert result.steps == 200
+    assert result.steps == 60
     steps = [int(r["step"]) for r in read_log(result.artifact_dir / "train_log.jsonl")
              if "loss" in r]
-    assert steps == sorted(set(steps)) and steps[-1] == 200, steps
+    assert steps == sorted(set(steps)) and steps[-1] == 60, steps
