@@ -122,11 +122,19 @@ def _exit_text(code: int) -> str:
 
 
 def _pump(stream: IO[bytes], tail: collections.deque[bytes]) -> None:
-    """Copy the workers' output to our stderr (progress, warnings) and keep its tail."""
+    """Copy the workers' output to our stderr (progress, warnings) and keep its tail. It
+    reads to the end whatever happens to the copy: a full pipe would stall the workers."""
     size = 0
     for chunk in iter(lambda: stream.read1(4096), b""):  # type: ignore[attr-defined]
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.buffer.flush()
+        try:
+            out = getattr(sys.stderr, "buffer", None)
+            if out is not None:
+                out.write(chunk)
+                out.flush()
+            else:  # a stderr replaced by a text-only stream
+                sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+        except (OSError, ValueError):  # closed or gone: keep the tail only
+            pass
         tail.append(chunk)
         size += len(chunk)
         while size > TAIL_BYTES and len(tail) > 1:
