@@ -16,6 +16,10 @@ gives the version traffic) -> assemble the artifact. The workdir holds
     tensorboard/         TensorBoard's event files, with training.report_to: tensorboard
     artifact/            the finished artifact (manifest written last, then renamed in)
 
+With ``training.distributed.nproc_per_node`` above 1 only the training loop runs in
+torchrun's worker processes (recipes.training.distributed); rank 0 writes the checkpoints
+and final/, and this process, which holds the workdir lock, does the rest.
+
 Every step is safe to repeat, so killing the process at any moment and
 calling ``train`` again finishes the run without starting over: a finished
 artifact is returned as is, finished training goes straight to evaluation,
@@ -290,6 +294,9 @@ def _run(s: _Setup, identity: dict[str, Any], *, progress: bool,
                 train_distributed(s.loaded, s.workdir, identity, nproc=nproc,
                                   device=s.settings.device, progress=progress,
                                   lock_fd=lock_fd)
+                if not (final / SUMMARY_FILE).is_file():
+                    raise RegError(f"distributed training ended without writing {final}",
+                                   hint="see the workers' output above; run again to resume")
             elif not (final / SUMMARY_FILE).is_file():
                 model = _train_weights(s, identity, progress=progress, tracking=tracking,
                                        threads=threads, save=True)
