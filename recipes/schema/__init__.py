@@ -34,7 +34,7 @@ from recipes.schema.training import EWCSpec as EWCSpec
 from recipes.schema.training import Objective as Objective
 from recipes.schema.training import Tracker as Tracker
 from recipes.schema.training import TrainingSpec as TrainingSpec
-from recipes.schema.training import rl_problems
+from recipes.schema.training import distributed_problems, rl_problems
 
 API_VERSION = "reg/v1"
 
@@ -434,6 +434,9 @@ def cross_field_problems(spec: Spec) -> list[CrossFieldProblem]:
             t, method=a.method.value, deploy_target=spec.deploy.target,
             general=spec.evaluation.general is not None,
             gates_set=set(spec.evaluation.gates.model_dump(exclude_none=True))):
+        bad(path, message, got)
+    for path, message, got in distributed_problems(
+            t, quantized=spec.base_model.quantization is not None):
         bad(path, message, got)
     chats = {DataFormat.alpaca, DataFormat.sharegpt, DataFormat.openai_chat}
     wanted = {

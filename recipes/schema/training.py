@@ -151,6 +151,33 @@ class GRPOSpec(Strict):
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
 
 
+# The most processes one run may start on a node: the largest GPU count of common nodes (8,
+# 16 on the biggest HGX boards). More than that is a typo, not a machine.
+MAX_NPROC_PER_NODE = 16
+
+
+class DistributedSpec(Strict):
+    """Several processes per run (torchrun, DDP): gloo on CPU, NCCL on CUDA."""
+    nproc_per_node: int = Field(
+        default=1, ge=1, le=MAX_NPROC_PER_NODE,
+        description="Training processes on this node (torchrun --nproc_per_node), one per GPU "
+        "on CUDA; 1 trains in the calling process. Each process takes batch_size examples "
+        "a step: the effective batch is batch_size x gradient_accumulation_steps x this, and "
+        "it is part of the spec hash.")
+
+    @field_validator("nproc_per_node", mode="before")
+    @classmethod
+    def _in_range(cls, value: object) -> object:
+        # Before pydantic's own bound check, so the message carries the fix.
+        if isinstance(value, int) and not isinstance(value, bool) and not (
+                1 <= value <= MAX_NPROC_PER_NODE):
+            raise ValueError(
+                f"nproc_per_node must be from 1 to {MAX_NPROC_PER_NODE} (got {value}): one "
+                "process per GPU on CUDA, at most one per core on CPU; 1 (or leaving "
+                "training.distributed out) trains in one process")
+        return value
+
+
 class TrainingSpec(Strict):
     """How the adapter is trained (transformers + peft + trl)."""
     objective: Objective = Field(default=Objective.sft, description="What the loss is.")
@@ -187,6 +214,10 @@ class TrainingSpec(Strict):
     dpo: DPOSpec = Field(default_factory=DPOSpec)
     grpo: GRPOSpec = Field(default_factory=GRPOSpec)
     ewc: EWCSpec | None = Field(default=None, description="Elastic weight consolidation penalty.")
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec,
+        description="{nproc_per_node: N}: train with N processes (torchrun, DDP); objectives "
+        "sft and cpt only for now.")
     report_to: Tracker | list[Tracker] = Field(
         default_factory=list,
         description="Experiment trackers the trainer logs to (transformers' report_to): "
@@ -215,6 +246,38 @@ class TrainingSpec(Strict):
         """``report_to`` as a tuple, whether the recipe wrote one name or a list."""
         return (self.report_to,) if isinstance(self.report_to, str) else tuple(self.report_to)
 
+
+
+# What a run of several processes supports so far: these are the trainers whose DDP path the
+# tests run (reg's lean Trainer). trl's DPO, reward and GRPO trainers, 4/8-bit bases, EWC,
+# early stopping and experiment trackers are refused with distributed until tested.
+DISTRIBUTED_OBJECTIVES = ("sft", "cpt")
+
+
+def distributed_problems(t: TrainingSpec, *, quantized: bool) -> list[TrainingProblem]:
+    """What ``training.distributed`` cannot be combined with yet. Pure."""
+    n = t.distributed.nproc_per_node
+    if n == 1:
+        return []
+    why = f"not supported with training.distributed (nproc_per_node {n}) yet"
+    fix = "; remove it, or set training.distributed.nproc_per_node: 1"
+    out: list[TrainingProblem] = []
+    if t.objective.value not in DISTRIBUTED_OBJECTIVES:
+        out.append(("training.distributed.nproc_per_node",
+                    f"objective {t.objective.value} is {why}: several processes train "
+                    f"objectives {' and '.join(DISTRIBUTED_OBJECTIVES)} only; set "
+                    "nproc_per_node: 1 (or leave training.distributed out)", n))
+    if quantized:
+        out.append(("base_model.quantization", f"a 4/8-bit base (bitsandbytes) is {why}{fix}",
+                    "set"))
+    if t.ewc is not None:
+        out.append(("training.ewc", f"EWC is {why}{fix}", "set"))
+    if t.early_stopping is not None:
+        out.append(("training.early_stopping", f"early stopping is {why}{fix}", "set"))
+    if t.trackers:
+        out.append(("training.report_to", f"experiment tracking is {why}{fix}",
+                    ", ".join(t.trackers)))
+    return out
 
 
 # (dotted field under spec., message with the fix, the value got)

@@ -177,11 +177,13 @@ class SafeCheckpointMixin:
         t: Any = self
         workdir = Path(t.args.output_dir)
         step = t.state.global_step
+        t.store_flos()  # a collective with several processes: every rank takes part
+        if not t.args.should_save:  # of several processes, rank 0 writes (states are equal)
+            return
         tmp = workdir / f".tmp-{CHECKPOINT_PREFIX}{step}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        t.store_flos()
         unwrapped = t.accelerator.unwrap_model(t.model, keep_torch_compile=False)
         unwrapped.save_pretrained(str(tmp), safe_serialization=True)
         save_state(t.optimizer.state_dict(), tmp, "optimizer")

@@ -16,6 +16,10 @@ gives the version traffic) -> assemble the artifact. The workdir holds
     tensorboard/         TensorBoard's event files, with training.report_to: tensorboard
     artifact/            the finished artifact (manifest written last, then renamed in)
 
+With ``training.distributed.nproc_per_node`` above 1 only the training loop runs in
+torchrun's worker processes (recipes.training.distributed); rank 0 writes the checkpoints
+and final/, and this process, which holds the workdir lock, does the rest.
+
 Every step is safe to repeat, so killing the process at any moment and
 calling ``train`` again finishes the run without starting over: a finished
 artifact is returned as is, finished training goes straight to evaluation,
@@ -58,6 +62,7 @@ if TYPE_CHECKING:
     from recipes.data.pipeline import PreparedData
     from recipes.evaluation.probes import ProbeSet
     from recipes.training.model import DeviceSettings
+    from recipes.training.tracking.session import TrackingSession
 
 ARTIFACT_DIR = "artifact"
 FINAL_DIR = "final"
@@ -147,13 +152,13 @@ def train(
     # written, so bad input leaves no workdir behind.
     setup = _setup(loaded, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    with _workdir_lock(workdir):
+    with _workdir_lock(workdir) as lock_fd:
         done = finished_result(workdir, spec_hash)  # another process may have finished it
         if done is not None:
             return done
         clean_temporaries(workdir)
         _claim_workdir(workdir, loaded.name, spec_hash, resume)
-        return _run(setup, ident, progress=progress)
+        return _run(setup, ident, progress=progress, lock_fd=lock_fd)
 
 
 def finished_result(workdir: Path, spec_hash: str) -> TrainResult | None:
@@ -171,12 +176,14 @@ def finished_result(workdir: Path, spec_hash: str) -> TrainResult | None:
 
 
 @contextmanager
-def _workdir_lock(workdir: Path) -> Iterator[None]:
-    """One trainer per workdir; the OS drops the lock when its holder dies."""
+def _workdir_lock(workdir: Path) -> Iterator[int]:
+    """One trainer per workdir; the OS drops the lock when its holder dies. Yields the lock's
+    file descriptor: a launcher of worker processes hands it on, so the lock outlives the
+    caller only as long as what it started."""
     with (workdir / LOCK_FILE).open("a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            yield f.fileno()
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
@@ -264,7 +271,8 @@ def _setup(loaded: LoadedRecipe, workdir: Path) -> _Setup:
                   lr.reason)
 
 
-def _run(s: _Setup, identity: dict[str, Any], *, progress: bool) -> TrainResult:
+def _run(s: _Setup, identity: dict[str, Any], *, progress: bool,
+         lock_fd: int) -> TrainResult:
     from transformers import set_seed
 
     from recipes.artifact import MANIFEST_NAME, sha256_file
@@ -275,18 +283,23 @@ def _run(s: _Setup, identity: dict[str, Any], *, progress: bool) -> TrainResult:
     final = s.workdir / FINAL_DIR
     model: Any = None
     trackers = s.loaded.recipe.spec.training.trackers
+    nproc = s.loaded.recipe.spec.training.distributed.nproc_per_node
     with tracking_session(trackers, s.workdir, s.loaded.name,
                           str(identity["spec_hash"])) as tracking:
         with cpu_threads(s.settings, s.num_params) as threads:
-            if not (final / SUMMARY_FILE).is_file():
-                from recipes.training.loop import run_training
+            if not (final / SUMMARY_FILE).is_file() and nproc > 1:
+                from recipes.training.distributed import train_distributed
 
-                model, info = run_training(s.loaded, s.workdir, s.tokenizer, s.data,
-                                           s.settings, learning_rate=s.learning_rate,
-                                           progress=progress, tracking=tracking,
-                                           identity=identity)
-                info["cpu_threads"] = threads if s.settings.device == "cpu" else None
-                _save_final(model, info, s, final)
+                # Rank 0 writes final/; evaluation below reloads the weights from it.
+                train_distributed(s.loaded, s.workdir, identity, nproc=nproc,
+                                  device=s.settings.device, progress=progress,
+                                  lock_fd=lock_fd)
+                if not (final / SUMMARY_FILE).is_file():
+                    raise RegError(f"distributed training ended without writing {final}",
+                                   hint="see the workers' output above; run again to resume")
+            elif not (final / SUMMARY_FILE).is_file():
+                model = _train_weights(s, identity, progress=progress, tracking=tracking,
+                                       threads=threads, save=True)
             summary = json.loads((final / SUMMARY_FILE).read_text(encoding="utf-8"))
             model, base_model = _evaluation_models(s, final, model)
             report = _evaluate(s, model, base_model)
@@ -297,6 +310,42 @@ def _run(s: _Setup, identity: dict[str, Any], *, progress: bool) -> TrainResult:
         # The registry's digest of the artifact: the sha256 of its manifest.
         tracking.finish(report.numeric(), "sha256:" + sha256_file(artifact / MANIFEST_NAME))
     return TrainResult(artifact, report, tracking.warnings)
+
+
+def _train_weights(s: _Setup, identity: dict[str, Any], *, progress: bool,
+                   tracking: TrackingSession | None, threads: int | None, save: bool) -> Any:
+    """Run the training loop and, when ``save``, publish ``final/``; the trained model."""
+    from recipes.training.loop import run_training
+
+    model, info = run_training(s.loaded, s.workdir, s.tokenizer, s.data, s.settings,
+                               learning_rate=s.learning_rate, progress=progress,
+                               tracking=tracking, identity=identity)
+    info["cpu_threads"] = threads if s.settings.device == "cpu" else None
+    nproc = s.loaded.recipe.spec.training.distributed.nproc_per_node
+    if nproc > 1:
+        from recipes.training.distributed import backend
+
+        info["distributed"] = {"nproc_per_node": nproc, "backend": backend(s.settings.device)}
+    if save:
+        _save_final(model, info, s, s.workdir / FINAL_DIR)
+    return model
+
+
+def train_rank(loaded: LoadedRecipe, workdir: Path, identity: dict[str, Any], *,
+               progress: bool, rank: int) -> None:
+    """One process of a run of ``training.distributed.nproc_per_node`` (started by torchrun,
+    see recipes.training.distributed): the same setup and seed as every other rank; the
+    Trainer joins the process group from torchrun's environment; rank 0 writes ``final/``.
+    The caller of ``train`` holds the workdir lock."""
+    from transformers import set_seed
+
+    from recipes.training.model import cpu_threads
+
+    s = _setup(loaded, Path(workdir))
+    set_seed(loaded.recipe.spec.training.seed)
+    with cpu_threads(s.settings, s.num_params) as threads:
+        _train_weights(s, identity, progress=progress, tracking=None, threads=threads,
+                       save=rank == 0)
 
 
 def _save_final(model: Any, info: dict[str, Any], s: _Setup, final: Path) -> None:

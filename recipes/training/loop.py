@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +54,15 @@ def training_arguments(
     per_step = t.batch_size * t.gradient_accumulation_steps
     total = t.max_steps or max(1, math.ceil(t.epochs * math.ceil(train_rows / per_step)))
     evaluate = t.eval_every_steps is not None and has_validation
+    # With training.distributed the Trainer joins torchrun's process group (its environment)
+    # and shards each step's batches across the ranks; one process ignores these two.
+    distributed = {
+        "ddp_backend": "nccl" if settings.device == "cuda" else "gloo",
+        # LoRA's frozen base weights need no gradient; every trainable one gets one per step.
+        "ddp_find_unused_parameters": False,
+    } if t.distributed.nproc_per_node > 1 else {}
     return {
+        **distributed,
         "output_dir": str(workdir),
         "per_device_train_batch_size": t.batch_size,
         "per_device_eval_batch_size": t.batch_size,
@@ -296,7 +305,8 @@ def run_training(
     found = newest_checkpoint(workdir)
     resumed = found[0] if found else None
     log_path = workdir / LOG_NAME
-    truncate_log(log_path, resumed or 0)
+    if int(os.environ.get("RANK", "0")) == 0:  # of several processes, rank 0 writes the log
+        truncate_log(log_path, resumed or 0)
     logger = StepLogger(log_path, progress)
     callbacks: list[Any] = [logger]
     if t.early_stopping is not None:

@@ -74,7 +74,7 @@ class StepLogger(TrainerCallback):
         self._start = time.perf_counter()
         self.tokens_at_start = state.num_input_tokens_seen
         self._step0 = state.global_step
-        if self.show:
+        if self.show and state.is_world_process_zero:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -110,7 +110,7 @@ class StepLogger(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                **kwargs: Any) -> None:
-        if not logs:
+        if not logs or not state.is_world_process_zero:  # one writer of several processes
             return
         row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}
         for k, v in logs.items():

@@ -114,6 +114,8 @@ FIELD_CONSUMERS: dict[str, str] = {
     "spec.training.dpo": "recipes.training.loop._dpo_trainer",
     "spec.training.dpo.beta": "recipes.training.loop._dpo_trainer",
     "spec.training.dpo.loss_type": "recipes.training.loop._dpo_trainer",
+    "spec.training.distributed": "recipes.training.entry._run",
+    "spec.training.distributed.nproc_per_node": "recipes.training.entry._run",
     "spec.training.grpo": "recipes.training.loop._grpo_trainer",
     "spec.training.grpo.rewards": GRPO_REWARDS,
     "spec.training.grpo.rewards.model": GRPO_REWARDS,
