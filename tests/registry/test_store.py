@@ -115,7 +115,7 @@ def s3_endpoint() -> Iterator[str]:
 def test_s3_round_trip_through_moto_server(
     s3_endpoint: str, make_artifact: ArtifactFactory, tmp_path: Path
 ) -> None:
-    import boto3
+    import boto3  # type: ignore[import-untyped]
 
     settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'r.db'}",
                         artifact_store="s3://reg/team-a/artifacts")
