@@ -2,8 +2,9 @@
 
 hash = sha256 of canonical JSON of
   - the normalised spec (every default written out, ``deploy`` and
-    ``training.report_to`` left out since they change where a version goes and
-    who watches it train, not what is trained: :data:`NOT_HASHED`),
+    ``training.report_to`` and ``training.resources`` left out since they change
+    where a version goes, where it trains and who watches, not what is trained:
+    :data:`NOT_HASHED`),
   - the model name,
   - the content digest of every data file the recipe reads,
   - the base model's identity (digest of its config, tokenizer and weights),
@@ -170,7 +171,8 @@ def with_reward_models(ident: SpecIdentity, pins: list[dict[str, Any]]) -> SpecI
 
 # What the spec hash leaves out: settings that change where a version goes or who watches
 # it train, never its weights. A field listed here must not reach the trained bytes.
-NOT_HASHED: dict[str, Any] = {"deploy": True, "training": {"report_to": True}}
+NOT_HASHED: dict[str, Any] = {"deploy": True,
+                              "training": {"report_to": True, "resources": True}}
 
 
 def normalized_spec(loaded: LoadedRecipe) -> dict[str, Any]:

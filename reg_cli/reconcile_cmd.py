@@ -249,8 +249,10 @@ def reconcile(
     out = Output(json_mode)
     progress = not json_mode and console.is_terminal
     with _open_registry() as registry:
+        from rollout.gitops.executor import executor_from_env
+
         rec = Reconciler(registry, paths, observer=ConsoleObserver(out), progress=progress,
-                         **settings)
+                         executor=executor_from_env(registry), **settings)
         if not watch:
             raise typer.Exit(_summary(out, rec.run_once(prune=prune, wait_lease_s=wait_lease)))
         from reg_cli._common import stop_on_signals

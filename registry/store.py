@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
@@ -40,6 +42,16 @@ def digest_hex(digest: str) -> str:
 def blob_key(digest: str) -> str:
     h = digest_hex(digest)
     return f"blobs/sha256/{h[:2]}/{h}"
+
+
+_REF_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
+
+
+def _ref_key(name: str) -> str:
+    if _REF_NAME.match(name) is None:
+        raise ArtifactRefused(f"{name!r} is not a ref name",
+                              hint="use lower-case letters, digits, '.', '_', '-' and '/'")
+    return f"refs/{name}"
 
 
 def safe_relpath(rel: str) -> PurePosixPath:
@@ -67,6 +79,7 @@ class _Backend(Protocol):
     def exists(self, key: str) -> bool: ...
     def put(self, src: Path, key: str) -> None: ...
     def open(self, key: str) -> IO[bytes]: ...
+    def read(self, key: str) -> bytes: ...
     def describe(self, key: str) -> str: ...
 
 
@@ -93,6 +106,9 @@ class _LocalBackend:
 
     def open(self, key: str) -> IO[bytes]:
         return (self.root / key).open("rb")
+
+    def read(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
 
     def describe(self, key: str) -> str:
         return str(self.root / key)
@@ -126,6 +142,12 @@ class _FsspecBackend:
     def open(self, key: str) -> IO[bytes]:
         f: IO[bytes] = self.fs.open(self._path(key), "rb")
         return f
+
+    def read(self, key: str) -> bytes:
+        # One GET: an open file would pin the ETag its HEAD saw, and refuse an object that
+        # was replaced in between (a ref is replaced while others read it).
+        data: bytes = self.fs.cat_file(self._path(key))
+        return data
 
     def describe(self, key: str) -> str:
         return f"{self.url}/{key}"
@@ -210,6 +232,27 @@ class ArtifactStore:
                 hint="restore the blob from a backup or register the artifact again",
             )
         return data
+
+    # -- refs: small mutable records beside the blobs ------------------------------------------
+
+    def put_ref(self, name: str, text: str) -> None:
+        """Write (or replace) ``refs/<name>`` atomically: a Ray run's newest checkpoint is
+        one, so a run resumed on another node finds it without a shared disk. Refs are
+        work in flight, never registry state: versions, runs and stages live in the
+        database, which only the reconciler writes."""
+        key = _ref_key(name)
+        with tempfile.TemporaryDirectory(prefix="reg-ref-") as tmp:
+            src = Path(tmp) / "ref"
+            src.write_text(text, encoding="utf-8")
+            self._backend.put(src, key)
+
+    def get_ref(self, name: str) -> str | None:
+        """The text of ``refs/<name>``, or None when there is none."""
+        key = _ref_key(name)
+        try:
+            return self._backend.read(key).decode("utf-8")
+        except FileNotFoundError:
+            return None
 
     # -- artifacts ----------------------------------------------------------------------------
 

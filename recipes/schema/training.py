@@ -178,6 +178,48 @@ class DistributedSpec(Strict):
         return value
 
 
+# ---- training.resources: what one run asks of the machine or cluster that trains it --------
+
+_MEMORY = re.compile(r"^\s*(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[KMGT]i?B?|B)?\s*$", re.I)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+          "KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30, "TI": 1 << 40}
+MEMORY_HINT = "write bytes (2147483648) or a size with a unit: 512MiB, 2GiB, 8GB"
+
+
+def memory_bytes(value: int | str) -> int:
+    """``2GiB`` -> 2147483648; an int is bytes already. Raises ValueError with the fix. Pure."""
+    if isinstance(value, int):
+        return value
+    m = _MEMORY.match(value)
+    if m is None:
+        raise ValueError(f"{value!r} is not an amount of memory; {MEMORY_HINT}")
+    unit = (m["unit"] or "").upper().removesuffix("B")
+    return int(float(m["n"]) * _UNITS[unit])
+
+
+class TrainingResources(Strict):
+    """What one training run needs: the Ray executor asks the cluster for it, the in-process
+    executor refuses a run this machine cannot meet. Not part of the spec hash: where a run
+    trains does not change what it trains."""
+    cpus: float | None = Field(default=None, gt=0, description="CPU cores (Ray num_cpus); "
+                               "default 1 on Ray.")
+    gpus: float | None = Field(default=None, ge=0, description="GPUs (Ray num_gpus); "
+                               "fractions share one.")
+    memory: int | str | None = Field(
+        default=None, description="RAM for the run: bytes or a size such as 4GiB (Ray memory).")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: int | str | None) -> int | str | None:
+        if value is not None and memory_bytes(value) <= 0:
+            raise ValueError(f"memory must be more than 0 bytes (got {value!r}); {MEMORY_HINT}")
+        return value
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else memory_bytes(self.memory)
+
+
 class TrainingSpec(Strict):
     """How the adapter is trained (transformers + peft + trl)."""
     objective: Objective = Field(default=Objective.sft, description="What the loss is.")
@@ -225,6 +267,11 @@ class TrainingSpec(Strict):
         "environment (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); TensorBoard writes under "
         "the run's workdir. Not part of the spec hash: turning tracking on does not retrain.",
     )
+
+    resources: TrainingResources | None = Field(
+        default=None, description="{cpus, gpus, memory} one run needs: requested from Ray "
+        "(REG_TRAINING_EXECUTOR=ray), checked against this machine in process. Not part of "
+        "the spec hash.")
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -8,10 +8,12 @@ One pass (:meth:`Reconciler.run_once`):
    models pinned to versions, :mod:`rollout.gitops.reward_pins`) and actual
    state (the registry), and decide with :func:`~rollout.gitops.plan.make_plan` (pure);
 3. close runs whose spec hash is no longer wanted (:mod:`rollout.gitops.apply`);
-4. for each model whose action is due, in order: train it
-   (:mod:`rollout.gitops.training`), then apply its deploy actions
-   (:mod:`rollout.gitops.deploy`: ``deploy.promote_to``'s stage; with
-   ``deploy.rollout``, a rollout against production, which the canary controller
+4. for each model whose action is due, in order: start its run and hand it to the
+   training executor (:mod:`rollout.gitops.executor`: in this process one at a time,
+   or on Ray all at once); as each run comes back, register it
+   (:mod:`rollout.gitops.training`, here: the only writer of the registry), then apply
+   its deploy actions (:mod:`rollout.gitops.deploy`: ``deploy.promote_to``'s stage;
+   with ``deploy.rollout``, a rollout against production, which the canary controller
    runs); a failure becomes a ``failed`` run and the next model goes on;
 5. archive what ``--prune`` decided; release the lease.
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,11 +44,19 @@ from rollout.gitops.actual import snapshot
 from rollout.gitops.apply import Event, Steps
 from rollout.gitops.deploy import deploy, deploy_registered
 from rollout.gitops.desired import DesiredState, desired_state
+from rollout.gitops.executor import InProcessExecutor, TrainingExecutor, TrainTask
 from rollout.gitops.gitinfo import GitLineage
-from rollout.gitops.plan import Action, BackoffPolicy, ModelPlan, Plan, make_plan
+from rollout.gitops.plan import Action, BackoffPolicy, Plan, make_plan
 from rollout.gitops.report import Observer, Outcome, PassReport, QuietObserver
 from rollout.gitops.reward_pins import pin_reward_models
-from rollout.gitops.training import Trainer, default_trainer, train_model
+from rollout.gitops.training import (
+    Started,
+    Trained,
+    Trainer,
+    begin_training,
+    default_trainer,
+    finish_training,
+)
 
 if TYPE_CHECKING:
     from registry.api import Registry
@@ -58,7 +68,9 @@ ACTOR = "reconciler"
 class Reconciler:
     """Makes the registry follow the recipes under ``paths``.
 
-    Everything with a side effect comes in: the trainer, the clock, the
+    Everything with a side effect comes in: the trainer (or the executor that runs
+    it: in process by default, :func:`~rollout.gitops.executor.executor_from_env`
+    picks Ray), the clock, the
     fault points, the loader's cache (``$REG_HOME/cache`` by default). The
     process that builds it decides their settings (``reg reconcile`` reads
     the environment); nothing here does.
@@ -70,6 +82,7 @@ class Reconciler:
         paths: Sequence[Path],
         *,
         trainer: Trainer | None = None,
+        executor: TrainingExecutor | None = None,
         policy: BackoffPolicy | None = None,
         observer: Observer | None = None,
         progress: bool = False,
@@ -83,6 +96,7 @@ class Reconciler:
         self.registry = registry
         self.paths = list(paths)
         self.trainer: Trainer = trainer or default_trainer
+        self.executor: TrainingExecutor = executor or InProcessExecutor(self.trainer)
         self.progress = progress
         self.holder = holder or local_holder()
         self.lease_ttl_s = lease_ttl_s
@@ -119,34 +133,51 @@ class Reconciler:
                                      stale.version_status == "ready")
                 else:
                     steps.cancel_run(int(stale.run_id), stale.reason)
-            for m in plan.models:
-                if hb.lost:
-                    break  # another reconciler owns the registry now; it will carry on
-                if not m.actionable:
-                    continue
-                t0 = time.monotonic()
-                outcome = self._apply(m, state)
-                outcome.seconds = time.monotonic() - t0
-                steps.observer.finished(outcome)
-                report.outcomes.append(outcome)
+            in_flight: dict[str, tuple[Started, float]] = {}
+
+            def tasks() -> Iterator[TrainTask]:
+                # Pulled lazily by the executor: in process, the next model starts only
+                # after the last one was registered and deployed, as it always did.
+                for m in plan.models:
+                    if hb.lost:
+                        return  # another reconciler owns the registry now; it will carry on
+                    if not m.actionable:
+                        continue
+                    t0 = time.monotonic()
+                    loaded = state.loaded[m.model]
+                    if m.action is Action.deploy:
+                        self._record(report, deploy_registered(steps, m, loaded), t0)
+                        continue
+                    begun = begin_training(steps, m, loaded, state.identities[m.model],
+                                           home=self.home, progress=self.progress)
+                    if isinstance(begun, Trained):
+                        self._record(report, begun.outcome, t0)
+                        continue
+                    in_flight[begun.task.run_key] = (begun, t0)
+                    yield begun.task
+
+            for task, result in self.executor.run(tasks()):
+                begun, t0 = in_flight.pop(task.run_key)
+                self._record(report, self._registered(begun, result), t0)
             for p in plan.prune:
                 report.outcomes.append(steps.archive(p.model, int(p.version.lstrip("v")),
                                                      p.reason))
         report.seconds = time.monotonic() - started
         return report
 
-    def _apply(self, m: ModelPlan, state: DesiredState) -> Outcome:
-        """One model's due action: deploy what an earlier pass registered, or train, then
-        deploy what this one registered."""
-        loaded = state.loaded[m.model]
-        if m.action is Action.deploy:
-            return deploy_registered(self.steps, m, loaded)
-        trained = train_model(self.steps, m, loaded, state.identities[m.model],
-                              trainer=self.trainer, home=self.home, progress=self.progress)
+    def _registered(self, begun: Started, result: object) -> Outcome:
+        """Register what the executor trained, then deploy what this pass registered."""
+        trained = finish_training(self.steps, begun, result)
+        loaded = begun.loaded
         if trained.ready and trained.version is not None and (
                 loaded.promote_to or loaded.rolls_out):
             trained.outcome.error = deploy(self.steps, trained.version, loaded)
         return trained.outcome
+
+    def _record(self, report: PassReport, outcome: Outcome, t0: float) -> None:
+        outcome.seconds = time.monotonic() - t0
+        self.steps.observer.finished(outcome)
+        report.outcomes.append(outcome)
 
     def watch(self, interval_s: float, stop: threading.Event, *, prune: bool = False,
               on_pass: Callable[[PassReport | None, BaseException | None], None] | None = None,

@@ -1,11 +1,13 @@
 """Training dispatch: one model's run from start (or resume) to a registered version.
 
-:func:`train_model` runs the steps in order, each safe to repeat:
-start or resume the run -> train in ``$REG_HOME/runs/<run key>`` with
-checkpoints (a resumed run continues from its newest complete one) -> store
-the artifact's blobs -> register the version (``ready`` or ``rejected`` from
-the gates) -> finish the run. Any error becomes a ``failed`` run with the
-tail of its log and a retry time; it never escapes to stop the other models.
+The steps, in order, each safe to repeat: :func:`begin_training` starts or resumes
+the run -> an executor (:mod:`rollout.gitops.executor`: here, or on Ray) trains in
+``$REG_HOME/runs/<run key>`` with checkpoints (a resumed run continues from its
+newest complete one) -> :func:`finish_training` stores the artifact's blobs,
+registers the version (``ready`` or ``rejected`` from the gates) and finishes the
+run, in this process, whichever executor trained it. Any error becomes a ``failed``
+run with the tail of its log and a retry time; it never escapes to stop the other
+models. :func:`train_model` is the three for one model in this process.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from recipes.training.tracking.client import tag_registered
 from registry.versions import VersionStatus
 from rollout.gitops.apply import Step, Steps
+from rollout.gitops.executor import InProcessExecutor, TrainTask
 from rollout.gitops.report import Outcome
 from rollout.gitops.reward_pins import fetch_pins
 from rollout.gitops.runlog import RunLog
@@ -81,26 +84,48 @@ class Trained:
             VersionStatus(self.version.status) is VersionStatus.ready)
 
 
-def train_model(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIdentity, *,
-                trainer: Trainer, home: Path, progress: bool = False) -> Trained:
-    """Train, store and register ``m``'s spec hash; a failure is a failed run, not an error."""
+@dataclass
+class Started:
+    """A run begun in the registry, with the task an executor trains for it."""
+
+    m: ModelPlan
+    loaded: LoadedRecipe
+    run_id: int
+    runlog: RunLog
+    task: TrainTask
+
+
+def begin_training(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIdentity, *,
+                   home: Path, progress: bool = False) -> Started | Trained:
+    """Start (or resume) ``m``'s run and fetch what it reads; a failure is a failed run."""
     assert m.run_key is not None and m.spec_hash is not None  # the planner sets both for train
-    registry, actor, faults = steps.registry, steps.actor, steps.faults
     workdir = workdir_for(home, m.run_key)
     runlog = RunLog.in_workdir(workdir)
     steps.observer.step(m.model, "run", m.reason)
     run_id = steps.start_run(m, loaded, workdir).id
     runlog.write(f"run {run_id} ({m.run_key}) {'resumed' if m.resume else 'started'}: "
                  f"{m.reason}; spec {m.spec_hash}")
-    faults.after(Step.run_created, m.model)
+    steps.faults.after(Step.run_created, m.model)
+    try:
+        steps.registry.update_run(run_id, phase="train", actor=steps.actor)
+        steps.observer.step(m.model, "train", str(workdir))
+        fetch_pins(steps.registry, ident.reward_models, workdir)
+        identity = manifest_identity(loaded, ident)
+    except Exception as e:
+        return Trained(steps.fail_run(m, run_id, runlog, "train", e))
+    task = TrainTask(m.run_key, loaded, workdir, identity,
+                     tuple(dict(p) for p in ident.reward_models), progress)
+    return Started(m, loaded, run_id, runlog, task)
+
+
+def finish_training(steps: Steps, started: Started, result: Any) -> Trained:
+    """Store and register what the executor trained (``result``, or the error that ended it)."""
+    m, loaded, run_id, runlog = started.m, started.loaded, started.run_id, started.runlog
+    registry, actor, faults = steps.registry, steps.actor, steps.faults
     phase = "train"
     try:
-        registry.update_run(run_id, phase="train", actor=actor)
-        steps.observer.step(m.model, "train", str(workdir))
-        fetch_pins(registry, ident.reward_models, workdir)
-        with runlog.capture():
-            result = trainer(loaded, workdir, resume=True, progress=progress,
-                             identity=manifest_identity(loaded, ident))
+        if isinstance(result, BaseException):
+            raise result
         artifact_dir = Path(result.artifact_dir)
         runlog.write(f"trained: artifact {artifact_dir}")
         for warning in getattr(result, "warnings", ()):  # a tracker lost (training.report_to)
@@ -135,6 +160,16 @@ def train_model(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIde
     steps.finish_run(run_id, m.model, version.number, ready, runlog)
     return Trained(Outcome(m.model, m.action, "registered" if ready else "rejected",
                            version=version.number, run_id=run_id, trained=True), version)
+
+
+def train_model(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIdentity, *,
+                trainer: Trainer, home: Path, progress: bool = False) -> Trained:
+    """Train, store and register ``m``'s spec hash in this process (one model, no executor)."""
+    started = begin_training(steps, m, loaded, ident, home=home, progress=progress)
+    if isinstance(started, Trained):
+        return started
+    [(_, result)] = list(InProcessExecutor(trainer).run([started.task]))
+    return finish_training(steps, started, result)
 
 
 def _tracking_warning(steps: Steps, model: str, runlog: RunLog, warning: str) -> None:

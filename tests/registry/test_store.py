@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from registry.settings import Settings
 from registry.store import ArtifactStore, blob_key, safe_relpath
 from tests.support.clock import FakeClock
 from tests.support.factories import ArtifactFactory
+from tests.support.s3 import moto_s3
 
 
 def _flip_a_byte(path: Path) -> None:
@@ -109,36 +108,14 @@ def test_manifest_paths_cannot_escape(rel: str) -> None:
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server on loopback, with a bucket `reg`."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": url}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        import boto3  # type: ignore[import-untyped]
-
-        boto3.client("s3").create_bucket(Bucket="reg")
-        yield url
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with moto_s3("reg") as env:
+        yield env["AWS_ENDPOINT_URL_S3"]
 
 
 def test_s3_round_trip_through_moto_server(
     s3_endpoint: str, make_artifact: ArtifactFactory, tmp_path: Path
 ) -> None:
-    import boto3
+    import boto3  # type: ignore[import-untyped]
 
     settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'r.db'}",
                         artifact_store="s3://reg/team-a/artifacts")
