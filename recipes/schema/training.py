@@ -324,6 +324,15 @@ def distributed_problems(t: TrainingSpec, *, quantized: bool) -> list[TrainingPr
     if t.trackers:
         out.append(("training.report_to", f"experiment tracking is {why}{fix}",
                     ", ".join(t.trackers)))
+    r = t.resources
+    if r is not None and r.gpus and r.gpus < n:
+        out.append(("training.resources.gpus", f"asks for {r.gpus:g} GPUs for {n} processes, "
+                    f"each on a GPU of its own: set gpus: {n}, or nproc_per_node to the GPUs",
+                    r.gpus))
+    elif r is not None and not r.gpus and r.cpus is not None and r.cpus < n:
+        out.append(("training.resources.cpus", f"asks for {r.cpus:g} CPUs for {n} processes, "
+                    f"each on a core of its own: set cpus: {n} or more, or nproc_per_node to "
+                    "the cores", r.cpus))
     return out
 
 

@@ -214,10 +214,12 @@ class RemoteResult:
     restored_step: int | None
 
 
-def ray_options(want: TrainingResources | None, retries: int) -> dict[str, Any]:
-    """The Ray task options for a recipe's ``training.resources``. Pure."""
-    opts: dict[str, Any] = {"num_cpus": 1.0, "max_retries": retries, "retry_exceptions": False,
-                            "scheduling_strategy": "SPREAD"}
+def ray_options(want: TrainingResources | None, retries: int,
+                nproc_per_node: int = 1) -> dict[str, Any]:
+    """The Ray task options for a recipe's ``training.resources``: unset CPUs are one per
+    training process (``training.distributed``), each on a core of its own. Pure."""
+    opts: dict[str, Any] = {"num_cpus": float(nproc_per_node), "max_retries": retries,
+                            "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
     if want is not None:
         if want.cpus is not None:
             opts["num_cpus"] = want.cpus
@@ -277,7 +279,8 @@ class RayExecutor:
             except Exception as e:
                 yield task, e
                 continue
-            opts = ray_options(want, self.retries)
+            opts = ray_options(want, self.retries,
+                               task.loaded.recipe.spec.training.distributed.nproc_per_node)
             log.write(f"submitted to Ray at {self.address}: {len(files)} input files in the "
                       f"store; num_cpus={opts['num_cpus']:g}, num_gpus={opts.get('num_gpus', 0):g}"
                       f", memory={opts.get('memory', 'any')}")

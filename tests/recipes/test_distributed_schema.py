@@ -42,6 +42,12 @@ TWO = {"spec.training.distributed": {"nproc_per_node": 2}}
                   "spec.training.early_stopping": {"patience": 2}},
                  "spec.training.early_stopping", "early_stopping",
                  "early stopping is not supported", id="with-early-stopping"),
+    pytest.param({**TWO, "spec.training.resources": {"cpus": 1}},
+                 "spec.training.resources.cpus", "cpus", "asks for 1 CPUs for 2 processes, "
+                 "each on a core of its own: set cpus: 2", id="fewer-cores-than-processes"),
+    pytest.param({**TWO, "spec.training.resources": {"gpus": 1}},
+                 "spec.training.resources.gpus", "gpus", "asks for 1 GPUs for 2 processes, "
+                 "each on a GPU of its own: set gpus: 2", id="fewer-gpus-than-processes"),
 ])
 def test_a_bad_distributed_setting_is_one_located_problem(
     write_recipe: RecipeFactory, changes: dict[str, Any], field: str, needle: str,

@@ -124,6 +124,8 @@ def test_ray_options_and_the_largest_node() -> None:
                                     "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
     opts = ray_options(TrainingResources(cpus=2, gpus=0.5, memory="1GiB"), 1)
     assert (opts["num_cpus"], opts["num_gpus"], opts["memory"]) == (2, 0.5, GIB)
+    assert ray_options(None, 3, nproc_per_node=2)["num_cpus"] == 2.0  # a core per process
+    assert ray_options(TrainingResources(cpus=4), 3, nproc_per_node=2)["num_cpus"] == 4
     nodes = [{"Alive": True, "Resources": {"CPU": 1.0, "memory": 2.0 * GIB}},
              {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0, "memory": 1.0 * GIB}},
              {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
