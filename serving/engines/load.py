@@ -90,8 +90,10 @@ class LoadScraper:
 
     def __init__(self, session: aiohttp.ClientSession, urls: Callable[[], Mapping[str, str]],
                  *, interval_s: float = 0.075, timeout_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 after_round: Callable[[], None] | None = None) -> None:
         self.session = session
+        self.after_round = after_round
         self.urls = urls
         self.interval_s = interval_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -120,6 +122,8 @@ class LoadScraper:
         for gone in set(self.loads) - set(urls):
             del self.loads[gone]
         await asyncio.gather(*(self.scrape(k, u) for k, u in urls.items() if u))
+        if self.after_round is not None:
+            self.after_round()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reg-load-scraper")
