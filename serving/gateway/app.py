@@ -192,8 +192,7 @@ def create_app(
         publisher = StatePublisher(state, m)
         supervisor = gw.supervisor = Supervisor(source, config, publisher, session,
                                                 changes=changes)
-        scraper = LoadScraper(session, lambda: {k: s.url for k, s in state.engines.items()
-                                                if s.ready},
+        scraper = LoadScraper(session, state.scraped_replicas,
                               interval_s=config.load_scrape_interval_s,
                               after_round=publisher.loads_scraped)
         state.loads = scraper.loads

@@ -10,6 +10,7 @@ on one event loop, so plain attributes need no lock.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -53,6 +54,13 @@ class GatewayState:
                             load=self.loads.get(s.key),
                             in_flight=self.replica_in_flight.get(s.key, 0))
                 for s in self.engines.values() if s.base == base]
+
+    def scraped_replicas(self) -> dict[str, str]:
+        """Replica key -> URL of the ready replicas whose load matters: those of a base
+        with more than one replica (with one there is nothing to choose, so its engine
+        is spared the scrapes)."""
+        bases = Counter(s.base for s in self.engines.values())
+        return {k: s.url for k, s in self.engines.items() if s.ready and bases[s.base] > 1}
 
     def engine_unavailable_reason(self, key: str) -> str | None:
         """None if the engine for ``key`` can take requests, else why not (for a 503)."""
