@@ -198,3 +198,16 @@ def test_replica_specs_local_and_external() -> None:
     assert got == {"/m": ("/m", spec, None), "/m#1": ("/m", spec, None),
                    "/n": ("/n", other, "http://x:1"), "/n#1": ("/n", other, "http://y:2"),
                    "/n#2": ("/n", other, "http://z:3")}
+
+
+def test_only_bases_with_several_ready_replicas_are_scraped(
+        replicas: Callable[[int], Replicas]) -> None:
+    s = replicas(2)
+    s.publish(frozenset({V1}), frozenset({V1}))
+    state = s.srv.gateway.state
+    assert set(state.scraped_replicas()) == {BASE, replica_key(BASE, 1)}
+    s.publish(frozenset({V1}), frozenset({V1}), down=frozenset({1}))
+    assert set(state.scraped_replicas()) == {BASE}
+    s.publisher.engines({BASE: EngineStatus(key=BASE, url=s.engines[0].url, name="tiny",
+                                            state=EngineState.ready)})
+    assert state.scraped_replicas() == {}, "one replica: nothing to choose, no scrape"
