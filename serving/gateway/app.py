@@ -99,7 +99,11 @@ class Gateway:
             k: {"state": s.state.value, "reason": s.reason, "adapters": sorted(s.adapters)}
             for k, s in self.state.engines.items()
         }
-        ready = self.state.loaded_once and all(s.ready for s in self.state.engines.values())
+        # Ready while every base model has a ready replica: the others' requests go there.
+        bases: dict[str, bool] = {}
+        for s in self.state.engines.values():
+            bases[s.base] = bases.get(s.base, False) or s.ready
+        ready = self.state.loaded_once and all(bases.values())
         body: dict[str, Any] = {"status": "ready" if ready else "not ready", "engines": engines}
         if not self.state.loaded_once:
             body["reason"] = "the registry has not been read yet"

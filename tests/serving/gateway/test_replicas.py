@@ -211,3 +211,14 @@ def test_only_bases_with_several_ready_replicas_are_scraped(
     s.publisher.engines({BASE: EngineStatus(key=BASE, url=s.engines[0].url, name="tiny",
                                             state=EngineState.ready)})
     assert state.scraped_replicas() == {}, "one replica: nothing to choose, no scrape"
+
+
+def test_ready_while_each_base_has_a_ready_replica(replicas: Callable[[int], Replicas]
+                                                   ) -> None:
+    s = replicas(2)
+    s.publish(frozenset({V1}), frozenset({V1}), down=frozenset({1}))
+    r = s.http.get(s.srv.url + "/ready")
+    assert r.status_code == 200, r.text
+    assert r.json()["engines"][replica_key(BASE, 1)]["state"] == "down"
+    s.publish(frozenset({V1}), frozenset({V1}), down=frozenset({0, 1}))
+    assert s.http.get(s.srv.url + "/ready").status_code == 503
