@@ -343,9 +343,12 @@ class OpenAIRoutes:
         # holds can lag, and a replica without the adapter answers 404 at once, which
         # moves on like any failure before the first byte.
         views = self.state.replica_views(target.engine)
-        picks = [p.key for p in pick(target.adapter, views, time.monotonic(),
-                                     stale_after_s=self.config.load_stale_after_s)]
-        picks += [v.key for v in views if v.ready and v.key not in picks]
+        if len(views) == 1:  # one engine (the default): nothing to choose
+            picks = [views[0].key]
+        else:
+            picks = [p.key for p in pick(target.adapter, views, time.monotonic(),
+                                         stale_after_s=self.config.load_stale_after_s)]
+            picks += [v.key for v in views if v.ready and v.key not in picks]
         payload["model"] = target.adapter
         try:
             body = json.dumps(payload).encode()
