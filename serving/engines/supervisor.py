@@ -359,7 +359,7 @@ class Supervisor:
         out: dict[str, Path] = {}
         errors: dict[str, str] = {}
         for d in self.deployments:
-            if engine_key(d) != slot.key or d.adapter_name in waiting:
+            if engine_key(d) != slot.base or d.adapter_name in waiting:
                 continue
             path = self._paths.get(d.adapter_name)
             if path is None:
