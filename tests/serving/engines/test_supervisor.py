@@ -293,3 +293,32 @@ def test_a_stage_move_between_loaded_adapters_publishes_before_asking_the_engine
     assert "/v1/models" not in swap and "/v1/load_lora_adapter" not in swap, swap
     assert "/v1/load_lora_adapter" in new, new  # the new version: loaded, then routed
     assert engine.loaded == {"bot@v2", "bot@v3"}  # and v1 unloaded after
+
+
+def test_every_external_replica_of_a_base_gets_its_adapters(tmp_path: Path) -> None:
+    from serving.engines.replicas import replica_key
+
+    deps = [deployment(1, "production", 512), deployment(2, "canary", 512)]
+    root = tmp_path / "adapters"
+    artifacts = {}
+    for d in deps:
+        (root / d.adapter_name).mkdir(parents=True)
+        artifacts[d.adapter_name] = root / d.adapter_name
+    with scripted_engine() as first, scripted_engine() as second:
+        cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs",
+                          external_engines={BASE: (first.server.url, second.server.url)})
+        state, metrics = GatewayState(), Metrics()
+
+        async def run() -> None:
+            async with aiohttp.ClientSession() as session:
+                await Supervisor(InMemorySource(deps, artifacts=artifacts), cfg,
+                                 StatePublisher(state, metrics), session).step()
+
+        asyncio.run(run())
+        assert first.loaded == second.loaded == {"bot@v1", "bot@v2"}
+    assert set(state.engines) == {BASE, replica_key(BASE, 1)}
+    assert [(s.base, s.replica, s.label, s.adapters) for s in state.engines.values()] == [
+        (BASE, 0, "tiny", frozenset({"bot@v1", "bot@v2"})),
+        (BASE, 1, "tiny#1", frozenset({"bot@v1", "bot@v2"}))]
+    text = metrics.render().decode()
+    assert 'reg_engine_up{engine="tiny#1"} 1.0' in text
