@@ -79,10 +79,13 @@ def stack(live_registry: Registry, reg_home: Path) -> Iterator[Server]:
         max_concurrency=64,
         restart_backoff_s=(0.5, 5.0),
         controller_interval_s=0.25,
+        # The session's one engine starts while other tests train on the same cores; the
+        # default start limit killed it mid-start on a loaded machine.
+        engine_start_timeout_s=600.0,
     )
     srv = serve_in_thread(create_app(source, cfg, writer=source, controller=reg))
     try:
-        wait_ready(srv.url)
+        wait_ready(srv.url, timeout=600)
         yield srv
     finally:
         srv.stop()
