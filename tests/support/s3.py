@@ -12,14 +12,20 @@ from contextlib import contextmanager
 @contextmanager
 def moto_s3(bucket: str = "reg") -> Iterator[dict[str, str]]:
     """Start the server with ``bucket``; yields the AWS environment that reaches it (also set
-    in ``os.environ`` for the block, then restored)."""
+    in ``os.environ`` for the block, then restored).
+
+    s3fs caches its filesystems by their arguments, not by the environment: one made
+    against an earlier server of the session (another port) would still be handed out, so
+    the cache is cleared when the server starts and when it stops."""
     from moto.server import ThreadedMotoServer
+    from s3fs import S3FileSystem
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    S3FileSystem.clear_instance_cache()
     url = f"http://127.0.0.1:{port}"
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": url}
@@ -32,6 +38,7 @@ def moto_s3(bucket: str = "reg") -> Iterator[dict[str, str]]:
         yield env
     finally:
         server.stop()
+        S3FileSystem.clear_instance_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
