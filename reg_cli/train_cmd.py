@@ -119,7 +119,7 @@ def _pinned_identity(loaded: LoadedRecipe, out: Path) -> dict[str, Any] | None:
         if problems:
             raise RegError("; ".join(f"{loaded.path}: {p.field}: {p.message}" for p in problems),
                            hint="register and promote the reward model first")
-        fetch_pins(registry, pins, out.resolve())
+        fetch_pins(registry.store, pins, out.resolve())
     return manifest_identity(loaded, with_reward_models(ident, pins))
 
 

@@ -6,8 +6,8 @@ For each task the reconciler hands it (:class:`RayExecutor`, all at once):
    artifact store, content-addressed (:func:`ship_inputs`); refuse a run whose
    ``training.resources`` no node of the cluster has;
 2. submit :func:`train_on_node` with ``num_cpus``/``num_gpus``/``memory`` from
-   ``training.resources`` (1 CPU when unset), spread over the nodes, retried by Ray when
-   its node or worker dies;
+   ``training.resources`` (unset CPUs: one per training process), spread over the nodes,
+   retried by Ray when its node or worker dies;
 3. on the node, in a scratch folder of its own: fetch the inputs, restore the run's
    newest checkpoint from the store when an earlier attempt left one, train with
    :func:`recipes.training.entry.train`, copy each new complete checkpoint to the store
@@ -173,7 +173,7 @@ def train_on_node(store_url: str, task: TrainTask, files: dict[str, str]) -> dic
 
     from recipes.loading.recipe import LoadedRecipe
     from recipes.training.entry import train
-    from rollout.gitops.reward_pins import REWARD_MODELS_DIR
+    from rollout.gitops.reward_pins import fetch_pins
 
     node = str(ray.get_runtime_context().get_node_id())
     store = ArtifactStore(store_url)
@@ -188,8 +188,7 @@ def train_on_node(store_url: str, task: TrainTask, files: dict[str, str]) -> dic
         workdir = scratch / "run"
         workdir.mkdir()
         restored = restore_checkpoint(store, task.run_key, spec_hash, workdir)
-        for pin in task.reward_models:
-            store.materialize(str(pin["artifact_digest"]), workdir / REWARD_MODELS_DIR)
+        fetch_pins(store, task.reward_models, workdir)
         with CheckpointSync(store, workdir, task.run_key, spec_hash, node,
                             synced_step=restored if restored is not None else -1):
             result = train(loaded, workdir, resume=True, progress=False,

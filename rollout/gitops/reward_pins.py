@@ -27,6 +27,7 @@ from rollout.gitops.state import BlockedRecipe, ProblemInfo
 if TYPE_CHECKING:
     from recipes.loading.loader import LoadedRecipe
     from registry.api import Registry
+    from registry.store import ArtifactStore
     from registry.tables import VersionPublic
     from rollout.gitops.desired import DesiredState
 
@@ -133,7 +134,7 @@ def pin_reward_models(state: DesiredState, registry: Registry) -> None:
     state.desired = keep
 
 
-def fetch_pins(registry: Registry, pins: Iterable[Mapping[str, Any]], workdir: Path) -> None:
+def fetch_pins(store: ArtifactStore, pins: Iterable[Mapping[str, Any]], workdir: Path) -> None:
     """Materialise each pinned reward model's artifact under ``workdir/reward-models``."""
     for pin in pins:
-        registry.store.materialize(str(pin["artifact_digest"]), workdir / REWARD_MODELS_DIR)
+        store.materialize(str(pin["artifact_digest"]), workdir / REWARD_MODELS_DIR)

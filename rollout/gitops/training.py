@@ -109,7 +109,7 @@ def begin_training(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: Spec
     try:
         steps.registry.update_run(run_id, phase="train", actor=steps.actor)
         steps.observer.step(m.model, "train", str(workdir))
-        fetch_pins(steps.registry, ident.reward_models, workdir)
+        fetch_pins(steps.registry.store, ident.reward_models, workdir)
         identity = manifest_identity(loaded, ident)
     except Exception as e:
         return Trained(steps.fail_run(m, run_id, runlog, "train", e))
