@@ -13,6 +13,7 @@ keys are digests a half-uploaded object is never mistaken for a whole one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -81,6 +82,46 @@ class _Backend(Protocol):
     def open(self, key: str) -> IO[bytes]: ...
     def read(self, key: str) -> bytes: ...
     def describe(self, key: str) -> str: ...
+    def sweep(self) -> list[str]: ...
+
+
+_TEMP_PREFIX = ".tmp."
+
+
+def _locked_temp(dest: Path) -> tuple[Path, IO[bytes]]:
+    """A new temp file beside ``dest``, opened for writing and exclusively flocked.
+
+    A sweep may take the lock in the instant between the create and the flock and remove
+    the file; the writer sees its name gone (or on another inode) and makes another."""
+    while True:
+        tmp = dest.with_name(f"{_TEMP_PREFIX}{dest.name}.{uuid.uuid4().hex[:8]}")
+        f = tmp.open("xb")
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            if os.stat(tmp).st_ino == os.fstat(f.fileno()).st_ino:
+                return tmp, f
+        except FileNotFoundError:
+            pass
+        f.close()
+
+
+def _remove_if_abandoned(tmp: Path) -> bool:
+    try:
+        f = tmp.open("rb")
+    except FileNotFoundError:
+        return False  # renamed into place or removed by its writer meanwhile
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer
+        try:
+            if os.stat(tmp).st_ino != os.fstat(f.fileno()).st_ino:
+                return False
+        except FileNotFoundError:
+            return False
+        tmp.unlink()
+        return True
 
 
 class _LocalBackend:
@@ -93,16 +134,31 @@ class _LocalBackend:
     def put(self, src: Path, key: str) -> None:
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".tmp.{dest.name}.{uuid.uuid4().hex[:8]}")
+        tmp, fout = _locked_temp(dest)
         try:
-            with src.open("rb") as fin, tmp.open("wb") as fout:
+            with src.open("rb") as fin, fout:
                 shutil.copyfileobj(fin, fout, _CHUNK)
                 fout.flush()
                 os.fsync(fout.fileno())
-            os.replace(tmp, dest)
+                os.replace(tmp, dest)  # under the lock: a sweep never takes a live write
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(dest.parent)
+
+    def sweep(self) -> list[str]:
+        """Remove the temp files of writers that died mid-write; returns their keys.
+
+        A writer holds an exclusive ``flock`` on its temp file until the rename, and the
+        kernel drops it when the process dies, however it dies. So a temp file whose lock
+        can be taken belongs to no one: safe to remove at once, beside live writers."""
+        removed: list[str] = []
+        for folder in (self.root / "blobs", self.root / "refs"):
+            if not folder.is_dir():
+                continue
+            for tmp in folder.rglob(f"{_TEMP_PREFIX}*"):
+                if tmp.is_file() and _remove_if_abandoned(tmp):
+                    removed.append(tmp.relative_to(self.root).as_posix())
+        return sorted(removed)
 
     def open(self, key: str) -> IO[bytes]:
         return (self.root / key).open("rb")
@@ -151,6 +207,9 @@ class _FsspecBackend:
 
     def describe(self, key: str) -> str:
         return f"{self.url}/{key}"
+
+    def sweep(self) -> list[str]:
+        return []  # an object store shows a PUT only once it is whole: nothing half-written
 
 
 class ArtifactStore:
@@ -232,6 +291,13 @@ class ArtifactStore:
                 hint="restore the blob from a backup or register the artifact again",
             )
         return data
+
+    def sweep(self) -> list[str]:
+        """Remove what writers killed mid-write left (their temp files); returns the keys.
+
+        Safe beside live writers (see ``_LocalBackend.sweep``); the reconciler calls it at
+        the start of each pass, so a kill at any moment leaves nothing behind for long."""
+        return self._backend.sweep()
 
     # -- refs: small mutable records beside the blobs ------------------------------------------
 

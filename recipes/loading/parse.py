@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from recipes.core.errors import Problem
+from recipes.core.text import shown
 
 # ruamel.yaml and the schema are imported where a YAML file is parsed or a
 # problem located: a reconcile pass served from the loader's cache needs neither.
@@ -193,11 +194,6 @@ def _first_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 # pydantic names the member of a union it tried in ``loc`` (``float``,
 # ``literal['auto']``, ``list[str]``); these are not keys the user wrote.
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "bytes"})
@@ -252,6 +248,9 @@ def _drop_union_noise(doc: Any, errors: list[Any]) -> list[Any]:
     return keep
 
 
+MAX_MESSAGE_CHARS = 400
+
+
 def _problem_from_pydantic(path: Path, doc: Any, err: Any) -> Problem:
     loc = _user_loc(doc, tuple(err["loc"]))
     dotted = ".".join(str(p) for p in loc)
@@ -271,10 +270,12 @@ def _problem_from_pydantic(path: Path, doc: Any, err: Any) -> Problem:
         msg = "required field is missing"
         hint = f"add '{loc[-1]}'"
     else:
-        got = _short(err.get("input"))
+        got = shown(err.get("input"))
         # pydantic speaks JSON; recipes are YAML.
         msg = msg.replace("should be an object", "should be a mapping (key: value lines)")
         msg = msg.replace("valid dictionary", "mapping (key: value lines)")
+        if len(msg) > MAX_MESSAGE_CHARS:  # a validator that echoed its input whole
+            msg = msg[: MAX_MESSAGE_CHARS - 3] + "..."
     return Problem(str(path), line, col, dotted, msg, got=got, hint=hint)
 
 

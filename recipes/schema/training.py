@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator
 
 from recipes.core.names import MODEL_NAME_PATTERN, STAGE_NAME_PATTERN
+from recipes.core.text import shown
 from recipes.schema.base import Strict
 
 
@@ -73,7 +74,8 @@ class ModelReward(Strict):
     @classmethod
     def _ref(cls, value: str) -> str:
         if REWARD_MODEL_REF.match(value) is None:
-            raise ValueError(f"{value!r} is not a reward model reference; {REWARD_MODEL_REF_HINT}")
+            raise ValueError(
+                f"{shown(value)} is not a reward model reference; {REWARD_MODEL_REF_HINT}")
         return value
 
 
@@ -94,7 +96,7 @@ class RegexReward(Strict):
         try:
             re.compile(value)
         except re.error as e:
-            raise ValueError(f"regex {value!r} does not compile: {e}; fix the pattern "
+            raise ValueError(f"regex {shown(value)} does not compile: {e}; fix the pattern "
                              "(Python re syntax; escape literal characters like . or ( with \\)"
                              ) from None
         return value
@@ -192,7 +194,7 @@ def memory_bytes(value: int | str) -> int:
         return value
     m = _MEMORY.match(value)
     if m is None:
-        raise ValueError(f"{value!r} is not an amount of memory; {MEMORY_HINT}")
+        raise ValueError(f"{shown(value)} is not an amount of memory; {MEMORY_HINT}")
     unit = (m["unit"] or "").upper().removesuffix("B")
     return int(float(m["n"]) * _UNITS[unit])
 
@@ -212,7 +214,8 @@ class TrainingResources(Strict):
     @classmethod
     def _memory(cls, value: int | str | None) -> int | str | None:
         if value is not None and memory_bytes(value) <= 0:
-            raise ValueError(f"memory must be more than 0 bytes (got {value!r}); {MEMORY_HINT}")
+            raise ValueError(
+                f"memory must be more than 0 bytes (got {shown(value)}); {MEMORY_HINT}")
         return value
 
     @property

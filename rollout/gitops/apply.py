@@ -62,6 +62,7 @@ class Event(StrEnum):
     deployed = "reconcile.deployed"
     deploy_failed = "reconcile.deploy_failed"
     pass_failed = "reconcile.pass_failed"
+    store_swept = "reconcile.store_swept"
 
 
 @dataclass

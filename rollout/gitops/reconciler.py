@@ -3,7 +3,8 @@
 One pass (:meth:`Reconciler.run_once`):
 
 1. take the registry's ``reconciler`` lease (:func:`rollout.controller.lease.hold_lease`:
-   a heartbeat keeps it; a dead local holder's is reclaimed at once);
+   a heartbeat keeps it; a dead local holder's is reclaimed at once), and sweep the
+   artifact store of temp files that writers killed mid-write left;
 2. read desired state (the one recipe loader, with its cache; a GRPO recipe's reward
    models pinned to versions, :mod:`rollout.gitops.reward_pins`) and actual
    state (the registry), and decide with :func:`~rollout.gitops.plan.make_plan` (pure);
@@ -124,6 +125,10 @@ class Reconciler:
         steps = self.steps
         with hold_lease(self.registry.leases, LEASE_NAME, self.holder, ttl_s=self.lease_ttl_s,
                         wait_s=wait_lease_s) as hb:
+            swept = self.registry.store.sweep()  # temp files of writers killed mid-write
+            if swept:
+                steps.event(Event.store_swept, None, f"removed {len(swept)} half-written "
+                            "file(s) from the artifact store", data={"keys": swept})
             plan, state = self.plan(prune=prune)
             steps.observer.planned(plan)
             report = PassReport(plan)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
@@ -14,6 +19,7 @@ from registry.settings import Settings
 from registry.store import ArtifactStore, blob_key, safe_relpath
 from tests.support.clock import FakeClock
 from tests.support.factories import ArtifactFactory
+from tests.support.paths import REPO
 from tests.support.s3 import moto_s3
 
 
@@ -136,3 +142,69 @@ def test_s3_round_trip_through_moto_server(
         boto3.client("s3").put_object(Bucket="reg", Key=weights, Body=b"tampered")
         with pytest.raises(ArtifactCorrupt, match="s3://reg/team-a/artifacts/blobs/sha256/"):
             reg.fetch_artifact(v, tmp_path / "cache2")
+
+
+# -- temp files left by writers killed mid-write ---------------------------------------------
+
+_WRITER = """
+import sys
+from registry.store import ArtifactStore
+ArtifactStore(sys.argv[1])._backend.put(__import__("pathlib").Path(sys.argv[2]), sys.argv[3])
+"""
+
+
+def _flocked(path: Path) -> bool:
+    """Whether some process holds a flock on ``path`` (its inode is in /proc/locks)."""
+    try:
+        inode = path.stat().st_ino
+    except FileNotFoundError:
+        return False
+    return any(line.split()[1] == "FLOCK" and line.split()[5].endswith(f":{inode}")
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def _writer_blocked_mid_write(store: Path, fifo: Path, key: str) -> tuple[Any, IO[bytes]]:
+    """A real process storing ``key`` from a FIFO, stopped in the middle of the copy: it
+    holds its temp file, flocked (the kernel's /proc/locks shows it), until the FIFO
+    gives it more."""
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(store), str(fifo), key],
+                            cwd=REPO)
+    feed = fifo.open("wb")
+    feed.write(b"first half ")
+    feed.flush()
+    deadline = time.monotonic() + 60
+    while not any(_flocked(p) for p in (store / key).parent.glob(".tmp.*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the writer never started"
+        time.sleep(0.02)
+    return proc, feed
+
+
+def test_the_sweep_removes_a_killed_writers_temp_file_and_spares_a_live_one(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "store"
+    store = ArtifactStore(str(root))
+    key = blob_key("sha256:" + "ab" * 32)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    # Killed mid-write: its temp file stays until a sweep, which removes it.
+    proc, feed = _writer_blocked_mid_write(root, fifo, key)
+    assert store.sweep() == []  # alive: its lock is held
+    [tmp] = (root / key).parent.glob(".tmp.*")
+    proc.kill()
+    proc.wait(timeout=30)
+    feed.close()
+    assert tmp.exists()
+    assert store.sweep() == [tmp.relative_to(root).as_posix()]
+    assert not tmp.exists() and not (root / key).exists()
+
+    # A live writer is never disturbed: swept while it writes, it still finishes.
+    proc, feed = _writer_blocked_mid_write(root, fifo, key)
+    assert store.sweep() == []
+    feed.write(b"second half")
+    feed.close()
+    assert proc.wait(timeout=60) == 0
+    assert (root / key).read_bytes() == b"first half second half"
+    assert [p.name for p in (root / key).parent.iterdir()] == [(root / key).name]
+

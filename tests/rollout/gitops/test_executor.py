@@ -95,6 +95,8 @@ def test_the_in_process_executor_hands_back_the_refusal_without_training(
 
 @pytest.mark.parametrize(("block", "message"), [
     pytest.param("{memory: lots}", "'lots' is not an amount of memory", id="memory-unit"),
+    # a long value is clipped in the message, never pasted whole (the fuzz test found it)
+    pytest.param("{memory: " + "x" * 5000 + "}", "xxx... is not an amount of memory", id="long"),
     pytest.param("{cpus: 0}", "greater than 0", id="zero-cpus"),
     pytest.param("{gpu: 1}", "gpu", id="unknown-key"),
 ])
@@ -107,6 +109,7 @@ def test_bad_resources_are_load_errors_with_file_and_line(
     (problem,) = e.value.problems
     assert problem.field.startswith("spec.training.resources"), problem
     assert problem.line is not None and message in problem.render(), problem.render()
+    assert len(problem.render()) < 600, problem.render()
 
 
 def test_resources_do_not_change_the_spec_hash(workspace: WorkspaceFactory) -> None:

@@ -210,3 +210,19 @@ def test_watch_records_a_failed_pass_as_an_event_and_retries_it(
     assert event.actor == "reconciler" and "no such table: runs" in event.message
     assert len(reg.list_runs(model="support-bot")) == 2  # the pass after it went on
 
+
+
+def test_a_pass_sweeps_what_a_killed_blob_writer_left_and_records_it(
+    workspace: WorkspaceFactory, sqlite_settings: Settings, open_registry: RegistryFactory,
+) -> None:
+    ws = workspace(keep=("support-bot",))
+    reg = open_registry(sqlite_settings)
+    root = Path(reg.settings.artifact_store)
+    left = root / "blobs" / "sha256" / "ab" / f".tmp.{'ab' * 32}.dead0001"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"half a blob")  # no process holds its lock: its writer died
+    Reconciler(reg, [ws / "recipes"], trainer=failing_trainer, policy=POLICY).run_once()
+    assert not left.exists()
+    (event,) = reg.events(kinds=[Event.store_swept])
+    assert event.data == {"keys": [left.relative_to(root).as_posix()]}
+    assert "1 half-written" in event.message
