@@ -24,6 +24,7 @@ from recipes.core.errors import RegError
 from recipes.schema.training import GRPOSpec, ModelReward
 from recipes.training.checkpoint import SafeCheckpointMixin
 from recipes.training.rewards import rule_reward_func
+from recipes.training.workdir import REWARD_MODELS_DIR
 
 if TYPE_CHECKING:
     import datasets
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from recipes.loading.loader import LoadedRecipe
     from recipes.training.model import DeviceSettings
 
-REWARD_MODELS_DIR = "reward-models"
 PINS_KEY = "reward_models"
 
 

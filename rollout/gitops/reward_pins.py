@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from recipes.core.errors import RegError
 from recipes.identity import SpecIdentity, with_reward_models
 from recipes.schema.training import REWARD_MODEL_REF, ModelReward, Objective
+from recipes.training.workdir import REWARD_MODELS_DIR
 from rollout.gitops.state import BlockedRecipe, ProblemInfo
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from registry.store import ArtifactStore
     from registry.tables import VersionPublic
     from rollout.gitops.desired import DesiredState
-
-REWARD_MODELS_DIR = "reward-models"  # recipes.training.grpo reads it under the workdir
 
 
 @dataclass(frozen=True)
