@@ -82,6 +82,7 @@ class _Backend(Protocol):
     def open(self, key: str) -> IO[bytes]: ...
     def read(self, key: str) -> bytes: ...
     def describe(self, key: str) -> str: ...
+    def delete(self, key: str) -> None: ...
     def sweep(self) -> list[str]: ...
 
 
@@ -169,6 +170,9 @@ class _LocalBackend:
     def describe(self, key: str) -> str:
         return str(self.root / key)
 
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
 
 class _FsspecBackend:
     def __init__(self, url: str) -> None:
@@ -207,6 +211,10 @@ class _FsspecBackend:
 
     def describe(self, key: str) -> str:
         return f"{self.url}/{key}"
+
+    def delete(self, key: str) -> None:
+        if self.fs.exists(self._path(key)):
+            self.fs.rm(self._path(key))
 
     def sweep(self) -> list[str]:
         return []  # an object store shows a PUT only once it is whole: nothing half-written
@@ -319,6 +327,11 @@ class ArtifactStore:
             return self._backend.read(key).decode("utf-8")
         except FileNotFoundError:
             return None
+
+    def delete_ref(self, name: str) -> None:
+        """Remove ``refs/<name>`` (none there is fine): a run's checkpoint ref once the
+        run's artifact is in the store."""
+        self._backend.delete(_ref_key(name))
 
     # -- artifacts ----------------------------------------------------------------------------
 

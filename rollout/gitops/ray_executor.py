@@ -303,6 +303,9 @@ class RayExecutor:
             artifact = store.materialize(str(out["digest"]), task.workdir / FETCHED_DIR)
         except Exception as e:
             return e
+        # The artifact is whole in the store: the run resumes from nothing any more. The
+        # checkpoints' blobs stay (content-addressed, shared); only the pointer goes.
+        store.delete_ref(checkpoint_ref(task.run_key))
         restored = out.get("restored_step")
         log.write(f"trained on Ray node {out['node']}"
                   + (f", resumed from the stored checkpoint of step {restored}"

@@ -144,6 +144,26 @@ def test_s3_round_trip_through_moto_server(
             reg.fetch_artifact(v, tmp_path / "cache2")
 
 
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_refs_are_written_replaced_and_deleted(where: str, tmp_path: Path,
+                                               request: pytest.FixtureRequest) -> None:
+    url = (str(tmp_path / "store") if where == "local"
+           else f"s3://reg/{tmp_path.name}/artifacts")
+    if where == "s3":
+        request.getfixturevalue("s3_endpoint")
+    store = ArtifactStore(url)
+    assert store.get_ref("runs/a-1/checkpoint") is None
+    store.put_ref("runs/a-1/checkpoint", '{"step": 10}')
+    store.put_ref("runs/a-1/checkpoint", '{"step": 20}')
+    assert store.get_ref("runs/a-1/checkpoint") == '{"step": 20}'
+    store.delete_ref("runs/a-1/checkpoint")
+    assert store.get_ref("runs/a-1/checkpoint") is None
+    store.delete_ref("runs/a-1/checkpoint")  # twice is fine
+    with pytest.raises(ArtifactRefused, match="is not a ref name"):
+        store.delete_ref("../escape")
+
+
 # -- temp files left by writers killed mid-write ---------------------------------------------
 
 _WRITER = """

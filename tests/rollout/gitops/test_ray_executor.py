@@ -165,3 +165,4 @@ def test_worker_killed_mid_run_resumes_from_its_stored_checkpoint_on_another_nod
     log = (Path(str(run.workdir)) / "run.log").read_text()
     assert "resumed from the stored checkpoint of step" in log, log
     assert f"trained on Ray node {worker}" not in log, log  # it finished on the head
+    assert store.get_ref(checkpoint_ref(str(killed["run_key"]))) is None, "ref left behind"
