@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -42,7 +43,7 @@ from rollout.gitops.executor import (
     resources_refused,
     unmet_resources,
 )
-from rollout.gitops.runlog import RunLog
+from rollout.gitops.runlog import LOG_NAME, RunLog
 
 if TYPE_CHECKING:
     from recipes.loading.loader import LoadedRecipe
@@ -51,10 +52,16 @@ if TYPE_CHECKING:
 FETCHED_DIR = "fetched"  # the run's workdir: artifacts fetched back from the store
 SYNC_INTERVAL_S = 0.5
 DEFAULT_RETRIES = 3  # attempts after a node or worker died
+NODE_LOG_CHARS = 64 * 1024  # the end of a node's run log that comes back with the run
 
 
 class NoCluster(RegError):
     """The Ray executor was chosen without a cluster to reach."""
+
+
+def node_log_ref(run_key: str) -> str:
+    """The store ref a node leaves its run log in, for the reconciler to append."""
+    return f"runs/{run_key}/node-log"
 
 
 def checkpoint_ref(run_key: str) -> str:
@@ -179,6 +186,7 @@ def train_on_node(store_url: str, task: TrainTask, files: dict[str, str]) -> dic
     store = ArtifactStore(store_url)
     spec_hash = str(task.identity["spec_hash"])
     scratch = Path(tempfile.mkdtemp(prefix="reg-ray-"))
+    node_log = RunLog(scratch / LOG_NAME)
     try:
         ws = scratch / "ws"
         fetch_inputs(store, files, ws)
@@ -188,16 +196,35 @@ def train_on_node(store_url: str, task: TrainTask, files: dict[str, str]) -> dic
         workdir = scratch / "run"
         workdir.mkdir()
         restored = restore_checkpoint(store, task.run_key, spec_hash, workdir)
+        node_log.write(f"training on Ray node {node}" + (
+            f" from the stored checkpoint of step {restored}" if restored is not None else ""))
         fetch_pins(store, task.reward_models, workdir)
-        with CheckpointSync(store, workdir, task.run_key, spec_hash, node,
-                            synced_step=restored if restored is not None else -1):
+        with node_log.capture(), CheckpointSync(
+                store, workdir, task.run_key, spec_hash, node,
+                synced_step=restored if restored is not None else -1):
             result = train(loaded, workdir, resume=True, progress=False,
                            identity=task.identity)
         digest, _, _ = store.put_artifact(result.artifact_dir)
+        node_log.write(f"artifact {digest} stored")
         return {"digest": digest, "warnings": list(result.warnings), "node": node,
                 "restored_step": restored}
+    except Exception as e:
+        node_log.write(f"training failed on this node: {type(e).__name__}: {e}")
+        raise
     finally:
+        _ship_log(store, task.run_key, node_log)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _ship_log(store: ArtifactStore, run_key: str, log: RunLog) -> None:
+    """The node's run log into the store (its last ``NODE_LOG_CHARS``), for the reconciler
+    to append to the run's own log. Best effort: a store that fails here must not hide
+    the run's own outcome, which Ray returns either way."""
+    try:
+        text = log.path.read_text(encoding="utf-8", errors="replace")[-NODE_LOG_CHARS:]
+        store.put_ref(node_log_ref(run_key), text)
+    except Exception as e:  # best effort (see the docstring)
+        print(f"reg: could not store the run log of {run_key}: {e}", file=sys.stderr)
 
 
 # ---- in the reconciler ------------------------------------------------------------------
@@ -235,6 +262,19 @@ def largest_node(nodes: list[dict[str, Any]]) -> Capacity:
     return Capacity(max((float(r.get("CPU", 0)) for r in alive), default=0.0),
                     max((float(r.get("GPU", 0)) for r in alive), default=0.0),
                     int(max((float(r.get("memory", 0)) for r in alive), default=0.0)))
+
+
+def take_node_log(store: ArtifactStore, task: TrainTask, log: RunLog) -> None:
+    """Append the node's run log (what it trained, the trainer's log records, its error)
+    to the run's own, and remove it from the store."""
+    ref = node_log_ref(task.run_key)
+    try:
+        text = store.get_ref(ref)
+        if text:
+            log.include("--- the Ray node's log ---", text)
+            store.delete_ref(ref)
+    except Exception as e:  # the run's own outcome matters more than its node's log
+        log.write(f"the Ray node's log could not be read from the store: {e}")
 
 
 class RayExecutor:
@@ -299,6 +339,8 @@ class RayExecutor:
             return cause if isinstance(cause, Exception) else e
         except ray.exceptions.RayError as e:  # a node or worker died past the retries
             return e
+        finally:
+            take_node_log(store, task, log)
         try:
             artifact = store.materialize(str(out["digest"]), task.workdir / FETCHED_DIR)
         except Exception as e:

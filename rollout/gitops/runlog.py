@@ -33,6 +33,13 @@ class RunLog:
             for line in text.rstrip("\n").splitlines() or [""]:
                 f.write(f"{stamp} {line}\n")
 
+    def include(self, title: str, text: str) -> None:
+        """``title`` as a line of its own, then ``text`` as it is (lines another RunLog,
+        e.g. a Ray node's, already stamped)."""
+        self.write(title)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+
     def tail(self, n: int = TAIL_LINES) -> str:
         try:
             lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()

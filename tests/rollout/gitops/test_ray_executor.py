@@ -20,7 +20,7 @@ import pytest
 from registry.settings import Settings
 from registry.store import ArtifactStore
 from registry.tables import RunPublic
-from rollout.gitops.ray_executor import RayExecutor, checkpoint_ref
+from rollout.gitops.ray_executor import RayExecutor, checkpoint_ref, node_log_ref
 from rollout.gitops.reconciler import Reconciler
 from rollout.gitops.report import PassReport
 from tests.support.crash import reconciler_problems
@@ -108,6 +108,14 @@ def test_two_recipes_train_at_once_on_two_nodes(
     assert sorted(nodes.values()) == sorted(node_ids()), nodes
     for m, log in logs.items():
         assert "fetched from the store" in log, log
+        # The node's own log came back with the run, and left the store.
+        node_log = log.split("--- the Ray node's log ---", 1)[1]
+        assert f"training on Ray node {nodes[m]}" in node_log and " stored" in node_log, log
+    store = ArtifactStore(s3_settings.artifact_store)
+    for r in reg.list_runs():
+        key = Path(str(r.workdir)).name
+        assert store.get_ref(node_log_ref(key)) is None
+        assert store.get_ref(checkpoint_ref(key)) is None
         (v,) = reg.list_versions(m)
         assert v.metrics["train"]["steps"] == 6
         assert v.metrics["train"]["resumed_from_step"] is None
@@ -166,3 +174,4 @@ def test_worker_killed_mid_run_resumes_from_its_stored_checkpoint_on_another_nod
     assert "resumed from the stored checkpoint of step" in log, log
     assert f"trained on Ray node {worker}" not in log, log  # it finished on the head
     assert store.get_ref(checkpoint_ref(str(killed["run_key"]))) is None, "ref left behind"
+    assert "from the stored checkpoint of step" in log.split("--- the Ray node's log ---")[-1]
