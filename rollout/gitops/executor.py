@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from recipes.loading.loader import LoadedRecipe
     from recipes.schema.training import TrainingResources
     from registry.api import Registry
+    from registry.store import ArtifactStore
     from rollout.gitops.training import Trainer
 
 EXECUTOR_ENV = "REG_TRAINING_EXECUTOR"
@@ -132,13 +133,21 @@ class InProcessExecutor:
     """Trains each task in this process, one at a time, pulling the next only after the
     reconciler has dealt with the last (today's order of runs, events and writes)."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Trainer, store: ArtifactStore | None = None) -> None:
         self.trainer = trainer
+        self.store = store  # where a GRPO run's pinned reward models are fetched from
 
     def run(self, tasks: Iterable[TrainTask]) -> Iterator[tuple[TrainTask, Any]]:
+        from rollout.gitops.reward_pins import fetch_pins
+
         for task in tasks:
             try:
                 check_in_process(task.loaded)
+                if task.reward_models:
+                    if self.store is None:
+                        raise RuntimeError("this executor was given no artifact store to "
+                                           "fetch the run's reward models from")
+                    fetch_pins(self.store, task.reward_models, task.workdir)
                 with RunLog.in_workdir(task.workdir).capture():
                     result: Any = self.trainer(task.loaded, task.workdir, resume=True,
                                                progress=task.progress, identity=task.identity)
@@ -155,7 +164,7 @@ def executor_from_env(registry: Registry, trainer: Trainer | None = None,
     env = os.environ if env is None else env
     name = (env.get(EXECUTOR_ENV) or "in-process").strip()
     if name == "in-process":
-        return InProcessExecutor(trainer or default_trainer)
+        return InProcessExecutor(trainer or default_trainer, registry.store)
     if name == "ray":
         from rollout.gitops.ray_executor import RayExecutor
 

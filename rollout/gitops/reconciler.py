@@ -97,7 +97,8 @@ class Reconciler:
         self.registry = registry
         self.paths = list(paths)
         self.trainer: Trainer = trainer or default_trainer
-        self.executor: TrainingExecutor = executor or InProcessExecutor(self.trainer)
+        self.executor: TrainingExecutor = executor or InProcessExecutor(self.trainer,
+                                                                        registry.store)
         self.progress = progress
         self.holder = holder or local_holder()
         self.lease_ttl_s = lease_ttl_s

@@ -22,7 +22,6 @@ from registry.versions import VersionStatus
 from rollout.gitops.apply import Step, Steps
 from rollout.gitops.executor import InProcessExecutor, TrainTask
 from rollout.gitops.report import Outcome
-from rollout.gitops.reward_pins import fetch_pins
 from rollout.gitops.runlog import RunLog
 
 if TYPE_CHECKING:
@@ -97,7 +96,8 @@ class Started:
 
 def begin_training(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIdentity, *,
                    home: Path, progress: bool = False) -> Started | Trained:
-    """Start (or resume) ``m``'s run and fetch what it reads; a failure is a failed run."""
+    """Start (or resume) ``m``'s run and the task an executor trains (the executor fetches
+    what the run reads: its reward models); a failure is a failed run."""
     assert m.run_key is not None and m.spec_hash is not None  # the planner sets both for train
     workdir = workdir_for(home, m.run_key)
     runlog = RunLog.in_workdir(workdir)
@@ -109,7 +109,6 @@ def begin_training(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: Spec
     try:
         steps.registry.update_run(run_id, phase="train", actor=steps.actor)
         steps.observer.step(m.model, "train", str(workdir))
-        fetch_pins(steps.registry.store, ident.reward_models, workdir)
         identity = manifest_identity(loaded, ident)
     except Exception as e:
         return Trained(steps.fail_run(m, run_id, runlog, "train", e))
@@ -168,7 +167,7 @@ def train_model(steps: Steps, m: ModelPlan, loaded: LoadedRecipe, ident: SpecIde
     started = begin_training(steps, m, loaded, ident, home=home, progress=progress)
     if isinstance(started, Trained):
         return started
-    [(_, result)] = list(InProcessExecutor(trainer).run([started.task]))
+    [(_, result)] = list(InProcessExecutor(trainer, steps.registry.store).run([started.task]))
     return finish_training(steps, started, result)
 
 
