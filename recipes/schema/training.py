@@ -203,8 +203,9 @@ class TrainingResources(Strict):
     """What one training run needs: the Ray executor asks the cluster for it, the in-process
     executor refuses a run this machine cannot meet. Not part of the spec hash: where a run
     trains does not change what it trains."""
-    cpus: float | None = Field(default=None, gt=0, description="CPU cores (Ray num_cpus); "
-                               "default 1 on Ray.")
+    cpus: float | None = Field(default=None, gt=0, description="CPU cores (Ray num_cpus; "
+                               "default one per training process); also caps the torch "
+                               "threads of the run's processes, which share them.")
     gpus: float | None = Field(default=None, ge=0, description="GPUs (Ray num_gpus); "
                                "fractions share one.")
     memory: int | str | None = Field(

@@ -271,6 +271,15 @@ def _setup(loaded: LoadedRecipe, workdir: Path) -> _Setup:
                   lr.reason)
 
 
+def cpu_budget(loaded: LoadedRecipe) -> float | None:
+    """The cores one training process may use: ``training.resources.cpus`` shared by the
+    run's processes (``training.distributed``), or None (the machine's). Pure."""
+    training = loaded.recipe.spec.training
+    if training.resources is None or training.resources.cpus is None:
+        return None
+    return training.resources.cpus / training.distributed.nproc_per_node
+
+
 def _run(s: _Setup, identity: dict[str, Any], *, progress: bool,
          lock_fd: int) -> TrainResult:
     from transformers import set_seed
@@ -286,7 +295,7 @@ def _run(s: _Setup, identity: dict[str, Any], *, progress: bool,
     nproc = s.loaded.recipe.spec.training.distributed.nproc_per_node
     with tracking_session(trackers, s.workdir, s.loaded.name,
                           str(identity["spec_hash"])) as tracking:
-        with cpu_threads(s.settings, s.num_params) as threads:
+        with cpu_threads(s.settings, s.num_params, cpu_budget(s.loaded)) as threads:
             if not (final / SUMMARY_FILE).is_file() and nproc > 1:
                 from recipes.training.distributed import train_distributed
 
@@ -343,7 +352,7 @@ def train_rank(loaded: LoadedRecipe, workdir: Path, identity: dict[str, Any], *,
 
     s = _setup(loaded, Path(workdir))
     set_seed(loaded.recipe.spec.training.seed)
-    with cpu_threads(s.settings, s.num_params) as threads:
+    with cpu_threads(s.settings, s.num_params, cpu_budget(loaded)) as threads:
         _train_weights(s, identity, progress=progress, tracking=None, threads=threads,
                        save=rank == 0)
 

@@ -349,14 +349,18 @@ def cpu_threads_for(num_params: int, cpus: int, override: str | None = None) -> 
 
 
 @contextlib.contextmanager
-def cpu_threads(settings: DeviceSettings, num_params: int) -> Iterator[int]:
-    """Run the block with the thread count of :func:`cpu_threads_for`, then restore it."""
+def cpu_threads(settings: DeviceSettings, num_params: int,
+                budget: float | None = None) -> Iterator[int]:
+    """Run the block with the thread count of :func:`cpu_threads_for`, then restore it.
+    ``budget``: the cores this process may use (the recipe's ``training.resources.cpus``,
+    shared by its processes); else every core of the machine."""
     import torch
 
     if settings.device != "cpu":
         yield torch.get_num_threads()
         return
-    wanted = cpu_threads_for(num_params, os.cpu_count() or 1, os.environ.get(THREADS_ENV))
+    cores = max(1, int(budget)) if budget is not None else (os.cpu_count() or 1)
+    wanted = cpu_threads_for(num_params, cores, os.environ.get(THREADS_ENV))
     old = torch.get_num_threads()
     torch.set_num_threads(wanted)
     try:

@@ -4,6 +4,7 @@ spec hash, the Ray task options and the store's refs."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,29 @@ def test_store_refs_are_replaced_whole(tmp_path: Path) -> None:
 
     with pytest.raises(ArtifactRefused, match="not a ref name"):
         store.put_ref("../escape", "x")
+
+
+def test_resources_cpus_sets_the_threads_a_training_process_uses(
+    workspace: WorkspaceFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from recipes.training.entry import cpu_budget
+    from recipes.training.model import DeviceSettings, cpu_threads
+
+    monkeypatch.delenv("REG_TORCH_THREADS", raising=False)
+    plain = load_recipe(workspace(keep=("support-bot",), name="a") / "recipes" /
+                        "support-bot.yaml")
+    asking = load_recipe(workspace(keep=("support-bot",), name="b",
+                                   edit=with_resources("{cpus: 1}"))
+                         / "recipes" / "support-bot.yaml")
+    assert cpu_budget(plain) is None and cpu_budget(asking) == 1.0
+    cpu = DeviceSettings(device="cpu", precision="fp32", gradient_checkpointing=False,
+                         dtype="float32")
+    big = 10**9  # past the small-model rule (one thread), so the budget decides
+    before = torch.get_num_threads()
+    with cpu_threads(cpu, big, cpu_budget(asking)) as threads:
+        assert threads == torch.get_num_threads() == 1
+    with cpu_threads(cpu, big, cpu_budget(plain)) as threads:
+        assert threads == (os.cpu_count() or 1)
+    assert torch.get_num_threads() == before
