@@ -48,7 +48,7 @@ def one_pass(tmp_path: Path, engine: ScriptedEngine, deps: list[Deployment]
         (root / d.adapter_name).mkdir(parents=True)
         artifacts[d.adapter_name] = root / d.adapter_name
     cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs",
-                      external_engines={BASE: engine.server.url})
+                      external_engines={BASE: (engine.server.url,)})
     state, metrics = GatewayState(), Metrics()
 
     async def run() -> Supervisor:
@@ -95,7 +95,7 @@ def test_an_adapter_that_cannot_be_fetched_is_reported(
 ) -> None:
     deps = [deployment(1, "production", 512)]
     cfg = ServeConfig(adapter_root=tmp_path / "adapters", log_dir=tmp_path / "logs",
-                      external_engines={BASE: engine.server.url})
+                      external_engines={BASE: (engine.server.url,)})
     state = GatewayState()
 
     async def run() -> None:
@@ -118,7 +118,7 @@ def test_every_launch_of_an_engine_is_a_new_generation(
     root = tmp_path / "adapters"
     (root / "bot@v1").mkdir(parents=True)
     cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs", health_interval_s=0.0,
-                      restart_backoff_s=(0.0, 0.0), external_engines={BASE: engine.server.url})
+                      restart_backoff_s=(0.0, 0.0), external_engines={BASE: (engine.server.url,)})
     state = GatewayState()
     seen: list[tuple[str, int, int]] = []
 
@@ -169,7 +169,7 @@ def test_an_adapter_that_keeps_failing_is_retried_with_backoff_and_degraded(
     source.fetch_artifact = counted  # type: ignore[method-assign,assignment]
     cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs", health_interval_s=0.0,
                       adapter_retry_backoff_s=(1.0, 4.0),
-                      external_engines={BASE: engine.server.url})
+                      external_engines={BASE: (engine.server.url,)})
     state, metrics = GatewayState(), Metrics()
     reason = "fetch failed: FileNotFoundError: no artifact for bot@v2 in this test"
 
@@ -270,7 +270,7 @@ def test_a_stage_move_between_loaded_adapters_publishes_before_asking_the_engine
     source = InMemorySource([deployment(1, "production", 512), deployment(2, "canary", 512)],
                             artifacts={n: root / n for n in names})
     cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs",
-                      external_engines={BASE: engine.server.url})
+                      external_engines={BASE: (engine.server.url,)})
     watch = PublishWatch(engine)
 
     async def run() -> tuple[int, int]:
@@ -293,3 +293,32 @@ def test_a_stage_move_between_loaded_adapters_publishes_before_asking_the_engine
     assert "/v1/models" not in swap and "/v1/load_lora_adapter" not in swap, swap
     assert "/v1/load_lora_adapter" in new, new  # the new version: loaded, then routed
     assert engine.loaded == {"bot@v2", "bot@v3"}  # and v1 unloaded after
+
+
+def test_every_external_replica_of_a_base_gets_its_adapters(tmp_path: Path) -> None:
+    from serving.engines.replicas import replica_key
+
+    deps = [deployment(1, "production", 512), deployment(2, "canary", 512)]
+    root = tmp_path / "adapters"
+    artifacts = {}
+    for d in deps:
+        (root / d.adapter_name).mkdir(parents=True)
+        artifacts[d.adapter_name] = root / d.adapter_name
+    with scripted_engine() as first, scripted_engine() as second:
+        cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs",
+                          external_engines={BASE: (first.server.url, second.server.url)})
+        state, metrics = GatewayState(), Metrics()
+
+        async def run() -> None:
+            async with aiohttp.ClientSession() as session:
+                await Supervisor(InMemorySource(deps, artifacts=artifacts), cfg,
+                                 StatePublisher(state, metrics), session).step()
+
+        asyncio.run(run())
+        assert first.loaded == second.loaded == {"bot@v1", "bot@v2"}
+    assert set(state.engines) == {BASE, replica_key(BASE, 1)}
+    assert [(s.base, s.replica, s.label, s.adapters) for s in state.engines.values()] == [
+        (BASE, 0, "tiny", frozenset({"bot@v1", "bot@v2"})),
+        (BASE, 1, "tiny#1", frozenset({"bot@v1", "bot@v2"}))]
+    text = metrics.render().decode()
+    assert 'reg_engine_up{engine="tiny#1"} 1.0' in text
