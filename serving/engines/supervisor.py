@@ -11,11 +11,14 @@ steps, each safe to repeat:
 3. advance each engine's state (:func:`~serving.engines.lifecycle.next_state`, pure):
    starting -> ready when /health answers, ready -> down when the process exits or
    health fails, down -> starting after an exponential backoff;
-4. sync adapters on ready engines whose deployed set changed (or that restarted, or
-   whose failed adapter's backoff is over); an adapter re-loaded into a restarted engine
-   is served again only once its identity probes match
+4. place adapters on the replicas of a base by their traffic
+   (:mod:`~serving.engines.placement`: all on each while they fit its slots);
+5. sync adapters on ready engines whose deployed set or placement changed (or that
+   restarted, or whose failed adapter's backoff is over); an adapter re-loaded into a
+   restarted engine, or loaded as one more copy of one another replica serves, is served
+   there only once its identity probes match
    (:func:`~serving.engines.identity.probe_adapter`); until then it counts as failed;
-5. report the registry read, the engines' status and the degraded versions to its
+6. report the registry read, the engines' status and the degraded versions to its
    :class:`~serving.engines.state.Observer` (the gateway routes by them).
 
 An error in a pass is reported (``Observer.error``) and the next pass retries; the same
@@ -31,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -55,6 +58,7 @@ from serving.engines.lifecycle import (
     next_state,
     plan_engines,
 )
+from serving.engines.placement import DemandMeter, placements
 from serving.engines.process import (
     EngineProcess,
     EngineSpec,
@@ -83,6 +87,7 @@ class Supervisor:
         *,
         changes: ChangeFeed | None = None,
         clock: Callable[[], float] = time.monotonic,
+        demand: Callable[[], tuple[Mapping[str, int], Mapping[str, int]]] | None = None,
     ) -> None:
         self.source = source
         self.changes = changes
@@ -106,6 +111,11 @@ class Supervisor:
         self._task: asyncio.Task[None] | None = None
         self._device = detect_device()
         self._replicas: dict[str, tuple[str, EngineSpec, str | None]] = {}
+        # The gateway's running counts of requests and spills per adapter, and what the
+        # replicas of a base should hold by them (placement.py; none: every adapter).
+        self._demand = demand
+        self._meter = DemandMeter(clock)
+        self._placement: dict[str, frozenset[str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -157,6 +167,7 @@ class Supervisor:
                 self._dirty = True
             await self._plan_and_apply()
             await self._advance_all()
+            self._place()
             # Make before break: load new versions, move routing to them, and only
             # then unload what routing no longer names, so no request is routed to an
             # adapter that is already gone.
@@ -330,6 +341,24 @@ class Supervisor:
 
     # -- adapters --------------------------------------------------------------------------
 
+    def _place(self) -> None:
+        """Which replica of a base holds which adapter, by traffic
+        (:mod:`~serving.engines.placement`); a replica whose share changed syncs again."""
+        requests, spills = self._demand() if self._demand is not None else ({}, {})
+        deployed: dict[str, list[str]] = {}
+        for d in self.deployments:
+            deployed.setdefault(engine_key(d), []).append(d.adapter_name)
+        placement = placements(self.slots.values(), deployed,
+                               self._meter.observe(requests, spills))
+        for key, want in placement.items():
+            if self._placement.get(key) != want:
+                self.slots[key].needs_sync = True
+        self._placement = placement
+
+    def _placed(self, slot: EngineSlot, name: str) -> bool:
+        want = self._placement.get(slot.key)
+        return want is None or name in want
+
     def _missing(self, slot: EngineSlot) -> bool:
         """Whether ``slot`` lacks an adapter it should hold (so the sync before publishing
         has something to load). A change that only moves stages or weights between
@@ -337,7 +366,8 @@ class Supervisor:
         and corrects whatever the engine holds."""
         waiting = self._waiting()
         wanted = {d.adapter_name for d in self.deployments
-                  if engine_key(d) == slot.base and d.adapter_name not in waiting}
+                  if engine_key(d) == slot.base and d.adapter_name not in waiting
+                  and self._placed(slot, d.adapter_name)}
         wanted |= {n for n in slot.manual if n not in waiting}
         return not wanted <= slot.adapters
 
@@ -359,7 +389,8 @@ class Supervisor:
         out: dict[str, Path] = {}
         errors: dict[str, str] = {}
         for d in self.deployments:
-            if engine_key(d) != slot.base or d.adapter_name in waiting:
+            if (engine_key(d) != slot.base or d.adapter_name in waiting
+                    or not self._placed(slot, d.adapter_name)):
                 continue
             path = self._paths.get(d.adapter_name)
             if path is None:
@@ -386,6 +417,11 @@ class Supervisor:
         if not unload:
             plan = SyncPlan(load=plan.load)
         plan = await self._verified(slot, plan, fetch_errors)
+        # A copy of an adapter another replica already serves (placed here for its
+        # traffic) is served here only once its identity probes match, as after a restart.
+        elsewhere = {a for s in self.slots.values() if s.base == slot.base
+                     and s.key != slot.key and s.state is EngineState.ready for a in s.adapters}
+        slot.reverify |= {n for n, _ in plan.load if n in elsewhere}
         result = await apply_plan(admin, plan, self.config.adapter_root)
         await self._reverify(slot, admin, result, dict(plan.load))
         result.errors.update(fetch_errors)

@@ -194,8 +194,9 @@ def create_app(
         session = gw.session = _admin_session(config.connect_timeout_s,
                                               config.request_timeout_s)
         publisher = StatePublisher(state, m)
-        supervisor = gw.supervisor = Supervisor(source, config, publisher, session,
-                                                changes=changes)
+        supervisor = gw.supervisor = Supervisor(
+            source, config, publisher, session, changes=changes,
+            demand=lambda: (state.adapter_requests, state.adapter_spills))
         scraper = LoadScraper(session, state.scraped_replicas,
                               interval_s=config.load_scrape_interval_s,
                               after_round=publisher.loads_scraped)

@@ -63,7 +63,7 @@ from serving.gateway.errors import (
 from serving.gateway.faults import Faults
 from serving.gateway.limits import BodyTooLarge, read_body
 from serving.gateway.metrics import Metrics
-from serving.gateway.picker import pick
+from serving.gateway.picker import Fit, pick
 from serving.gateway.routing import Route, RouteError, Target, model_listing, resolve
 from serving.gateway.state import GatewayState
 from serving.upstream.pool import UpstreamError, UpstreamPool, UpstreamResponse
@@ -346,9 +346,16 @@ class OpenAIRoutes:
         if len(views) == 1:  # one engine (the default): nothing to choose
             picks = [views[0].key]
         else:
-            picks = [p.key for p in pick(target.adapter, views, time.monotonic(),
-                                         stale_after_s=self.config.load_stale_after_s)]
+            ranked = pick(target.adapter, views, time.monotonic(),
+                          stale_after_s=self.config.load_stale_after_s)
+            picks = [p.key for p in ranked]
             picks += [v.key for v in views if v.ready and v.key not in picks]
+            # The supervisor places adapters on replicas by these counts (placement.py).
+            demand = self.state.adapter_requests
+            demand[target.adapter] = demand.get(target.adapter, 0) + 1
+            if ranked and ranked[0].fit is Fit.free_slot:  # its holders are queued
+                spills = self.state.adapter_spills
+                spills[target.adapter] = spills.get(target.adapter, 0) + 1
         payload["model"] = target.adapter
         try:
             body = json.dumps(payload).encode()

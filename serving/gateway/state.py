@@ -43,6 +43,10 @@ class GatewayState:
     # requests this gateway has open on each (known at once; the scrape lags).
     loads: Mapping[str, EngineLoad] = field(default_factory=dict)
     replica_in_flight: dict[str, int] = field(default_factory=dict)
+    # Requests per adapter on bases with several replicas, and those that spilled past
+    # its queued holders: running counts the supervisor places adapters by.
+    adapter_requests: dict[str, int] = field(default_factory=dict)
+    adapter_spills: dict[str, int] = field(default_factory=dict)
 
     def drain(self, model: str, version: int, seconds: float = 30.0) -> None:
         """Route no weighted traffic to ``version`` from now on (called from any thread)."""

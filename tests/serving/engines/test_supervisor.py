@@ -322,3 +322,53 @@ def test_every_external_replica_of_a_base_gets_its_adapters(tmp_path: Path) -> N
         (BASE, 1, "tiny#1", frozenset({"bot@v1", "bot@v2"}))]
     text = metrics.render().decode()
     assert 'reg_engine_up{engine="tiny#1"} 1.0' in text
+
+
+def test_adapters_are_placed_on_replicas_by_their_traffic(tmp_path: Path) -> None:
+    """Four versions over two replicas of two slots: each on one replica while idle; the
+    busy one on both once its traffic says so (the copy probed before it is served);
+    back to one replica once idle, the other copy unloaded."""
+    from serving.engines.replicas import replica_key
+    from tests.support.clock import FakeMonotonic
+
+    deps = [deployment(v, "production" if v == 1 else f"s{v}", 512) for v in (1, 2, 3, 4)]
+    root = tmp_path / "adapters"
+    artifacts = {}
+    for d in deps:
+        (root / d.adapter_name).mkdir(parents=True)
+        artifacts[d.adapter_name] = root / d.adapter_name
+    requests: dict[str, int] = {}
+    clock = FakeMonotonic()
+    with scripted_engine() as first, scripted_engine() as second:
+        cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs", max_loras=2,
+                          external_engines={BASE: (first.server.url, second.server.url)})
+        state = GatewayState()
+        seen: list[tuple[frozenset[str], frozenset[str]]] = []
+
+        async def run() -> None:
+            async with aiohttp.ClientSession() as session:
+                sup = Supervisor(InMemorySource(deps, artifacts=artifacts), cfg,
+                                 StatePublisher(state, Metrics()), session, clock=clock,
+                                 demand=lambda: (requests, {}))
+
+                async def settle() -> None:  # a move takes two passes: load, then unload
+                    for _ in range(3):
+                        clock.advance(11)
+                        await sup.step()
+                    seen.append((frozenset(first.loaded), frozenset(second.loaded)))
+
+                await settle()
+                requests["bot@v1"] = 600  # v1 takes the traffic
+                await settle()
+                for _ in range(7):  # idle for more than the meter's window
+                    await settle()
+
+        asyncio.run(run())
+    idle, busy, *_, idle_again = seen
+    everything = {d.adapter_name for d in deps}
+    assert len(idle[0]) == len(idle[1]) == 2 and idle[0] | idle[1] == everything
+    assert "bot@v1" in busy[0] and "bot@v1" in busy[1], busy
+    assert busy[0] | busy[1] == everything, "the others stay placed"
+    assert [("bot@v1" in held) for held in idle_again].count(True) == 1, idle_again
+    assert idle_again[0] | idle_again[1] == everything
+    assert set(state.engines) == {BASE, replica_key(BASE, 1)}
