@@ -25,9 +25,10 @@ def serve(
     max_loras: Annotated[int | None, typer.Option(
         help="Adapter slots per engine (default $REG_MAX_LORAS or 4).")] = None,
     replicas: Annotated[int | None, typer.Option(
-        help="vLLM engines started per base model; the gateway picks one per request by "
-        "adapter affinity and load (default $REG_REPLICAS or 1). A base listed in "
-        "$REG_EXTERNAL_ENGINES uses the engines listed there instead.")] = None,
+        help="vLLM engines started per base model; each adapter is loaded on as many as its "
+        "traffic needs, and the gateway picks one per request by adapter affinity and load "
+        "(default $REG_REPLICAS or 1). A base listed in $REG_EXTERNAL_ENGINES uses the "
+        "engines listed there instead.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     no_controller: Annotated[bool, typer.Option(
         "--no-controller", help="Do not host the canary controller (rollouts then advance "
@@ -53,7 +54,7 @@ def serve(
         overrides["max_loras"] = max_loras
     if replicas is not None:
         overrides["replicas"] = replicas
-    reg = open_registry(max_loras=max_loras)
+    reg = open_registry(max_loras=max_loras, replicas=replicas)
     cfg = ServeConfig.from_env(
         **overrides,
         adapter_root=reg.settings.home / "serving" / "adapters",
