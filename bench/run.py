@@ -57,6 +57,9 @@ BENCHES = (
     Bench("gateway", "bench_gateway.py", (),
           ("proxy", "curve", "promote", "promote-pg", "engine"), 3600, 900),
     Bench("adapters", "bench_adapters.py", (), (), 3600, 600),
+    # Four vLLM engines at once (two replicas under reg, two behind a round-robin router):
+    # too heavy for the smoke run.
+    Bench("replicas", "bench_replicas.py", (), (), 3600, 900, in_smoke=False),
     Bench("rollout", "bench_rollout.py", ("gitops", "rollback", "analysis"), (), 7200, 900,
           in_smoke=False),
 )

@@ -35,14 +35,18 @@ class ArgumentError(RegError):
     """Command-line arguments that cannot be read; the message shows the expected form."""
 
 
-def open_registry(*, max_loras: int | None = None) -> Registry:
-    """The registry of the environment's settings, with serving's deploy guards."""
+def open_registry(*, max_loras: int | None = None, replicas: int | None = None) -> Registry:
+    """The registry of the environment's settings, with serving's deploy guards (the
+    adapter slots of each base: ``max_loras`` on each of its replicas)."""
     from registry.api import Registry
     from serving.config import ServeConfig
     from serving.engines.capacity import SlotGuard
 
-    slots = ServeConfig.from_env().max_loras if max_loras is None else max_loras
-    return Registry.open(guards=(SlotGuard(slots),))
+    cfg = ServeConfig.from_env()
+    slots = cfg.max_loras if max_loras is None else max_loras
+    external = {base: len(urls) for base, urls in cfg.external_engines.items()}
+    count = cfg.replicas if replicas is None else replicas
+    return Registry.open(guards=(SlotGuard(slots, count, external),))
 
 
 def split_args(

@@ -24,6 +24,11 @@ def serve(
         help="Requests answered at once before 429 (default $REG_MAX_CONCURRENCY or 64).")] = None,
     max_loras: Annotated[int | None, typer.Option(
         help="Adapter slots per engine (default $REG_MAX_LORAS or 4).")] = None,
+    replicas: Annotated[int | None, typer.Option(
+        help="vLLM engines started per base model; each adapter is loaded on as many as its "
+        "traffic needs, and the gateway picks one per request by adapter affinity and load "
+        "(default $REG_REPLICAS or 1). A base listed in $REG_EXTERNAL_ENGINES uses the "
+        "engines listed there instead.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     no_controller: Annotated[bool, typer.Option(
         "--no-controller", help="Do not host the canary controller (rollouts then advance "
@@ -47,7 +52,9 @@ def serve(
         overrides["max_concurrency"] = max_concurrency
     if max_loras is not None:
         overrides["max_loras"] = max_loras
-    reg = open_registry(max_loras=max_loras)
+    if replicas is not None:
+        overrides["replicas"] = replicas
+    reg = open_registry(max_loras=max_loras, replicas=replicas)
     cfg = ServeConfig.from_env(
         **overrides,
         adapter_root=reg.settings.home / "serving" / "adapters",
@@ -62,6 +69,8 @@ def serve(
     out.message(f"  OpenAI base URL: {base}/v1   (models: {base}/v1/models)")
     out.message(f"  readiness: {base}/ready   metrics: {base}/metrics")
     out.message(f"  engine logs: {cfg.log_dir}")
+    if cfg.replicas > 1:
+        out.message(f"  {cfg.replicas} engine replicas per base model (local engines)")
     if not cfg.admin_token:
         out.message("  admin routes disabled (set REG_ADMIN_TOKEN to enable them)")
     out.message("  canary controller: " + ("off (--no-controller)" if no_controller else

@@ -19,7 +19,7 @@ class ConfigError(RegError):
 
 # Whole-number settings read from the environment that must be at least 1.
 _POSITIVE = (("max_concurrency", "REG_MAX_CONCURRENCY"), ("max_loras", "REG_MAX_LORAS"),
-             ("max_body_bytes", "REG_MAX_BODY_BYTES"))
+             ("max_body_bytes", "REG_MAX_BODY_BYTES"), ("replicas", "REG_REPLICAS"))
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,14 @@ class ServeConfig:
     max_shadow_in_flight: int = 16
     # The canary controller `reg serve` hosts: seconds between its passes.
     controller_interval_s: float = 1.0
-    # Engines already running elsewhere: base model path -> URL (not started or supervised).
-    external_engines: dict[str, str] = field(default_factory=dict)
+    # Local engines started per base model (`reg serve --replicas N`, REG_REPLICAS).
+    replicas: int = 1
+    # Engines already running elsewhere: base model path -> their URLs, one replica each
+    # (not started or supervised); a base listed here gets these, not ``replicas``.
+    external_engines: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # How often each replica's /metrics is scraped, and when its load is stale.
+    load_scrape_interval_s: float = 0.075
+    load_stale_after_s: float = 2.0
 
     @property
     def url(self) -> str:
@@ -88,15 +94,17 @@ class ServeConfig:
                     raise ConfigError(f"{var}={e[var]!r} is not a whole number",
                                       hint=f"set {var} to a positive integer") from exc
         if e.get("REG_EXTERNAL_ENGINES"):
-            # BASE_MODEL_PATH=URL,...: engines someone else runs (not started or restarted).
-            engines: dict[str, str] = {}
+            # BASE_MODEL_PATH=URL,...: engines someone else runs (not started or restarted);
+            # a base named again is one more replica of it.
+            engines: dict[str, tuple[str, ...]] = {}
             for item in e["REG_EXTERNAL_ENGINES"].split(","):
                 base, sep, url = item.strip().rpartition("=")
                 if not sep or not base or not url.startswith("http://"):
                     raise ConfigError(
                         f"REG_EXTERNAL_ENGINES item {item!r} is not BASE_MODEL_PATH=http://HOST:PORT",
-                        hint="e.g. REG_EXTERNAL_ENGINES=/models/tiny=http://127.0.0.1:8100")
-                engines[base] = url.rstrip("/")
+                        hint="e.g. REG_EXTERNAL_ENGINES=/models/tiny=http://127.0.0.1:8100,"
+                             "/models/tiny=http://127.0.0.1:8101 (two replicas)")
+                engines[base] = (*engines.get(base, ()), url.rstrip("/"))
             values["external_engines"] = engines
         values.update(overrides)
         cfg = cls(**values)  # type: ignore[arg-type]

@@ -77,7 +77,8 @@ class EngineView(Protocol):
         ...
 
     def engines(self) -> Mapping[str, EngineStatus]:
-        """Every engine's status, by engine key (base model path)."""
+        """Every engine replica's status, by replica key (the base model path for the
+        first replica)."""
         ...
 
 
@@ -104,13 +105,15 @@ class EngineIdentityCheck:
         self.artifacts = artifacts
         self.adapter_root = adapter_root
         self._client = client or httpx.Client(timeout=timeout_s)
-        self._cache: dict[tuple[str, int], _Checked] = {}
+        self._cache: dict[tuple[str, int, str], _Checked] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self._client.close()
 
     def verify(self, model: str, version: int) -> tuple[bool, str]:
+        """Whether every ready replica holding the version's adapter serves its weights
+        (each replica checked once per engine generation); at least one must hold it."""
         d = self.view.deployment(model, version)
         if d is None:
             raise IdentityUnavailable(
@@ -118,20 +121,35 @@ class EngineIdentityCheck:
                 hint="the gateway loads a version once a stage points at it; see "
                 "`GET /admin/status`")
         key = engine_key(d)
-        status = self.view.engines().get(key)
-        if status is None or not status.ready:
-            why = "no engine runs" if status is None else (status.reason or status.state.value)
+        replicas = [s for s in self.view.engines().values() if s.base == key]
+        ready = [s for s in replicas if s.ready]
+        if not ready:
+            first = next((s for s in replicas if s.key == key), None)
+            why = "no engine runs" if first is None else (first.reason or first.state.value)
             raise IdentityUnavailable(f"cannot check {d.adapter_name}: {why} ({key})")
-        if d.adapter_name not in status.adapters:
+        holders = sorted((s for s in ready if d.adapter_name in s.adapters),
+                         key=lambda s: s.key)
+        if not holders:
             raise IdentityUnavailable(
                 f"{d.adapter_name} is not loaded in the engine for {key} yet")
+        results = [self._replica(model, version, d, s) for s in holders]
+        failed = [detail for matched, detail in results if not matched]
+        if failed:
+            return False, failed[0]
+        return True, results[0][1]
+
+    def _replica(self, model: str, version: int, d: Deployment, status: EngineStatus
+                 ) -> tuple[bool, str]:
         with self._lock:
-            hit = self._cache.get((model, version))
-        if hit is not None and (hit.engine, hit.generation) == (key, status.generation):
+            hit = self._cache.get((model, version, status.key))
+        if hit is not None and hit.generation == status.generation:
             return hit.matched, hit.detail
         matched, detail = self._check(d, status)
+        if status.replica:
+            detail += f" on replica {status.replica}"
         with self._lock:
-            self._cache[(model, version)] = _Checked(key, status.generation, matched, detail)
+            self._cache[(model, version, status.key)] = _Checked(
+                status.key, status.generation, matched, detail)
         return matched, detail
 
     def _check(self, d: Deployment, status: EngineStatus) -> tuple[bool, str]:

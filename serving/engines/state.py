@@ -19,7 +19,7 @@ from serving.engines.process import EngineState
 
 @dataclass(frozen=True)
 class EngineStatus:
-    key: str  # base model path
+    key: str  # the replica's key: the base model path for replica 0, else BASE#i
     url: str
     state: EngineState
     reason: str = ""
@@ -34,6 +34,17 @@ class EngineStatus:
     max_loras: int = 0  # adapter slots (vLLM's --max-loras)
     # Why a flag is what it is when the deployed versions asked for different values.
     notes: tuple[str, ...] = ()
+    base: str = ""  # the base model path (the routing target's ``engine``)
+    replica: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.base:
+            object.__setattr__(self, "base", self.key)
+
+    @property
+    def label(self) -> str:
+        """The metric label: the served name, and ``#i`` for replicas after the first."""
+        return self.name if self.replica == 0 else f"{self.name}#{self.replica}"
 
     @property
     def ready(self) -> bool:

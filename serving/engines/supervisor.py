@@ -4,17 +4,21 @@ Each pass (:meth:`Supervisor.step`, every ``poll_interval_s``) is a straight lis
 steps, each safe to repeat:
 
 1. read the registry if its change marker moved (one cheap query otherwise);
-2. plan engines: one per base model with deployed versions
+2. plan engines: one per base model with deployed versions (or ``replicas`` of it, or
+   its external engines: :mod:`~serving.engines.replicas`)
    (:func:`~serving.engines.lifecycle.plan_engines`, pure); start, restart (flags
    changed) or stop;
 3. advance each engine's state (:func:`~serving.engines.lifecycle.next_state`, pure):
    starting -> ready when /health answers, ready -> down when the process exits or
    health fails, down -> starting after an exponential backoff;
-4. sync adapters on ready engines whose deployed set changed (or that restarted, or
-   whose failed adapter's backoff is over); an adapter re-loaded into a restarted engine
-   is served again only once its identity probes match
+4. place adapters on the replicas of a base by their traffic
+   (:mod:`~serving.engines.placement`: all on each while they fit its slots);
+5. sync adapters on ready engines whose deployed set or placement changed (or that
+   restarted, or whose failed adapter's backoff is over); an adapter re-loaded into a
+   restarted engine, or loaded as one more copy of one another replica serves, is served
+   there only once its identity probes match
    (:func:`~serving.engines.identity.probe_adapter`); until then it counts as failed;
-5. report the registry read, the engines' status and the degraded versions to its
+6. report the registry read, the engines' status and the degraded versions to its
    :class:`~serving.engines.state.Observer` (the gateway routes by them).
 
 An error in a pass is reported (``Observer.error``) and the next pass retries; the same
@@ -30,8 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -55,6 +58,7 @@ from serving.engines.lifecycle import (
     next_state,
     plan_engines,
 )
+from serving.engines.placement import DemandMeter, placements
 from serving.engines.process import (
     EngineProcess,
     EngineSpec,
@@ -64,36 +68,11 @@ from serving.engines.process import (
     engine_spec,
     model_len_note,
 )
+from serving.engines.replicas import EngineSlot, replica_index, replica_specs
 from serving.engines.state import Deployed, EngineStatus, Observer
 from serving.source import ChangeFeed, DeploymentSource
 
 log = logging.getLogger("reg.serving")
-
-
-@dataclass
-class _Slot:
-    """The supervisor's record of one engine (mutable; only the supervisor touches it)."""
-
-    key: str
-    spec: EngineSpec
-    proc: EngineProcess | None  # None for an external engine
-    url: str
-    state: EngineState = EngineState.starting
-    reason: str = ""
-    attempts: int = 0
-    restarts: int = 0
-    # Bumped at every launch (start, restart, a new external process): what an engine
-    # answered before says nothing about what this process serves.
-    generation: int = 0
-    next_start_at: float = 0.0
-    health_failures: int = 0
-    last_health_at: float = 0.0
-    needs_sync: bool = True
-    adapters: set[str] = field(default_factory=set)
-    # Adapters this engine served before it went down or restarted: each is served again
-    # only once its identity probes match on the new process.
-    reverify: set[str] = field(default_factory=set)
-    manual: dict[str, Path] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -108,6 +87,7 @@ class Supervisor:
         *,
         changes: ChangeFeed | None = None,
         clock: Callable[[], float] = time.monotonic,
+        demand: Callable[[], tuple[Mapping[str, int], Mapping[str, int]]] | None = None,
     ) -> None:
         self.source = source
         self.changes = changes
@@ -115,7 +95,7 @@ class Supervisor:
         self.observer = observer
         self.session = session
         self.clock = clock
-        self.slots: dict[str, _Slot] = {}
+        self.slots: dict[str, EngineSlot] = {}
         self.marker: int | None = None
         self.deployments: list[Deployment] = []
         self.policies: dict[str, TrafficPolicy | None] = {}
@@ -130,6 +110,12 @@ class Supervisor:
         self._dirty = True
         self._task: asyncio.Task[None] | None = None
         self._device = detect_device()
+        self._replicas: dict[str, tuple[str, EngineSpec, str | None]] = {}
+        # The gateway's running counts of requests and spills per adapter, and what the
+        # replicas of a base should hold by them (placement.py; none: every adapter).
+        self._demand = demand
+        self._meter = DemandMeter(clock)
+        self._placement: dict[str, frozenset[str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -181,6 +167,7 @@ class Supervisor:
                 self._dirty = True
             await self._plan_and_apply()
             await self._advance_all()
+            self._place()
             # Make before break: load new versions, move routing to them, and only
             # then unload what routing no longer names, so no request is routed to an
             # adapter that is already gone.
@@ -223,22 +210,24 @@ class Supervisor:
         return deployments, policies, known
 
     def desired_specs(self) -> dict[str, EngineSpec]:
-        """One engine per base model with deployed versions, sized for them (pure)."""
+        """Each base model with deployed versions, sized for them, as many replicas as
+        configured (its external engines, else ``replicas``), by replica key (pure)."""
         cfg = self.config
-        out: dict[str, EngineSpec] = {}
+        by_base: dict[str, EngineSpec] = {}
         for key in sorted({engine_key(d) for d in self.deployments}):
-            out[key] = engine_spec(
+            by_base[key] = engine_spec(
                 key, self.deployments, max_loras=cfg.max_loras, min_lora_rank=cfg.min_lora_rank,
                 device=self._device, max_num_seqs=cfg.max_num_seqs,
                 cpu_kvcache_gib=cfg.cpu_kvcache_gib,
             )
-        return out
+        self._replicas = replica_specs(by_base, cfg.replicas, cfg.external_engines)
+        return {k: spec for k, (_, spec, _) in self._replicas.items()}
 
     def _note_sizing(self, keys: Iterable[str]) -> None:
         """Keep (and log once) why an engine's flags differ from what a version asked."""
         notes: dict[str, tuple[str, ...]] = {}
         for key in keys:
-            note = model_len_note(key, self.deployments)
+            note = model_len_note(self._replicas[key][0], self.deployments)
             notes[key] = (note,) if note else ()
             if note and notes[key] != self._notes.get(key):
                 log.warning("%s: %s", key, note)
@@ -256,12 +245,13 @@ class Supervisor:
             slot.spec = desired[key]
             self._launch(slot, reason="restarting with new flags")
         for key in plan.start:
-            external = self.config.external_engines.get(key)
-            slot = _Slot(key=key, spec=desired[key], proc=None, url=external or "")
+            base, _, external = self._replicas[key]
+            slot = EngineSlot(key=key, spec=desired[key], proc=None, url=external or "",
+                              base=base, external=external is not None)
             self.slots[key] = slot
             self._launch(slot, reason="starting")
 
-    def _launch(self, slot: _Slot, *, reason: str) -> None:
+    def _launch(self, slot: EngineSlot, *, reason: str) -> None:
         slot.generation += 1
         slot.state = EngineState.starting
         slot.health_failures = 0
@@ -269,7 +259,7 @@ class Supervisor:
         slot.reverify |= slot.adapters
         slot.adapters = set()
         slot.next_start_at = self.clock()
-        if slot.key in self.config.external_engines:
+        if slot.external:
             slot.reason = f"waiting for the external engine at {slot.url} to answer /health"
             return
         proc = EngineProcess(slot.spec, self.config.log_dir)
@@ -278,7 +268,7 @@ class Supervisor:
         slot.reason = f"engine for {slot.spec.served_name} is {reason} (pid {proc.pid})"
         log.info("%s: %s", slot.key, slot.reason)
 
-    async def _stop_slot(self, slot: _Slot) -> None:
+    async def _stop_slot(self, slot: EngineSlot) -> None:
         slot.state = EngineState.stopped
         slot.reason = "stopped"
         if slot.proc is not None:
@@ -287,12 +277,14 @@ class Supervisor:
     async def _advance_all(self) -> None:
         await asyncio.gather(*(self._advance(s) for s in self.slots.values()))
 
-    async def _advance(self, slot: _Slot) -> None:
+    async def _advance(self, slot: EngineSlot) -> None:
         now = self.clock()
         if slot.state is EngineState.down:
             if now >= slot.next_start_at:
                 slot.restarts += 1
-                self.observer.engine_restarted(slot.spec.served_name)
+                index = replica_index(slot.key, slot.base)
+                self.observer.engine_restarted(
+                    slot.spec.served_name + (f"#{index}" if index else ""))
                 if slot.proc is not None:
                     await asyncio.to_thread(slot.proc.stop, 5.0)
                 self._launch(slot, reason=f"restarting (attempt {slot.attempts})")
@@ -349,14 +341,33 @@ class Supervisor:
 
     # -- adapters --------------------------------------------------------------------------
 
-    def _missing(self, slot: _Slot) -> bool:
+    def _place(self) -> None:
+        """Which replica of a base holds which adapter, by traffic
+        (:mod:`~serving.engines.placement`); a replica whose share changed syncs again."""
+        requests, spills = self._demand() if self._demand is not None else ({}, {})
+        deployed: dict[str, list[str]] = {}
+        for d in self.deployments:
+            deployed.setdefault(engine_key(d), []).append(d.adapter_name)
+        placement = placements(self.slots.values(), deployed,
+                               self._meter.observe(requests, spills))
+        for key, want in placement.items():
+            if self._placement.get(key) != want:
+                self.slots[key].needs_sync = True
+        self._placement = placement
+
+    def _placed(self, slot: EngineSlot, name: str) -> bool:
+        want = self._placement.get(slot.key)
+        return want is None or name in want
+
+    def _missing(self, slot: EngineSlot) -> bool:
         """Whether ``slot`` lacks an adapter it should hold (so the sync before publishing
         has something to load). A change that only moves stages or weights between
         adapters already loaded publishes at once; the sync after publishing still runs
         and corrects whatever the engine holds."""
         waiting = self._waiting()
         wanted = {d.adapter_name for d in self.deployments
-                  if engine_key(d) == slot.key and d.adapter_name not in waiting}
+                  if engine_key(d) == slot.base and d.adapter_name not in waiting
+                  and self._placed(slot, d.adapter_name)}
         wanted |= {n for n in slot.manual if n not in waiting}
         return not wanted <= slot.adapters
 
@@ -370,7 +381,7 @@ class Supervisor:
         return any(now >= f.retry_at for f in self._failing.values())
 
     async def _desired_adapters(
-        self, slot: _Slot, waiting: set[str]
+        self, slot: EngineSlot, waiting: set[str]
     ) -> tuple[dict[str, Path], dict[str, str]]:
         """Adapters this engine should hold, fetched (digest-verified) into the store;
         those in ``waiting`` are left out (neither fetched nor loaded)."""
@@ -378,7 +389,8 @@ class Supervisor:
         out: dict[str, Path] = {}
         errors: dict[str, str] = {}
         for d in self.deployments:
-            if engine_key(d) != slot.key or d.adapter_name in waiting:
+            if (engine_key(d) != slot.base or d.adapter_name in waiting
+                    or not self._placed(slot, d.adapter_name)):
                 continue
             path = self._paths.get(d.adapter_name)
             if path is None:
@@ -393,7 +405,7 @@ class Supervisor:
         out.update({n: p for n, p in slot.manual.items() if n not in waiting})
         return out, errors
 
-    async def _sync(self, slot: _Slot, *, unload: bool) -> SyncResult:
+    async def _sync(self, slot: EngineSlot, *, unload: bool) -> SyncResult:
         """Load missing adapters; with ``unload``, also unload those no longer desired."""
         admin = EngineAdmin(self.session, slot.url)
         waiting = self._waiting()
@@ -405,6 +417,11 @@ class Supervisor:
         if not unload:
             plan = SyncPlan(load=plan.load)
         plan = await self._verified(slot, plan, fetch_errors)
+        # A copy of an adapter another replica already serves (placed here for its
+        # traffic) is served here only once its identity probes match, as after a restart.
+        elsewhere = {a for s in self.slots.values() if s.base == slot.base
+                     and s.key != slot.key and s.state is EngineState.ready for a in s.adapters}
+        slot.reverify |= {n for n, _ in plan.load if n in elsewhere}
         result = await apply_plan(admin, plan, self.config.adapter_root)
         await self._reverify(slot, admin, result, dict(plan.load))
         result.errors.update(fetch_errors)
@@ -417,13 +434,13 @@ class Supervisor:
                 f"{n}: {e}" for n, e in sorted(result.errors.items())))
         return result
 
-    async def _verified(self, slot: _Slot, plan: SyncPlan, errors: dict[str, str]
+    async def _verified(self, slot: EngineSlot, plan: SyncPlan, errors: dict[str, str]
                         ) -> SyncPlan:
         """The plan with each deployed adapter to load fetched again: the copy in the store
         is verified against its manifest (a damaged one is rebuilt from the blobs, a blob
         that does not match its digest fails), so an engine never loads bytes that were
         changed on disk since the last fetch; a failure goes into ``errors``."""
-        by_name = {d.adapter_name: d for d in self.deployments if engine_key(d) == slot.key}
+        by_name = {d.adapter_name: d for d in self.deployments if engine_key(d) == slot.base}
         load: list[tuple[str, Path]] = []
         for name, path in plan.load:
             d = by_name.get(name)
@@ -439,7 +456,7 @@ class Supervisor:
             load.append((name, path))
         return SyncPlan(load=tuple(load), unload=plan.unload)
 
-    async def _reverify(self, slot: _Slot, admin: EngineAdmin, result: SyncResult,
+    async def _reverify(self, slot: EngineSlot, admin: EngineAdmin, result: SyncResult,
                         paths: dict[str, Path]) -> None:
         """Probe the adapters just re-loaded into a restarted engine; one whose probes do
         not match is unloaded again and fails (degraded, retried with the backoff)."""
@@ -513,7 +530,8 @@ class Supervisor:
     def _publish_engines(self) -> None:
         self.observer.engines({
             k: EngineStatus(
-                key=k, url=s.url, state=s.state, reason=s.reason,
+                key=k, base=s.base, replica=replica_index(k, s.base), url=s.url,
+                state=s.state, reason=s.reason,
                 pid=None if s.proc is None else s.proc.pid,
                 adapters=frozenset(s.adapters), restarts=s.restarts, generation=s.generation,
                 name=s.spec.served_name, max_model_len=s.spec.max_model_len,

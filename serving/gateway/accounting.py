@@ -96,6 +96,12 @@ def failed_over(metrics: Metrics, source: Target, to: Target, reason: str) -> No
     metrics.failovers.labels(to.model, f"v{source.version}", f"v{to.version}", reason).inc()
 
 
+def replica_failed_over(metrics: Metrics, replica: str, status: int) -> None:
+    """A replica failed before any byte: the request goes on to the next replica."""
+    reason = "engine_down" if status == 503 else f"http_{status}"
+    metrics.replica_failovers.labels(replica, reason).inc()
+
+
 def shadow_dropped(metrics: Metrics, target: Target) -> None:
     """A mirror not sent: as many shadow requests as allowed are in flight already."""
     metrics.shadow.labels(target.model, f"v{target.version}", target.stage, "dropped").inc()

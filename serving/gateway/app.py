@@ -7,7 +7,8 @@ or there). Its lifespan:
    requests) and the supervisor's session (engine admin calls);
 2. starts the :class:`~serving.engines.supervisor.Supervisor`, which starts the engines
    and reports to a :class:`~serving.gateway.state.StatePublisher` that keeps the
-   routing snapshot current;
+   routing snapshot current, and the :class:`~serving.engines.load.LoadScraper` that
+   reads each ready replica's ``/metrics`` for the replica picker;
 3. given a registry to host it over, starts the canary controller beside them
    (:class:`~serving.gateway.rollouts.RolloutHost`, `reg serve`'s default), and given a
    registry to read, the thread that keeps the operator metrics fresh
@@ -43,6 +44,7 @@ from starlette.types import Receive, Scope, Send
 
 from rollout.canary.records import RequestLog
 from serving.config import ServeConfig
+from serving.engines.load import LoadScraper
 from serving.engines.supervisor import Supervisor
 from serving.gateway import openapi
 from serving.gateway.admin import admin_router
@@ -97,7 +99,11 @@ class Gateway:
             k: {"state": s.state.value, "reason": s.reason, "adapters": sorted(s.adapters)}
             for k, s in self.state.engines.items()
         }
-        ready = self.state.loaded_once and all(s.ready for s in self.state.engines.values())
+        # Ready while every base model has a ready replica: the others' requests go there.
+        bases: dict[str, bool] = {}
+        for s in self.state.engines.values():
+            bases[s.base] = bases.get(s.base, False) or s.ready
+        ready = self.state.loaded_once and all(bases.values())
         body: dict[str, Any] = {"status": "ready" if ready else "not ready", "engines": engines}
         if not self.state.loaded_once:
             body["reason"] = "the registry has not been read yet"
@@ -187,10 +193,17 @@ def create_app(
         pool = gw.api.pool = UpstreamPool(config.connect_timeout_s, config.request_timeout_s)
         session = gw.session = _admin_session(config.connect_timeout_s,
                                               config.request_timeout_s)
-        supervisor = gw.supervisor = Supervisor(source, config, StatePublisher(state, m),
-                                                session, changes=changes)
+        publisher = StatePublisher(state, m)
+        supervisor = gw.supervisor = Supervisor(
+            source, config, publisher, session, changes=changes,
+            demand=lambda: (state.adapter_requests, state.adapter_spills))
+        scraper = LoadScraper(session, state.scraped_replicas,
+                              interval_s=config.load_scrape_interval_s,
+                              after_round=publisher.loads_scraped)
+        state.loads = scraper.loads
         if manage_engines:
             supervisor.start()
+            scraper.start()
         if controller is not None:
             gw.rollouts = RolloutHost.for_gateway(controller, state, gw.records, source, config)
             gw.rollouts.start()
@@ -206,6 +219,7 @@ def create_app(
             if gw.rollouts is not None:
                 await asyncio.to_thread(gw.rollouts.stop)
             gw.api.cancel_shadows()
+            await scraper.stop()
             await supervisor.stop()
             if changes is not None:
                 await asyncio.to_thread(changes.close)

@@ -205,6 +205,35 @@ class Metrics:
             "Adapters the engine can mix in one batch (vLLM's --max-loras, REG_MAX_LORAS); "
             "requests for adapters beyond them wait for a slot.", ["engine"], registry=r,
         )
+        # Per replica (`engine` is the served name, ``#i`` for replicas after the first).
+        self.replica_requests = Counter(
+            "reg_engine_requests", "Requests the gateway sent to each engine replica.",
+            ["engine"], registry=r,
+        )
+        self.replica_failovers = Counter(
+            "reg_engine_replica_failovers",
+            "Requests retried on another replica after one failed before any byte.",
+            ["engine", "reason"], registry=r,
+        )
+        self.replica_waiting = Gauge(
+            "reg_engine_requests_waiting",
+            "vLLM's queue on each replica (vllm:num_requests_waiting, last scrape).",
+            ["engine"], registry=r,
+        )
+        self.replica_running = Gauge(
+            "reg_engine_requests_running",
+            "Requests running on each replica (vllm:num_requests_running, last scrape).",
+            ["engine"], registry=r,
+        )
+        self.replica_load_age = Gauge(
+            "reg_engine_load_age_seconds",
+            "Seconds since each replica's /metrics was last scraped; beyond the stale "
+            "limit (2 s) routing ranks it last.", ["engine"], registry=r,
+        )
+        self.replica_in_flight = Gauge(
+            "reg_engine_in_flight_requests",
+            "Requests this gateway has open on each replica.", ["engine"], registry=r,
+        )
         self.traffic_weight = Gauge(
             "reg_traffic_weight_ratio",
             "Share of a model's traffic routed to each stage (0-1), with the stage's version.",
@@ -299,6 +328,16 @@ class Metrics:
             self.adapters_loaded.labels(engine).set(n)
         for engine, n in (slots or {}).items():
             self.adapter_slots.labels(engine).set(n)
+
+    def set_replica_loads(self, rows: Iterable[tuple[str, float, float, float, int]]) -> None:
+        """Replace the per-replica load gauges: (engine, waiting, running, age s, in flight)."""
+        gauges = (self.replica_waiting, self.replica_running, self.replica_load_age,
+                  self.replica_in_flight)
+        for g in gauges:
+            g.clear()
+        for engine, *values in rows:
+            for g, v in zip(gauges, values, strict=True):
+                g.labels(engine).set(v)
 
     def set_servable(self, rows: Iterable[tuple[str, str, str, bool]]) -> None:
         """Replace the servable gauge: rows of (model, version, stage, servable)."""

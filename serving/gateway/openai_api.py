@@ -48,6 +48,7 @@ from serving.gateway.accounting import (
     RequestAccount,
     failed_over,
     rejected,
+    replica_failed_over,
     shadow_done,
     shadow_dropped,
 )
@@ -62,6 +63,7 @@ from serving.gateway.errors import (
 from serving.gateway.faults import Faults
 from serving.gateway.limits import BodyTooLarge, read_body
 from serving.gateway.metrics import Metrics
+from serving.gateway.picker import Fit, pick
 from serving.gateway.routing import Route, RouteError, Target, model_listing, resolve
 from serving.gateway.state import GatewayState
 from serving.upstream.pool import UpstreamError, UpstreamPool, UpstreamResponse
@@ -101,6 +103,7 @@ class _Answer:
     status: int
     body: bytes = b""
     stream: UpstreamResponse | None = None
+    replica: str = ""  # the replica key that answered (its in-flight count holds it)
 
 
 class OpenAIRoutes:
@@ -187,6 +190,7 @@ class OpenAIRoutes:
                                len(raw))
         self.state.in_flight += 1
         account = RequestAccount(self.metrics, self.records, route.target, t0, stream=stream)
+        answer: _Answer | None = None
         try:
             fault = self.faults.get(route.target.model, route.target.version)
             if fault is not None:
@@ -228,6 +232,8 @@ class OpenAIRoutes:
             raise
         finally:
             self.state.in_flight -= 1
+            if answer is not None:
+                self.state.replica_in_flight[answer.replica] -= 1
 
     async def _relay(
         self, resp: UpstreamResponse, receive: Receive, send: Send,
@@ -332,7 +338,24 @@ class OpenAIRoutes:
         down = self.state.engine_unavailable_reason(target.engine)
         if down is not None:
             raise UpstreamFailure(down)
-        assert self.pool is not None, "the lifespan opens the pool"
+        # The replicas by adapter affinity and load, best first (picker.py); after them,
+        # the ready ones the picker left out: the supervisor's view of what an engine
+        # holds can lag, and a replica without the adapter answers 404 at once, which
+        # moves on like any failure before the first byte.
+        views = self.state.replica_views(target.engine)
+        if len(views) == 1:  # one engine (the default): nothing to choose
+            picks = [views[0].key]
+        else:
+            ranked = pick(target.adapter, views, time.monotonic(),
+                          stale_after_s=self.config.load_stale_after_s)
+            picks = [p.key for p in ranked]
+            picks += [v.key for v in views if v.ready and v.key not in picks]
+            # The supervisor places adapters on replicas by these counts (placement.py).
+            demand = self.state.adapter_requests
+            demand[target.adapter] = demand.get(target.adapter, 0) + 1
+            if ranked and ranked[0].fit is Fit.free_slot:  # its holders are queued
+                spills = self.state.adapter_spills
+                spills[target.adapter] = spills.get(target.adapter, 0) + 1
         payload["model"] = target.adapter
         try:
             body = json.dumps(payload).encode()
@@ -340,20 +363,47 @@ class OpenAIRoutes:
             # Parsed a few frames higher up the stack than it is written here: a body
             # nested within a few levels of the interpreter's limit passes one, not both.
             raise BadRequest(NESTED_TOO_DEEPLY) from e
-        resp = await open_upstream(self.pool, self.state.engines[target.engine].url,
-                                   PATHS[kind], body)
-        if not stream or resp.status != 200:
-            return _Answer(target, resp.status, await read_upstream_body(resp))
+        for n, key in enumerate(picks):
+            try:
+                return await self._send_to(key, target, body, kind, stream)
+            except UpstreamFailure as e:
+                if n == len(picks) - 1:
+                    raise
+                # Another replica first; production only after the last.
+                replica_failed_over(self.metrics, self._replica_label(key), e.status)
+        raise UpstreamFailure(f"no ready replica of the engine for {target.engine}")
+
+    def _replica_label(self, key: str) -> str:
+        status = self.state.engines.get(key)
+        return key if status is None else status.label
+
+    async def _send_to(self, replica: str, target: Target, body: bytes, kind: Kind,
+                       stream: bool) -> _Answer:
+        """One replica's answer up to its first byte; counted in its in-flight until the
+        request is settled (the handler releases it)."""
+        assert self.pool is not None, "the lifespan opens the pool"
+        engine = self.state.engines[replica]
+        in_flight = self.state.replica_in_flight
+        in_flight[replica] = in_flight.get(replica, 0) + 1
         try:
-            await resp.wait_first_chunk()
-        except UpstreamError as e:
-            resp.release()
-            raise UpstreamFailure(f"the engine dropped the stream before its first byte: {e}"
-                                  ) from e
+            resp = await open_upstream(self.pool, engine.url, PATHS[kind], body)
+            self.metrics.replica_requests.labels(engine.label).inc()
+            if not stream or resp.status != 200:
+                return _Answer(target, resp.status, await read_upstream_body(resp),
+                               replica=replica)
+            try:
+                await resp.wait_first_chunk()
+            except UpstreamError as e:
+                resp.release()
+                raise UpstreamFailure(
+                    f"the engine dropped the stream before its first byte: {e}") from e
+            except BaseException:
+                resp.abort()
+                raise
         except BaseException:
-            resp.abort()
+            in_flight[replica] -= 1
             raise
-        return _Answer(target, 200, stream=resp)
+        return _Answer(target, 200, stream=resp, replica=replica)
 
     def _engine_failed(self, account: RequestAccount, e: UpstreamFailure) -> Response:
         """The engine failed before any byte was sent (and failover too, if it applied)."""

@@ -10,12 +10,15 @@ on one event loop, so plain attributes need no lock.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from registry.deployments import Deployment
+from serving.engines.load import EngineLoad
 from serving.engines.state import Deployed, EngineStatus
 from serving.gateway.metrics import Metrics
+from serving.gateway.picker import ReplicaView
 from serving.gateway.routing import Catalogue, build_catalogue
 
 
@@ -36,13 +39,37 @@ class GatewayState:
     # supervisor retries with a backoff): (model, version) -> the reason. Their requests
     # fail over to production, or get a 503 with the reason; /ready does not depend on it.
     degraded: Mapping[tuple[str, int], str] = field(default_factory=dict)
+    # Each replica's last scraped load (the LoadScraper's dict, by replica key), and the
+    # requests this gateway has open on each (known at once; the scrape lags).
+    loads: Mapping[str, EngineLoad] = field(default_factory=dict)
+    replica_in_flight: dict[str, int] = field(default_factory=dict)
+    # Requests per adapter on bases with several replicas, and those that spilled past
+    # its queued holders: running counts the supervisor places adapters by.
+    adapter_requests: dict[str, int] = field(default_factory=dict)
+    adapter_spills: dict[str, int] = field(default_factory=dict)
 
     def drain(self, model: str, version: int, seconds: float = 30.0) -> None:
         """Route no weighted traffic to ``version`` from now on (called from any thread)."""
         self.drained = {**self.drained, (model, version): time.monotonic() + seconds}
 
+    def replica_views(self, base: str) -> list[ReplicaView]:
+        """What the picker needs of each replica of ``base``'s engine."""
+        return [ReplicaView(key=s.key, ready=s.ready, adapters=s.adapters, slots=s.max_loras,
+                            load=self.loads.get(s.key),
+                            in_flight=self.replica_in_flight.get(s.key, 0))
+                for s in self.engines.values() if s.base == base]
+
+    def scraped_replicas(self) -> dict[str, str]:
+        """Replica key -> URL of the ready replicas whose load matters: those of a base
+        with more than one replica (with one there is nothing to choose, so its engine
+        is spared the scrapes)."""
+        bases = Counter(s.base for s in self.engines.values())
+        return {k: s.url for k, s in self.engines.items() if s.ready and bases[s.base] > 1}
+
     def engine_unavailable_reason(self, key: str) -> str | None:
         """None if the engine for ``key`` can take requests, else why not (for a 503)."""
+        if any(s.ready for s in self.engines.values() if s.base == key):
+            return None
         status = self.engines.get(key)
         if status is None:
             return (
@@ -88,9 +115,21 @@ class StatePublisher:
 
     def engines(self, statuses: Mapping[str, EngineStatus]) -> None:
         self.state.engines = statuses
-        self.metrics.set_engines({s.name: s.ready for s in statuses.values()},
-                                 {s.name: len(s.adapters) for s in statuses.values()},
-                                 {s.name: s.max_loras for s in statuses.values()})
+        self.metrics.set_engines({s.label: s.ready for s in statuses.values()},
+                                 {s.label: len(s.adapters) for s in statuses.values()},
+                                 {s.label: s.max_loras for s in statuses.values()})
+
+    def loads_scraped(self) -> None:
+        """After each scrape round: the per-replica load gauges follow."""
+        now = time.monotonic()
+        rows = []
+        for key, status in self.state.engines.items():
+            load = self.state.loads.get(key)
+            if load is None:
+                continue
+            rows.append((status.label, load.waiting, load.running, now - load.at,
+                         self.state.replica_in_flight.get(key, 0)))
+        self.metrics.set_replica_loads(rows)
 
     def engine_restarted(self, name: str) -> None:
         self.metrics.engine_restarts.labels(name).inc()

@@ -147,8 +147,8 @@ def test_every_reg_command_line_parses_with_the_reg_cli() -> None:
 
 
 def test_the_parser_refuses_a_flag_reg_does_not_have() -> None:
-    with pytest.raises(typer.exceptions.TyperException, match="No such option: --replicas"):
-        _parse_reg(["serve", "--replicas", "2"])
+    with pytest.raises(typer.exceptions.TyperException, match="No such option: --replica-count"):
+        _parse_reg(["serve", "--replica-count", "2"])
     with pytest.raises(typer.BadParameter, match="greater than or equal to 1"):
         _parse_reg(["reconcile", "recipes", "--watch", "--interval", "0.5"])
 

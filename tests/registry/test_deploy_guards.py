@@ -201,3 +201,14 @@ def test_check_capacity_judges_only_engines_that_gain_an_adapter() -> None:
     assert check_capacity(full, [*full, _dep(3, "staging", target="none")], 1) == []
     (warning,) = check_capacity([], full, 1, force=True)
     assert "forced" in warning
+
+
+def test_replicas_multiply_a_bases_slots() -> None:
+    """Adapters are placed over a base's replicas, so its slots are max_loras on each."""
+    three = [_dep(1, "production"), _dep(2, "staging"), _dep(3, "canary")]
+    assert check_capacity([], three, 2, replicas=2) == []
+    with pytest.raises(CapacityError, match=r"on the 2 engine replicas for .* but they have 2 "
+                                            r"adapter slots \(REG_MAX_LORAS x replicas\)"):
+        check_capacity([], three, 1, replicas=2)
+    base = three[0].base_model_path
+    assert check_capacity([], three, 1, replicas=1, external={base: 3}) == []

@@ -45,7 +45,7 @@ def admin(deployed: Registry, settings: Settings) -> Iterator[TestClient]:
     # policy change starts no vLLM.
     cfg = ServeConfig(admin_token=TOKEN, adapter_root=settings.home / "adapters",
                       log_dir=settings.home / "logs",
-                      external_engines={"/models/tiny-llama": "http://127.0.0.1:9"})
+                      external_engines={"/models/tiny-llama": ("http://127.0.0.1:9",)})
     with TestClient(create_app(source, cfg, writer=source, manage_engines=False)) as client:
         yield client
 

@@ -229,7 +229,7 @@ def serving(make_registry: RegistryFactory, make_artifact: ArtifactFactory, tmp_
     engine = CheckingEngine()
     root = tmp_path / "serving" / "adapters"
     cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs", health_interval_s=0.0,
-                      external_engines={BASE: engine.server.url})
+                      external_engines={BASE: (engine.server.url,)})
     state = GatewayState()
     # The session is replaced by each pass's own (one per event loop).
     sup = Supervisor(RegistrySource(registry), cfg, StatePublisher(state, Metrics()),

@@ -419,7 +419,7 @@ def test_api_keys_and_bounded_concurrency(stack: Server, reg_home: Path) -> None
     cfg = ServeConfig(api_keys=frozenset({"key-1"}), max_concurrency=2,
                       adapter_root=reg_home / "serving" / "adapters",
                       log_dir=reg_home / "serving" / "logs",
-                      external_engines={k: e.url for k, e in engines.items()})
+                      external_engines={k: (e.url,) for k, e in engines.items()})
     srv = serve_in_thread(create_app(source, cfg))
     try:
         wait_ready(srv.url, timeout=30)

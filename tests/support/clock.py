@@ -28,6 +28,20 @@ class FakeClock:
         return self.now
 
 
+class FakeMonotonic:
+    """A monotonic clock in seconds (``time.monotonic``'s stand-in) the test moves."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
 def running_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Body of a session fixture: a real PostgreSQL server (its `postgres` database's URL).
 

@@ -147,3 +147,31 @@ def test_an_engine_that_cannot_be_asked_yet_raises_so_the_controller_retries(
         view.statuses[BASE] = replace(view.statuses[BASE], **change)  # type: ignore[arg-type]
     with pytest.raises(IdentityUnavailable, match=message):
         check.verify("bot", 2)
+
+
+def test_every_ready_replica_holding_the_adapter_is_asked(tmp_path: Path, engine: ChatEngine
+                                                         ) -> None:
+    """With replicas, the version may sit on any of them (placed by traffic): each ready
+    holder is checked, once per its generation, and one that differs fails the check."""
+    check, view = setup(tmp_path, engine, "alpha reset", "alpha refund")
+    engine.answers["bot@v2"] = ["alpha reset", "alpha refund"]
+    other = ChatEngine()
+    try:
+        other.answers["bot@v2"] = ["bravo reset", "alpha refund"]
+        first = replace(view.statuses[BASE], adapters=frozenset())  # v2 is not on replica 0
+        second = EngineStatus(key=f"{BASE}#1", base=BASE, replica=1, url=other.server.url,
+                              state=EngineState.ready, adapters=frozenset({"bot@v2"}),
+                              generation=1)
+        view.statuses = {BASE: first, second.key: second}
+        matched, detail = check.verify("bot", 2)
+        assert not matched and detail.endswith("(engine generation 1) on replica 1"), detail
+        assert engine.asked == [] and len(other.asked) == 2
+        other.answers["bot@v2"] = ["alpha reset", "alpha refund"]
+        view.statuses = {BASE: replace(first, adapters=frozenset({"bot@v2"})),
+                         second.key: replace(second, generation=2)}
+        assert check.verify("bot", 2)[0] is True
+        assert len(engine.asked) == 2 and len(other.asked) == 4
+        check.verify("bot", 2)
+        assert len(engine.asked) == 2 and len(other.asked) == 4  # both kept
+    finally:
+        other.server.stop()

@@ -47,7 +47,7 @@ def test_a_restarted_engine_serves_an_adapter_again_only_once_its_probes_match(
     deps = [Deployment(model="bot", version=1, stages=("production",), digest="d1",
                        base_model_path=BASE, max_model_len=512)]
     cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs", health_interval_s=0.0,
-                      restart_backoff_s=(0.0, 0.0), external_engines={BASE: engine.server.url})
+                      restart_backoff_s=(0.0, 0.0), external_engines={BASE: (engine.server.url,)})
     state = GatewayState()
 
     async def run() -> None:

@@ -48,7 +48,7 @@ def one_pass(tmp_path: Path, engine: ScriptedEngine, deps: list[Deployment]
         (root / d.adapter_name).mkdir(parents=True)
         artifacts[d.adapter_name] = root / d.adapter_name
     cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs",
-                      external_engines={BASE: engine.server.url})
+                      external_engines={BASE: (engine.server.url,)})
     state, metrics = GatewayState(), Metrics()
 
     async def run() -> Supervisor:
@@ -95,7 +95,7 @@ def test_an_adapter_that_cannot_be_fetched_is_reported(
 ) -> None:
     deps = [deployment(1, "production", 512)]
     cfg = ServeConfig(adapter_root=tmp_path / "adapters", log_dir=tmp_path / "logs",
-                      external_engines={BASE: engine.server.url})
+                      external_engines={BASE: (engine.server.url,)})
     state = GatewayState()
 
     async def run() -> None:
@@ -118,7 +118,7 @@ def test_every_launch_of_an_engine_is_a_new_generation(
     root = tmp_path / "adapters"
     (root / "bot@v1").mkdir(parents=True)
     cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs", health_interval_s=0.0,
-                      restart_backoff_s=(0.0, 0.0), external_engines={BASE: engine.server.url})
+                      restart_backoff_s=(0.0, 0.0), external_engines={BASE: (engine.server.url,)})
     state = GatewayState()
     seen: list[tuple[str, int, int]] = []
 
@@ -169,7 +169,7 @@ def test_an_adapter_that_keeps_failing_is_retried_with_backoff_and_degraded(
     source.fetch_artifact = counted  # type: ignore[method-assign,assignment]
     cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs", health_interval_s=0.0,
                       adapter_retry_backoff_s=(1.0, 4.0),
-                      external_engines={BASE: engine.server.url})
+                      external_engines={BASE: (engine.server.url,)})
     state, metrics = GatewayState(), Metrics()
     reason = "fetch failed: FileNotFoundError: no artifact for bot@v2 in this test"
 
@@ -270,7 +270,7 @@ def test_a_stage_move_between_loaded_adapters_publishes_before_asking_the_engine
     source = InMemorySource([deployment(1, "production", 512), deployment(2, "canary", 512)],
                             artifacts={n: root / n for n in names})
     cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs",
-                      external_engines={BASE: engine.server.url})
+                      external_engines={BASE: (engine.server.url,)})
     watch = PublishWatch(engine)
 
     async def run() -> tuple[int, int]:
@@ -293,3 +293,82 @@ def test_a_stage_move_between_loaded_adapters_publishes_before_asking_the_engine
     assert "/v1/models" not in swap and "/v1/load_lora_adapter" not in swap, swap
     assert "/v1/load_lora_adapter" in new, new  # the new version: loaded, then routed
     assert engine.loaded == {"bot@v2", "bot@v3"}  # and v1 unloaded after
+
+
+def test_every_external_replica_of_a_base_gets_its_adapters(tmp_path: Path) -> None:
+    from serving.engines.replicas import replica_key
+
+    deps = [deployment(1, "production", 512), deployment(2, "canary", 512)]
+    root = tmp_path / "adapters"
+    artifacts = {}
+    for d in deps:
+        (root / d.adapter_name).mkdir(parents=True)
+        artifacts[d.adapter_name] = root / d.adapter_name
+    with scripted_engine() as first, scripted_engine() as second:
+        cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs",
+                          external_engines={BASE: (first.server.url, second.server.url)})
+        state, metrics = GatewayState(), Metrics()
+
+        async def run() -> None:
+            async with aiohttp.ClientSession() as session:
+                await Supervisor(InMemorySource(deps, artifacts=artifacts), cfg,
+                                 StatePublisher(state, metrics), session).step()
+
+        asyncio.run(run())
+        assert first.loaded == second.loaded == {"bot@v1", "bot@v2"}
+    assert set(state.engines) == {BASE, replica_key(BASE, 1)}
+    assert [(s.base, s.replica, s.label, s.adapters) for s in state.engines.values()] == [
+        (BASE, 0, "tiny", frozenset({"bot@v1", "bot@v2"})),
+        (BASE, 1, "tiny#1", frozenset({"bot@v1", "bot@v2"}))]
+    text = metrics.render().decode()
+    assert 'reg_engine_up{engine="tiny#1"} 1.0' in text
+
+
+def test_adapters_are_placed_on_replicas_by_their_traffic(tmp_path: Path) -> None:
+    """Four versions over two replicas of two slots: each on one replica while idle; the
+    busy one on both once its traffic says so (the copy probed before it is served);
+    back to one replica once idle, the other copy unloaded."""
+    from serving.engines.replicas import replica_key
+    from tests.support.clock import FakeMonotonic
+
+    deps = [deployment(v, "production" if v == 1 else f"s{v}", 512) for v in (1, 2, 3, 4)]
+    root = tmp_path / "adapters"
+    artifacts = {}
+    for d in deps:
+        (root / d.adapter_name).mkdir(parents=True)
+        artifacts[d.adapter_name] = root / d.adapter_name
+    requests: dict[str, int] = {}
+    clock = FakeMonotonic()
+    with scripted_engine() as first, scripted_engine() as second:
+        cfg = ServeConfig(adapter_root=root, log_dir=tmp_path / "logs", max_loras=2,
+                          external_engines={BASE: (first.server.url, second.server.url)})
+        state = GatewayState()
+        seen: list[tuple[frozenset[str], frozenset[str]]] = []
+
+        async def run() -> None:
+            async with aiohttp.ClientSession() as session:
+                sup = Supervisor(InMemorySource(deps, artifacts=artifacts), cfg,
+                                 StatePublisher(state, Metrics()), session, clock=clock,
+                                 demand=lambda: (requests, {}))
+
+                async def settle() -> None:  # a move takes two passes: load, then unload
+                    for _ in range(3):
+                        clock.advance(11)
+                        await sup.step()
+                    seen.append((frozenset(first.loaded), frozenset(second.loaded)))
+
+                await settle()
+                requests["bot@v1"] = 600  # v1 takes the traffic
+                await settle()
+                for _ in range(7):  # idle for more than the meter's window
+                    await settle()
+
+        asyncio.run(run())
+    idle, busy, *_, idle_again = seen
+    everything = {d.adapter_name for d in deps}
+    assert len(idle[0]) == len(idle[1]) == 2 and idle[0] | idle[1] == everything
+    assert "bot@v1" in busy[0] and "bot@v1" in busy[1], busy
+    assert busy[0] | busy[1] == everything, "the others stay placed"
+    assert [("bot@v1" in held) for held in idle_again].count(True) == 1, idle_again
+    assert idle_again[0] | idle_again[1] == everything
+    assert set(state.engines) == {BASE, replica_key(BASE, 1)}

@@ -106,7 +106,9 @@ def agreement(stack: Server, registry: Registry, reg_home: Path,
     gw = srv.gateway
     gw.state.catalogue = build_catalogue(deps, policies, marker=1)
     gw.state.loaded_once = True
-    gw.state.engines = {k: dataclasses.replace(engine, key=k) for k in (PROD_KEY, CANARY_KEY)}
+    # Each key is a base of its own (a replica set of one), as the deployments name it.
+    gw.state.engines = {k: dataclasses.replace(engine, key=k, base=k)
+                        for k in (PROD_KEY, CANARY_KEY)}
     try:
         target = srv.url.removeprefix("http://")
         for url in running_prometheus(tmp_path_factory.mktemp("prom"), [target]):
