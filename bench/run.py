@@ -108,7 +108,11 @@ def commit() -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
 
     head = git("rev-parse", "--short=12", "HEAD").stdout.strip() or "unknown"
-    dirty = git("diff", "--quiet", "HEAD", "--").returncode != 0
+    # The run's own outputs (a run that reuses an earlier one's reports rewrites them)
+    # are not changes to what is measured.
+    outputs = [f":(exclude)bench/{p}" for p in
+               ("RESULTS.md", "results.json", "plots", "reports", "logs")]
+    dirty = git("diff", "--quiet", "HEAD", "--", ".", *outputs).returncode != 0
     return head + (" (uncommitted changes)" if dirty else "")
 
 
