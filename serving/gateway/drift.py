@@ -5,7 +5,10 @@ keeps the served side, per deployed version:
 
 1. the hot path calls :meth:`DriftMonitor.observe` with the parsed request: one append
    to a bounded queue (by entries and by bytes), or a counted drop when it is full.
-   Nothing is tokenised there;
+   Nothing is tokenised there. Prompts are sampled, at most ``SAMPLE_PER_S`` a second per
+   version after a burst of ``SAMPLE_BURST`` (a token bucket): the worker's tokenising
+   holds the GIL the event loop needs, and a window of an hour needs far fewer prompts
+   than a busy version is sent (bench/bench_gateway.py's engine part measures the cost);
 2. a worker thread takes the queue, tokenises each prompt with the version's base model
    tokenizer, read without transformers (:mod:`serving.gateway.prompt_tokens`; chat:
    its chat template with the generation prompt, as training rendered prompts;
@@ -54,6 +57,8 @@ SLICE_S = 300
 WINDOW_S = SLICES * SLICE_S
 MIN_SAMPLES = 100  # prompts in the window before a verdict is given (and the alert fires)
 MAX_QUEUED = 256
+SAMPLE_PER_S = 10.0  # prompts a second per version, once its burst is spent
+SAMPLE_BURST = 512
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 POLL_S = 0.2
 REFRESH_S = 1.0
@@ -272,12 +277,25 @@ class DriftMonitor:
         self._thread: threading.Thread | None = None
         self._refreshed = 0.0
         self.dropped = {"queue_full": 0, "unreadable": 0}
+        # Per version: the sampling bucket's tokens and when it was last filled.
+        self._budget: dict[Key, tuple[float, float]] = {}
+        self.sampled_out = 0
 
     # -- the hot path: no more than an append --------------------------------------------
 
     def observe(self, model: str, version: int, kind: str, payload: Mapping[str, Any],
                 size: int) -> None:
-        """Queue one request's prompt for the worker; dropped (and counted) when full."""
+        """Queue one request's prompt for the worker, if the version's sampling budget has
+        a token; dropped (and counted) when the queue is full."""
+        key = (model, version)
+        now = self._clock()
+        tokens, then = self._budget.get(key, (SAMPLE_BURST, now))
+        tokens = min(SAMPLE_BURST, tokens + max(0.0, now - then) * SAMPLE_PER_S)
+        if tokens < 1:
+            self._budget[key] = (tokens, now)
+            self.sampled_out += 1
+            return
+        self._budget[key] = (tokens - 1, now)
         if (len(self._queue) >= MAX_QUEUED
                 or self._bytes_in - self._bytes_out + size > MAX_QUEUED_BYTES):
             self._drop("queue_full")

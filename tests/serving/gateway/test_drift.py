@@ -16,6 +16,8 @@ from serving.gateway.drift import (
     MAX_QUEUED,
     MAX_QUEUED_BYTES,
     MIN_SAMPLES,
+    SAMPLE_BURST,
+    SAMPLE_PER_S,
     SLICE_S,
     SLICES,
     DriftMonitor,
@@ -162,3 +164,25 @@ def test_a_version_without_a_reference_says_so(
     page = metrics.render().decode()
     assert 'reg_drift_reference{model="support-bot",version="v1"} 0.0' in page
     assert "reg_drift_psi{" not in page
+
+
+def test_prompts_are_sampled_per_version_after_a_burst(
+        monitor_for: Callable[[bool], tuple[DriftMonitor, Metrics, Now]]) -> None:
+    """A busy version's prompts are sampled (SAMPLE_PER_S a second after SAMPLE_BURST):
+    the worker's tokenising competes with the event loop for the GIL."""
+    mon, _, now = monitor_for(True)
+    for i in range(SAMPLE_BURST + 40):
+        mon.observe("support-bot", 1, "chat", _chat(ASKED[0]), 10)
+        if i % 200 == 0:
+            mon.step()  # keep the queue below its own bound
+    mon.step()
+    assert mon.report().versions[0].samples == SAMPLE_BURST
+    assert mon.sampled_out == 40
+    now.t += 2
+    for _ in range(100):
+        mon.observe("support-bot", 1, "chat", _chat(ASKED[0]), 10)
+    mon.step()
+    assert mon.report().versions[0].samples == SAMPLE_BURST + int(2 * SAMPLE_PER_S)
+    # Another version has a budget of its own.
+    mon.observe("support-bot", 2, "chat", _chat(ASKED[0]), 10)
+    assert mon.report().queued == 1
