@@ -8,7 +8,7 @@
 - **round robin**: two vLLM engines started the same way (serving.engines.process,
   ``--max-loras 4``), all 8 adapters loaded on each (a router that knows nothing of
   adapters needs every adapter everywhere), vllm-router round robin in front (nginx
-  with both engines as upstreams where vllm-router is not installed).
+  with both engines as upstreams where vllm-router is not installed; bench/peers.py).
 
 The same load on both, in pairs (reg, then round robin: A B A B): 16 concurrent clients,
 the 8 models in turn, max_tokens 16 with ignore_eos. Figures: throughput (requests/s,
@@ -35,9 +35,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from peers import PEER_PY, nginx_path
+from peers import start_nginx, start_vllm_router
 from results import BenchReport, add_arguments, measure
-from serving_stack import free_port, reg_serve
+from serving_stack import reg_serve
 
 ADAPTERS = 8
 SLOTS = 4
@@ -139,23 +139,15 @@ def round_robin(base: Path, adapter: Path, tmp: Path) -> Iterator[tuple[str, str
                                 "lora_name": f"{name}@v1", "lora_path": str(adapter)}) as r:
                             assert r.status == 200, await r.text()
         asyncio.run(load_all())
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        if PEER_PY.exists():
-            router = subprocess.Popen(
-                [str(PEER_PY), "-m", "vllm_router.launch_router", "--worker-urls",
-                 *(e.url for e in engines), "--policy", "round_robin", "--host", "127.0.0.1",
-                 "--port", str(port), "--log-level", "warning"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            name = "vllm-router round robin"
-        else:
-            router = _nginx(tmp, [e.url for e in engines], port)
-            name = "nginx round robin"
-        deadline = time.monotonic() + 60
-        while not _get(url + "/health"):
-            if time.monotonic() > deadline or router.poll() is not None:
-                raise RuntimeError(f"{name} did not start")
-            time.sleep(0.5)
+        urls = [e.url for e in engines]
+        started = start_vllm_router(tmp, *urls)
+        name = "vllm-router round robin"
+        if started is None:
+            started, name = start_nginx(tmp, *urls), "nginx round robin"
+        if started is None:
+            raise RuntimeError("neither vllm-router (bench/.venv) nor nginx is installed: "
+                               "run `make bench-tools`")
+        router, url = started
         yield url, name
     finally:
         if router is not None:
@@ -163,29 +155,6 @@ def round_robin(base: Path, adapter: Path, tmp: Path) -> Iterator[tuple[str, str
             router.wait(timeout=30)
         for e in engines:
             e.stop()
-
-
-def _nginx(tmp: Path, upstreams: list[str], port: int) -> subprocess.Popen[bytes]:
-    nginx = nginx_path()
-    if nginx is None:
-        raise RuntimeError("neither vllm-router (bench/.venv) nor nginx is installed: "
-                           "run `make bench-tools`")
-    servers = " ".join(f"server {u.removeprefix('http://')};" for u in upstreams)
-    conf = tmp / "nginx-rr.conf"
-    conf.write_text(f"""
-worker_processes 1; daemon off; pid {tmp}/nginx-rr.pid; error_log {tmp}/nginx-rr.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p; fastcgi_temp_path {tmp}/f;
-  uwsgi_temp_path {tmp}/u; scgi_temp_path {tmp}/s;
-  upstream engines {{ {servers} keepalive 64; }}
-  server {{ listen 127.0.0.1:{port};
-    location / {{ proxy_pass http://engines; proxy_http_version 1.1; proxy_read_timeout 300s;
-                  proxy_set_header Connection ""; }} }}
-}}""")
-    return subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def loads_logged(home: Path) -> int:

@@ -68,12 +68,14 @@ def nginx_path() -> str | None:
         (p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 
 
-def start_nginx(tmp: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str] | None:
-    """nginx, one worker, keep-alive to ``upstream``; None when nginx is not installed."""
+def start_nginx(tmp: Path, *upstreams: str) -> tuple[subprocess.Popen[bytes], str] | None:
+    """nginx, one worker, keep-alive to ``upstreams`` (round robin over several); None
+    when nginx is not installed."""
     nginx = nginx_path()
     if nginx is None:
         return None
     port = free_port()
+    servers = " ".join(f"server {u.removeprefix('http://')};" for u in upstreams)
     conf = tmp / "nginx.conf"
     conf.write_text(f"""
 worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx-error.log;
@@ -82,9 +84,9 @@ http {{
   access_log off;
   client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p; fastcgi_temp_path {tmp}/f;
   uwsgi_temp_path {tmp}/u; scgi_temp_path {tmp}/s;
-  upstream echo {{ server {upstream.removeprefix("http://")}; keepalive 64; }}
+  upstream echo {{ {servers} keepalive 64; }}
   server {{ listen 127.0.0.1:{port};
-    location / {{ proxy_pass http://echo; proxy_http_version 1.1;
+    location / {{ proxy_pass http://echo; proxy_http_version 1.1; proxy_read_timeout 300s;
                   proxy_set_header Connection ""; }} }}
 }}""")
     proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)],
@@ -93,14 +95,15 @@ http {{
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_vllm_router(tmp: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str] | None:
-    """vllm-router (Rust, round robin) in front of ``upstream``, from bench/.venv; None
+def start_vllm_router(tmp: Path, *upstreams: str
+                      ) -> tuple[subprocess.Popen[bytes], str] | None:
+    """vllm-router (Rust, round robin) in front of ``upstreams``, from bench/.venv; None
     when it is not installed there or does not become healthy."""
     if not PEER_PY.exists():
         return None
     port = free_port()
     proc = subprocess.Popen([str(PEER_PY), "-m", "vllm_router.launch_router", "--worker-urls",
-                             upstream, "--policy", "round_robin", "--host", "127.0.0.1",
+                             *upstreams, "--policy", "round_robin", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -3,8 +3,9 @@
 One pass (:meth:`Reconciler.run_once`):
 
 1. take the registry's ``reconciler`` lease (:func:`rollout.controller.lease.hold_lease`:
-   a heartbeat keeps it; a dead local holder's is reclaimed at once), and sweep the
-   artifact store of temp files that writers killed mid-write left;
+   a heartbeat keeps it; a dead local holder's is reclaimed at once), and (at the first
+   pass, then every ten minutes) sweep the artifact store of temp files that writers
+   killed mid-write left;
 2. read desired state (the one recipe loader, with its cache; a GRPO recipe's reward
    models pinned to versions, :mod:`rollout.gitops.reward_pins`) and actual
    state (the registry), and decide with :func:`~rollout.gitops.plan.make_plan` (pure);
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from registry.api import Registry
 
 LEASE_NAME = "reconciler"
+SWEEP_INTERVAL_S = 600.0
 ACTOR = "reconciler"
 
 
@@ -104,8 +106,23 @@ class Reconciler:
         self.lease_ttl_s = lease_ttl_s
         self.home = registry.settings.home
         self.cache = cache or LoadCache.under(self.home / "cache")
+        self._swept_at: float | None = None
         self.steps = Steps(registry, actor, clock or registry.clock, policy or BackoffPolicy(),
                            observer or QuietObserver(), faults)
+
+    def _sweep_store(self) -> None:
+        """Remove the temp files of store writers killed mid-write: at this process's first
+        pass (a killed reconciler's are found by the next one to start), then at most every
+        ``SWEEP_INTERVAL_S`` (a killed `reg register`'s, under ``--watch``). Not every pass:
+        the sweep lists every blob, work a no-op pass need not repeat."""
+        now = time.monotonic()
+        if self._swept_at is not None and now - self._swept_at < SWEEP_INTERVAL_S:
+            return
+        self._swept_at = now
+        swept = self.registry.store.sweep()
+        if swept:
+            self.steps.event(Event.store_swept, None, f"removed {len(swept)} half-written "
+                             "file(s) from the artifact store", data={"keys": swept})
 
     # -- deciding --------------------------------------------------------------------------------
 
@@ -126,10 +143,7 @@ class Reconciler:
         steps = self.steps
         with hold_lease(self.registry.leases, LEASE_NAME, self.holder, ttl_s=self.lease_ttl_s,
                         wait_s=wait_lease_s) as hb:
-            swept = self.registry.store.sweep()  # temp files of writers killed mid-write
-            if swept:
-                steps.event(Event.store_swept, None, f"removed {len(swept)} half-written "
-                            "file(s) from the artifact store", data={"keys": swept})
+            self._sweep_store()
             plan, state = self.plan(prune=prune)
             steps.observer.planned(plan)
             report = PassReport(plan)
